@@ -1,0 +1,43 @@
+"""`clipforge` entry point: one argparse tree, one module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cli import teachers
+
+
+class CliError(Exception):
+    """An error to print as ``error [code]: message`` with exit status 2."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipforge", description="Custom classifiers from CLIP without training data.")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    teachers.add_commands(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every known error class carries a machine-readable code
+        code = getattr(exc, "code", None)
+        if code is None:
+            raise
+        print(f"error [{code}]: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

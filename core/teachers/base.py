@@ -1,0 +1,81 @@
+"""The teacher interface: a frozen CLIP with normalised image and text embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+class Teacher(nn.Module):
+    """A frozen CLIP model behind one small interface.
+
+    ``encode_image`` takes RGB pixels in [0, 1] (any size: they are resized to the teacher's
+    input size) and applies the teacher's normalisation itself, so it stays differentiable
+    with respect to the pixels, as inversion needs. Both encoders return unit vectors.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's temperature tau (100 for OpenAI's models)."""
+        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+
+    def _autocast(self) -> AbstractContextManager[None]:
+        # bf16 on CUDA: the teacher is frozen, so reduced precision costs little accuracy.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != self.image_size or pixels.shape[-2] != self.image_size:
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
+        return (pixels - self.mean) / self.std
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            features = self.model.encode_image(self.normalize(pixels.to(self.device)))
+        return F.normalize(features.float(), dim=-1)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            features = self.model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.no_grad()
+    def class_embeddings(self, class_texts: Sequence[str], template: str = DEFAULT_TEMPLATE) -> torch.Tensor:
+        """Unit text embeddings of ``template`` filled with each class text, (K, D)."""
+        return self.encode_text([template.format(t) for t in class_texts])
+
+    @torch.no_grad()
+    def classify(self, pixels: torch.Tensor, class_weights: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Zero-shot logits (tau * cosine) of ``pixels`` against unit class embeddings."""
+        logits = [self.logit_scale * self.encode_image(chunk) @ class_weights.T for chunk in pixels.split(batch_size)]
+        return torch.cat(logits)
