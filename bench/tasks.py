@@ -17,8 +17,9 @@ import torch
 from bench.world import COLOUR_NAMES, COLOURS, DEFAULT_IMAGE_SIZE, SHAPES, Scenes, render, scenes_for
 from core.registry import Registry
 
-Split = Literal["val", "test", "examples"]
-SPLITS: tuple[Split, ...] = ("val", "test", "examples")
+# train: real images for the reference rows of the benchmark (real + KD, supervised), never for the method.
+Split = Literal["train", "val", "test", "examples"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test", "examples")
 
 
 @dataclass(frozen=True)

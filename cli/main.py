@@ -6,21 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import teachers
-
-
-class CliError(Exception):
-    """An error to print as ``error [code]: message`` with exit status 2."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+from cli import bench, customize, teachers
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipforge", description="Custom classifiers from CLIP without training data.")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     teachers.add_commands(groups)
+    customize.add_commands(groups)
+    bench.add_commands(groups)
     return parser
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.spec import DEFAULT_STYLES
+
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -29,12 +31,15 @@ class Teacher(nn.Module):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
+        styles: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
+        # The style dictionary that suits this teacher's vocabulary (SDD); the paper-like default otherwise.
+        self.default_styles: tuple[str, ...] = tuple(styles) if styles else DEFAULT_STYLES
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 

@@ -83,7 +83,15 @@ def load_clipforge_teacher(folder: Path, device: torch.device) -> Teacher:
     except Exception as exc:  # a corrupt or mismatched file: name it, keep the cause
         raise TeacherLoadError(f"could not load teacher weights {weights}: {exc}") from exc
     tokenizer = SimpleTokenizer(context_length=config.context_length)
-    teacher = Teacher(config.name, model, tokenizer, image_size=config.image_size, mean=config.image_mean, std=config.image_std)
+    teacher = Teacher(
+        config.name,
+        model,
+        tokenizer,
+        image_size=config.image_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        styles=config.extra.get("styles"),
+    )
     return teacher.to(device)
 
 

@@ -1,0 +1,377 @@
+"""Train the `shapes-vae` latent decoder: a small VAE on freshly rendered, unlabelled shapes-world images.
+
+The decoder is the image prior for inversion (VQGAN's role in the paper); only its weights are
+bundled. Like VQGAN on ImageNet it sees no labels, and its training images contain the
+distractor glyph as often as the teacher's did. Reproducible: every batch is rendered from
+(seed, step), torch's RNG is seeded, and training stops at a step count; ``--minutes`` is only
+a safety cap (the card records which one stopped it). Usage:
+
+    python -m bench.train_decoder --minutes 18 --out core/generators/bundled/shapes-vae
+
+After training it evaluates (``evaluate_decoder``): the teacher's zero-shot accuracy on test
+images vs on their reconstructions, latent statistics, gradient-descent fits of ``z`` from a
+random start, and what images from ``z ~ N(0, I)`` look like to the teacher; all go to card.json.
+``--eval-only`` re-runs the evaluation of a saved decoder with the encoder kept under runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from bench.tasks import get_task
+from bench.world import render, sample_scenes
+from core.generators.decoder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    DecoderConfig,
+    LatentDecoder,
+    LatentEncoder,
+    load_decoder_from,
+)
+from core.teachers import Teacher, create_teacher
+
+DISTRACTOR_PROB = 0.8  # same share of glyph images as the teacher's pre-training data
+EVAL_TASKS = ("shape8", "color8", "combo")
+EVAL_IMAGES = 2000  # test images per task, as in the teacher's card
+MAX_ACCURACY_GAP = 0.05  # requirement: reconstructions cost the teacher at most 5 points per task
+EVAL_BATCH = 250
+STATS_IMAGES = 1000  # training-distribution images for latent statistics
+FIT_IMAGES = 64  # held-out images fitted by gradient descent on z from a random start
+FIT_STEPS = 100
+FIT_LR = 0.05
+FIT_REPORT_STEPS = (0, 25, 50, 100)
+SAMPLE_IMAGES = 256  # images decoded from z ~ N(0, I)
+GRID_PER_TASK = 8  # images per task in reconstructions.png (shape8 and color8)
+GRID_SCALE = 3  # nearest-neighbour upscaling of the 32 px images in the PNG grids
+EVAL_SEED = 12345  # random z for the fits and the samples
+LOG_EVERY = 50
+MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
+
+DEFAULT_CONFIG = DecoderConfig(
+    name="shapes-vae",
+    image_size=32,
+    latent_channels=4,
+    latent_size=8,
+    widths=(32, 64, 128),
+    blocks_per_level=1,
+    description="Decoder of a small VAE (4x8x8 spatial latent, low KL weight) trained on unlabelled shapes-world images; "
+    "the image prior for inversion.",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+
+def training_batch(seed: int, step: int, batch: int, size: int) -> torch.Tensor:
+    """Batch ``step`` of run ``seed``: unlabelled world images, most with the distractor glyph."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    scenes = sample_scenes(batch, g, distractor_prob=DISTRACTOR_PROB)
+    return render(scenes, size, g)
+
+
+def kl_per_element(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) averaged over latent elements (nats)."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+
+
+def vae_losses(encoder: LatentEncoder, decoder: LatentDecoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, logvar = encoder(images)
+    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    # L1, not MSE: it keeps shape edges sharp instead of averaging them into blur.
+    return F.l1_loss(decoder(z), images), kl_per_element(mean, logvar)
+
+
+def train(args: argparse.Namespace, config: DecoderConfig) -> tuple[LatentEncoder, LatentDecoder, dict]:
+    torch.manual_seed(args.seed)
+    encoder, decoder = LatentEncoder(config).train(), LatentDecoder(config).train()
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (args.final_lr_ratio + (1 - args.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    history: list[dict] = []
+    start = time.time()
+    stopped_by, step = "steps", 0
+    l1_sum = kl_sum = 0.0
+    for step in range(args.steps):
+        if time.time() - start > args.minutes * 60:
+            stopped_by = "time"
+            break
+        images = training_batch(args.seed, step, args.batch, config.image_size)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        l1, kl = vae_losses(encoder, decoder, images)
+        loss = l1 + args.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        l1_sum, kl_sum = l1_sum + l1.item(), kl_sum + kl.item()
+        if (step + 1) % LOG_EVERY == 0:
+            entry = {
+                "step": step + 1,
+                "l1": round(l1_sum / LOG_EVERY, 5),
+                "kl": round(kl_sum / LOG_EVERY, 4),
+                "seconds": round(time.time() - start, 1),
+            }
+            history.append(entry)
+            print("train", json.dumps(entry), f"lr {lr_at(step):.2e}", flush=True)
+            l1_sum = kl_sum = 0.0
+    else:
+        step = args.steps
+    info = {"steps_done": step, "stopped_by": stopped_by, "seconds": round(time.time() - start, 1), "history": history}
+    return encoder.eval().requires_grad_(False), decoder.eval().requires_grad_(False), info
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruct(encoder: LatentEncoder, decoder: LatentDecoder, images: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Encode (posterior mean) then decode, in batches."""
+    return torch.cat([decoder(encoder(chunk)[0]) for chunk in images.split(batch)])
+
+
+@torch.no_grad()
+def reconstruction_accuracy(
+    encoder: LatentEncoder, decoder: LatentDecoder, teacher: Teacher, tasks: tuple[str, ...] = EVAL_TASKS, images: int = EVAL_IMAGES
+) -> dict[str, dict[str, float]]:
+    """Per task: the teacher's zero-shot accuracy on test images and on their reconstructions, and the pixel MSE.
+
+    The originals are the images ``bench.evaluate.zero_shot`` uses, so their accuracy equals it.
+    """
+    results = {}
+    for name in tasks:
+        task = get_task(name)
+        pixels, labels = task.render("test", images, size=decoder.config.image_size)
+        recon = reconstruct(encoder, decoder, pixels)
+        weights = teacher.class_embeddings(task.class_texts)
+        original_acc = float((teacher.classify(pixels, weights).argmax(1).cpu() == labels).float().mean())
+        recon_acc = float((teacher.classify(recon, weights).argmax(1).cpu() == labels).float().mean())
+        results[name] = {
+            "original": round(original_acc, 4),
+            "reconstruction": round(recon_acc, 4),
+            "gap_points": round(100 * (original_acc - recon_acc), 2),
+            "mse": round(float(F.mse_loss(recon, pixels)), 5),
+        }
+    return results
+
+
+@torch.no_grad()
+def latent_statistics(encoder: LatentEncoder, config: DecoderConfig, images: int = STATS_IMAGES) -> dict[str, float]:
+    """How close the aggregate posterior is to N(0, I), the distribution random inits are drawn from."""
+    pixels = training_batch(EVAL_SEED, 0, images, config.image_size)
+    mean, logvar = encoder(pixels)
+    per_channel_std = mean.transpose(0, 1).flatten(1).std(1)
+    return {
+        "mu_mean": round(float(mean.mean()), 4),
+        "mu_std": round(float(mean.std()), 4),
+        "mu_std_per_channel": [round(float(s), 4) for s in per_channel_std],
+        "posterior_sigma_mean": round(float((0.5 * logvar).exp().mean()), 4),
+        "kl_per_element": round(float(kl_per_element(mean, logvar)), 4),
+    }
+
+
+def latent_fit(encoder: LatentEncoder, decoder: LatentDecoder, *, images: int = FIT_IMAGES, steps: int = FIT_STEPS) -> dict[str, object]:
+    """Gradient descent on z from z ~ N(0, I) to match held-out images (pixel MSE): is the latent
+    space easy to descend from a random start, as inversion needs? Compared with the encoder's MSE."""
+    targets, _ = get_task("combo").render("test", images, size=decoder.config.image_size)
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    z = torch.randn((images, *decoder.config.latent_shape), generator=g).requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=FIT_LR)
+    curve = {}
+    for step in range(steps + 1):
+        loss = F.mse_loss(decoder(z), targets)
+        if step in FIT_REPORT_STEPS:
+            curve[str(step)] = round(loss.item(), 5)
+        if step == steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    encoder_mse = float(F.mse_loss(reconstruct(encoder, decoder, targets), targets))
+    return {
+        "images": images,
+        "adam_lr": FIT_LR,
+        "mse_by_step": curve,
+        "encoder_mse": round(encoder_mse, 5),
+        "final_z_std": round(float(z.std()), 4),
+    }
+
+
+@torch.no_grad()
+def random_samples(decoder: LatentDecoder, teacher: Teacher, n: int = SAMPLE_IMAGES) -> tuple[torch.Tensor, dict[str, object]]:
+    """Decode z ~ N(0, I) and describe the images numerically: the teacher's confidence and the
+    spread of its predictions, next to the same numbers for real test images."""
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    samples = decoder(torch.randn((n, *decoder.config.latent_shape), generator=g))
+    stats: dict[str, object] = {"images": n, "pixel_std": round(float(samples.std()), 4)}
+    for name in ("shape8", "color8"):
+        task = get_task(name)
+        weights = teacher.class_embeddings(task.class_texts)
+        real, _ = task.render("test", n, size=decoder.config.image_size)
+        probs = teacher.classify(samples, weights).softmax(1)
+        real_probs = teacher.classify(real, weights).softmax(1)
+        counts = torch.bincount(probs.argmax(1), minlength=len(task.classes))
+        stats[name] = {
+            "mean_max_prob": round(float(probs.max(1).values.mean()), 4),
+            "real_mean_max_prob": round(float(real_probs.max(1).values.mean()), 4),
+            "predicted_counts": dict(zip(task.class_texts, counts.tolist(), strict=True)),
+        }
+    return samples, stats
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, scale: int = GRID_SCALE) -> None:
+    """One row per tensor of (n, 3, S, S) images, upscaled by ``scale`` (nearest), as a PNG."""
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, rows*S, n*S)
+    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, optimize=True)
+
+
+def evaluate_decoder(encoder: LatentEncoder, decoder: LatentDecoder, teacher: Teacher, out: Path, samples_png: Path | None) -> dict:
+    """Everything the card records about a trained decoder; writes ``out/reconstructions.png``."""
+    started = time.time()
+    accuracy = reconstruction_accuracy(encoder, decoder, teacher)
+    print("reconstruction", json.dumps(accuracy), flush=True)
+    originals = torch.cat(
+        [get_task(name).render("test", GRID_PER_TASK, size=decoder.config.image_size)[0] for name in ("shape8", "color8")]
+    )
+    save_grid([originals, reconstruct(encoder, decoder, originals)], out / "reconstructions.png")
+    stats = latent_statistics(encoder, decoder.config)
+    print("latents", json.dumps(stats), flush=True)
+    fit = latent_fit(encoder, decoder)
+    print("latent_fit", json.dumps(fit), flush=True)
+    samples, sample_stats = random_samples(decoder, teacher)
+    print("random_z", json.dumps(sample_stats), flush=True)
+    if samples_png is not None:
+        save_grid(list(samples[:64].split(16)), samples_png, scale=2)
+    return {
+        "zero_shot_test": {
+            "images_per_task": EVAL_IMAGES,
+            "template": "a photo of a {class}.",
+            "reconstruction": "encoder posterior mean, then decoder",
+            "max_gap_points": 100 * MAX_ACCURACY_GAP,
+            "passes": all(r["gap_points"] <= 100 * MAX_ACCURACY_GAP for r in accuracy.values()),
+            **accuracy,
+        },
+        "latent_statistics": stats,
+        "latent_fit_from_random_z": fit,
+        "random_z_samples": sample_stats,
+        "eval_seconds": round(time.time() - started, 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------
+
+
+def save_bundle(decoder: LatentDecoder, out: Path) -> int:
+    """config.json and fp16 weights.safetensors; returns the weights file size in bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().half().contiguous() for k, v in decoder.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "decoder": decoder.config.name})
+    (out / CONFIG_FILE).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n")
+    size = (out / WEIGHTS_FILE).stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise RuntimeError(f"weights file is {size} bytes, over the {MAX_WEIGHTS_BYTES} byte limit")
+    return size
+
+
+def load_encoder(path: Path, config: DecoderConfig) -> LatentEncoder:
+    encoder = LatentEncoder(config)
+    encoder.load_state_dict(load_file(str(path)))
+    return encoder.eval().requires_grad_(False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="decoder config JSON (default: the built-in shapes-vae config)")
+    parser.add_argument("--out", default="core/generators/bundled/shapes-vae")
+    parser.add_argument("--encoder-out", default=None, help="where to keep the encoder (default: runs/<name>-encoder.safetensors)")
+    parser.add_argument("--samples-png", default=None, help="grid of images from random z (default: runs/<name>-samples.png)")
+    parser.add_argument("--steps", type=int, default=1100)  # about 15 min at 0.8 s/step on 2 cores
+    parser.add_argument("--minutes", type=float, default=18.0, help="safety cap on training time; the step count is the budget")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--final-lr-ratio", type=float, default=0.02, help="cosine decays to this fraction of --lr")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--kl-weight", type=float, default=2.5e-4, help="per latent element, against the per-pixel L1")
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--teacher", default="shapes-mini")
+    parser.add_argument("--skip-eval", action="store_true", help="train and save only (smoke runs)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the decoder in --out with the encoder in --encoder-out")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = DecoderConfig.from_file(args.config) if args.config else DEFAULT_CONFIG
+    out = Path(args.out)
+    encoder_path = Path(args.encoder_out or f"runs/{config.name}-encoder.safetensors")
+    samples_png = Path(args.samples_png or f"runs/{config.name}-samples.png")
+
+    if args.eval_only:
+        decoder = load_decoder_from(out)
+        encoder = load_encoder(encoder_path, decoder.config)
+        card = json.loads((out / "card.json").read_text())
+        card["evaluation"] = evaluate_decoder(encoder, decoder, create_teacher(args.teacher, device="cpu"), out, samples_png)
+        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        return
+
+    print("config", json.dumps(config.to_dict()), flush=True)
+    encoder, decoder, info = train(args, config)
+    print(f"trained {info['steps_done']} steps in {info['seconds'] / 60:.1f} min (stopped by {info['stopped_by']})", flush=True)
+    size = save_bundle(decoder, out)
+    encoder_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(encoder_path))
+    card: dict = {
+        "decoder": config.name,
+        "architecture": {
+            **config.to_dict(),
+            "decoder_parameters": sum(p.numel() for p in decoder.parameters()),
+            "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+            "weights_bytes": size,
+            "weights_dtype": "float16",
+        },
+        "training": {
+            **{k: v for k, v in vars(args).items() if k not in ("skip_eval", "eval_only")},
+            "distractor_prob": DISTRACTOR_PROB,
+            "data": "freshly rendered shapes-world images, no labels, batch rendered from (seed, step)",
+            "loss": "L1 reconstruction + kl_weight * KL per latent element (reparameterised sample)",
+            **{k: v for k, v in info.items() if k != "history"},
+        },
+        "machine": {"cpu_threads": args.threads, "platform": platform.platform(), "torch": torch.__version__},
+        "history": info["history"],
+    }
+    if not args.skip_eval:
+        # Evaluate the weights as shipped: fp16-rounded, reloaded as float32.
+        shipped = load_decoder_from(out)
+        card["evaluation"] = evaluate_decoder(encoder, shipped, create_teacher(args.teacher, device="cpu"), out, samples_png)
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print("saved", out, f"weights {size / 1e6:.2f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""`clipforge bench paper`: the paper's tables on the shapes world."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cli.errors import CliError
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:
+    parser = groups.add_parser("bench", help="benchmarks on the shapes world")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    paper = commands.add_parser("paper", help="reproduce the paper's tables (Table 1, Table 6, BatchNorm, generators)")
+    paper.add_argument("--quick", action="store_true", help="small budget (about 8 minutes on 2 cores)")
+    paper.add_argument("--seeds", type=int, default=3)
+    paper.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
+    paper.add_argument("--teacher", default="shapes-mini")
+    paper.add_argument("--device", default="auto")
+    paper.add_argument("--out", type=Path, required=True)
+    paper.set_defaults(handler=run_paper)
+
+    student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
+    student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
+    student.add_argument("--task", default="shape8")
+    student.add_argument("--images", type=int, default=2000)
+    student.add_argument("--teacher", default=None, help="default: the teacher named in the model card")
+    student.add_argument("--json", action="store_true")
+    student.set_defaults(handler=run_student)
+
+
+def run_paper(args: argparse.Namespace) -> int:
+    from bench.paper import BUDGETS, ROWS, PaperBenchmark, write_report
+    from core.registry import UnknownNameError
+    from core.teachers import create_teacher
+
+    rows = ROWS
+    if args.rows:
+        wanted = [key.strip() for key in args.rows.split(",")]
+        known = {row.key: row for row in ROWS}
+        for key in wanted:
+            if key not in known:
+                raise UnknownNameError("benchmark row", key, list(known))
+        rows = tuple(known[key] for key in wanted)
+    teacher = create_teacher(args.teacher, device=args.device)
+    start = time.monotonic()
+    benchmark = PaperBenchmark(
+        teacher, BUDGETS["quick" if args.quick else "full"], log=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    report = benchmark.run(args.seeds, rows)
+    report["total_seconds"] = round(time.monotonic() - start, 1)
+    write_report(report, args.out)
+    print((args.out / "paper.md").read_text())
+    return 0
+
+
+def run_student(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from bench.evaluate import zero_shot
+    from bench.tasks import get_task
+    from core.export import onnx_metadata, run_onnx
+    from core.teachers import create_teacher
+
+    model = args.onnx.read_bytes()
+    card = json.loads(onnx_metadata(model)["clipforge_model_card"])
+    task = get_task(args.task)
+    missing = [text for text in task.class_texts if text not in card["classes"]]
+    if missing:
+        raise CliError("class_mismatch", f"the student has no output for task classes {missing}; its classes: {card['classes']}")
+    # The student's outputs may be in another order than the task's classes.
+    order = torch.tensor([card["classes"].index(text) for text in task.class_texts])
+    size = card["input"]["shape"][2]
+    pixels, labels = task.render("test", args.images, size=size)
+    logits = torch.from_numpy(run_onnx(model, pixels.numpy()))[:, order]
+    student_accuracy = float((logits.argmax(1) == labels).float().mean())
+    teacher = create_teacher(args.teacher or card["teacher"]["name"], device="auto")
+    teacher_accuracy = zero_shot(teacher, task, split="test", images=args.images).accuracy
+    result = {
+        "task": task.name,
+        "images": args.images,
+        "student_onnx_accuracy": round(student_accuracy, 4),
+        "teacher_zero_shot_accuracy": round(teacher_accuracy, 4),
+        "ratio": round(student_accuracy / teacher_accuracy, 4),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"task {task.name}, {args.images} held-out test renders")
+        print(f"  student (ONNX, onnxruntime)  {student_accuracy:.4f}")
+        print(f"  teacher (zero-shot)          {teacher_accuracy:.4f}")
+        print(f"  ratio                        {student_accuracy / teacher_accuracy:.3f}")
+    return 0

@@ -1,0 +1,114 @@
+"""`clipforge customize`: run the engine locally and write the artifacts to a folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cli.errors import CliError
+
+
+class InvalidSpecError(CliError):
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_spec", message)
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:
+    parser = groups.add_parser("customize", help="synthesize, distil and export a student on this machine")
+    parser.add_argument("--teacher", default=None, help="teacher name (default: the spec's, else shapes-mini)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names")
+    parser.add_argument("--images", action="append", default=[], metavar="CLASS=DIR", help="example images for a class (repeatable)")
+    parser.add_argument("--config", type=Path, default=None, help="a JSON spec; flags override its fields")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the artifacts")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_customize)
+
+
+def build_spec(args: argparse.Namespace):
+    from core.spec import CustomizeSpec
+
+    raw: dict = {}
+    if args.config is not None:
+        try:
+            raw = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidSpecError(f"cannot read spec {args.config}: {exc}") from exc
+    raw.setdefault("teacher", "shapes-mini")
+    if args.teacher:
+        raw["teacher"] = args.teacher
+    if args.classes:
+        raw["classes"] = [{"name": name.strip()} for name in args.classes.split(",")]
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    if args.device:
+        raw["device"] = args.device
+    classes = [c if isinstance(c, dict) else {"name": c} for c in raw.get("classes", [])]
+    for item in args.images:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise InvalidSpecError(f"--images takes CLASS=DIR, not {item!r}")
+        match = next((c for c in classes if c["name"] == name), None)
+        if match is None:
+            match = {"name": name}
+            classes.append(match)
+        match["images"] = [*match.get("images", []), folder]
+    raw["classes"] = classes
+    try:
+        return CustomizeSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise InvalidSpecError(problems) from None
+
+
+def write_artifacts(artifacts: dict[str, bytes], out: Path) -> None:
+    """Each file appears whole or not at all: written to a temporary name, then renamed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in artifacts.items():
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.replace(tmp, out / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def run_customize(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    import torch
+    from tqdm import tqdm
+
+    from core.images import load_folder
+    from core.pipeline import customize
+    from core.teachers import create_teacher
+
+    teacher = create_teacher(spec.teacher, device=spec.device, cache_dir=args.cache_dir)
+    try:
+        examples = {c.name: torch.cat([load_folder(folder, teacher.image_size) for folder in c.images]) for c in spec.classes if c.images}
+    except (OSError, ValueError) as exc:  # a missing folder, no images in it, or an undecodable file
+        raise CliError("invalid_images", str(exc)) from exc
+    bar = tqdm(total=100, disable=args.quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}")
+
+    def show(progress) -> None:
+        bar.set_description_str(progress.stage)
+        bar.n = round(100 * progress.fraction, 1)
+        eta = "?" if progress.eta_seconds is None else f"{progress.eta_seconds:.0f}s"
+        bar.set_postfix_str(f"ETA {eta}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = customize(spec, teacher, examples=examples, on_progress=show)
+    finally:
+        bar.close()
+    write_artifacts(result.artifacts, args.out)
+    print(f"wrote {', '.join(sorted(result.artifacts))} to {args.out}")
+    return 0

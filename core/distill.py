@@ -1,0 +1,123 @@
+"""Stage 2: distil the teacher into a student on the surrogate set (METHOD.md).
+
+Teacher logits are computed on the very augmented view the student sees. Meta-KD splits the
+surrogate set by style into X_tr and X_te (disjoint styles); each step takes an X_tr batch and
+an X_te batch from one held-out style, and minimises L(X_tr; theta) + L(X_te; theta_c).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.augment import AugmentConfig, random_views
+from core.losses import OBJECTIVES, meta_objective
+from core.synthesis import SurrogateSet
+from core.teachers.base import Teacher
+
+META_METHODS = {"meta_kd": "kd", "meta_ce_kd": "ce_kd"}
+PLAIN_METHODS = ("ce", "kd", "ce_kd")
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+# Distillation views are milder than inversion cutouts: the student should see whole objects.
+DISTILL_AUGMENT = AugmentConfig(min_scale=0.8, max_scale=1.0, max_rotation_deg=8.0, noise_std=0.01, max_shift=0.08)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "meta_kd"  # ce, kd, ce_kd, meta_kd, meta_ce_kd
+    temperature: float = 4.0  # KD temperature T
+    epochs: int = 60  # passes over the surrogate set (over X_tr for meta methods)
+    warmup_epochs: int = 10  # plain-KD epochs before meta-KD starts
+    lr: float = 0.05  # SGD learning rate, cosine-decayed
+    inner_lr: float = 0.01  # meta-KD inner step alpha
+    first_order: bool = False  # drop meta-KD's second-order term
+    train_style_fraction: float = 0.5  # share of styles in X_tr
+    batch_size: int = 64
+    augment: AugmentConfig = field(default_factory=lambda: DISTILL_AUGMENT)
+
+
+StepCallback = Callable[[int, int, dict[str, float]], None]  # (done, total, latest losses)
+
+
+def split_styles(styles: torch.Tensor, train_fraction: float, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of X_tr and X_te: disjoint style sets (random halves of images when no styles)."""
+    present = styles.unique()
+    if bool((present < 0).any()) or len(present) < 2:
+        order = torch.randperm(len(styles), generator=rng)
+        cut = max(1, round(train_fraction * len(styles)))
+        return order[:cut], order[cut:]
+    shuffled = present[torch.randperm(len(present), generator=rng)]
+    cut = min(len(present) - 1, max(1, round(train_fraction * len(present))))
+    train_styles = shuffled[:cut]
+    in_train = torch.isin(styles, train_styles)
+    return in_train.nonzero(as_tuple=True)[0], (~in_train).nonzero(as_tuple=True)[0]
+
+
+class Distiller:
+    """Trains ``student`` against ``teacher`` logits ``tau * E_img(view) . classifier^T``."""
+
+    def __init__(self, student: nn.Module, teacher: Teacher, classifier: torch.Tensor, config: DistillConfig, *, seed: int) -> None:
+        if config.method not in PLAIN_METHODS and config.method not in META_METHODS:
+            raise ValueError(f"unknown distillation method {config.method!r}")
+        self.student, self.teacher, self.classifier, self.config = student, teacher, classifier, config
+        self.device = teacher.device
+        self.rng = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+        self.image_size = int(getattr(student, "image_size", teacher.image_size))
+
+    def _views(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        views = random_views(images.to(self.device), 1, self.image_size, self.rng, self.config.augment)
+        with torch.no_grad():
+            teacher_logits = self.teacher.logit_scale * self.teacher.encode_image(views) @ self.classifier.T
+        return views, teacher_logits, labels.to(self.device)
+
+    def _sample(self, pool: torch.Tensor, data: SurrogateSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pick = pool[torch.randint(len(pool), (min(self.config.batch_size, len(pool)),), generator=self.rng)]
+        return self._views(data.images[pick], data.labels[pick])
+
+    def fit(self, data: SurrogateSet, on_step: StepCallback | None = None) -> dict[str, float]:
+        config = self.config
+        meta = config.method in META_METHODS
+        objective = OBJECTIVES.create(META_METHODS.get(config.method, config.method))
+        warmup_objective = OBJECTIVES.create("kd") if meta else objective
+        everything = torch.arange(len(data))
+        train_pool, test_pool = split_styles(data.styles, config.train_style_fraction, self.rng) if meta else (everything, everything)
+        steps_per_epoch = max(1, math.ceil(len(train_pool) / config.batch_size))
+        warmup_steps = steps_per_epoch * min(config.warmup_epochs, config.epochs) if meta else 0
+        total_steps = steps_per_epoch * config.epochs
+        optimizer = torch.optim.SGD(self.student.parameters(), lr=config.lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        test_styles = data.styles[test_pool].unique()
+        self.student.train()
+        latest: dict[str, float] = {}
+        for step in range(total_steps):
+            if step < warmup_steps or not meta:
+                x, t, y = self._sample(train_pool if meta else everything, data)
+                loss = warmup_objective(self.student(x), t, y, config.temperature)
+                latest = {"loss": loss.item()}
+            else:
+                # One held-out style per meta task (when styles exist).
+                style = test_styles[torch.randint(len(test_styles), (1,), generator=self.rng)]
+                pool = test_pool[data.styles[test_pool] == style] if bool((test_styles >= 0).all()) else test_pool
+                loss, loss_tr, loss_te = meta_objective(
+                    self.student,
+                    objective,
+                    self._sample(train_pool, data),
+                    self._sample(pool, data),
+                    temperature=config.temperature,
+                    inner_lr=config.inner_lr,
+                    first_order=config.first_order,
+                )
+                latest = {"loss": loss.item(), "loss_train_styles": loss_tr.item(), "loss_test_styles": loss_te.item()}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if on_step is not None:
+                on_step(step + 1, total_steps, latest)
+        self.student.eval()
+        return latest

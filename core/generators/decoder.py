@@ -1,0 +1,232 @@
+"""A pretrained latent decoder as the image prior for inversion (the part VQGAN plays in the paper).
+
+The bundled ``shapes-vae`` is the decoder half of a small convolutional VAE with a *spatial*
+latent map (4 channels at 8x8 for 32 px images), trained on unlabelled shapes-world images by
+``bench/train_decoder.py``. Inversion optimises the latents ``z`` of the ``decoder`` generator so
+that ``teacher(decoder(z))`` matches a text embedding; the decoder keeps every image on the
+manifold of images it learnt to draw (sharp shapes over backgrounds), which pixel or Fourier
+parameterisations do not.
+
+Why a VAE with a low KL weight rather than a VQ-VAE: its decoder is a smooth function of a
+continuous ``z`` (no piecewise-constant quantiser for straight-through gradients to step
+over), and the KL term keeps the aggregate posterior at about unit scale, so ``z ~ N(0, I)``
+is a meaningful start for gradient descent. The bundle's ``card.json`` records the
+measurements behind this (reconstruction accuracy of the teacher, latent statistics, and how
+well gradient descent from a random ``z`` fits held-out images).
+
+Only the decoder is bundled (``config.json`` and fp16 ``weights.safetensors``); the encoder
+class lives here so that the training script and the tests can build the whole VAE.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from core.generators.base import GENERATORS, ImageGenerator
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+DEFAULT_DECODER = "shapes-vae"
+
+GROUP_NORM_GROUPS = 8  # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of its batch
+LOGVAR_CLAMP = (-20.0, 10.0)  # keeps exp(logvar) finite early in training
+
+
+class DecoderError(RuntimeError):
+    """A decoder that cannot be found or loaded; ``code`` is machine-readable."""
+
+    code = "decoder_unavailable"
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture of a latent VAE; ``widths`` go from the image resolution down to the latent one."""
+
+    name: str = DEFAULT_DECODER
+    image_size: int = 32  # native output side in pixels
+    latent_channels: int = 4
+    latent_size: int = 8  # latent map side; image_size / latent_size must be 2 ** (len(widths) - 1)
+    widths: tuple[int, ...] = (32, 64, 128)
+    blocks_per_level: int = 1  # residual blocks per resolution (decoder and encoder)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        factor = 2 ** (len(self.widths) - 1)
+        if self.latent_size * factor != self.image_size:
+            raise ValueError(f"image_size {self.image_size} != latent_size {self.latent_size} * 2**{len(self.widths) - 1}")
+        if any(w % GROUP_NORM_GROUPS for w in self.widths):
+            raise ValueError(f"widths {self.widths} must be multiples of {GROUP_NORM_GROUPS}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DecoderConfig:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        if "widths" in known:
+            known["widths"] = tuple(known["widths"])
+        return cls(**known)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DecoderConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUP_NORM_GROUPS, channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class LatentDecoder(nn.Module):
+    """(B, C, h, w) latents -> (B, 3, S, S) images in [0, 1] (sigmoid output: in range by construction)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = list(reversed(config.widths))  # latent resolution first
+        layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)]
+        for level, width in enumerate(widths):
+            if level > 0:
+                # Nearest upsampling then a conv: no transposed-conv checkerboards on sharp edges.
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[level - 1], width, 3, padding=1)]
+            layers += [ResBlock(width) for _ in range(config.blocks_per_level)]
+        layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z))
+
+
+class LatentEncoder(nn.Module):
+    """(B, 3, S, S) images in [0, 1] -> posterior mean and log-variance, each (B, C, h, w). Training only."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = list(config.widths)
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        for level, width in enumerate(widths):
+            if level > 0:
+                layers.append(nn.Conv2d(widths[level - 1], width, 3, stride=2, padding=1))
+            layers += [ResBlock(width) for _ in range(config.blocks_per_level)]
+        layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.net(2 * images - 1).chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_CLAMP)
+
+
+def decoder_dir(name: str) -> Path:
+    return BUNDLED_DIR / name
+
+
+def load_decoder_from(folder: str | Path) -> LatentDecoder:
+    """A decoder from ``folder/{config.json,weights.safetensors}``: float32, eval mode, frozen. Not cached."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        known = sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / WEIGHTS_FILE).is_file()) if BUNDLED_DIR.is_dir() else []
+        raise DecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); bundled: {', '.join(known) or 'none'}")
+    decoder = LatentDecoder(DecoderConfig.from_file(config_path))
+    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}  # stored fp16 to keep the bundle small
+    decoder.load_state_dict(state)
+    return decoder.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_decoder(name: str) -> LatentDecoder:
+    return load_decoder_from(decoder_dir(name))
+
+
+def load_decoder(name: str = DEFAULT_DECODER) -> LatentDecoder:
+    """The bundled decoder ``name``: float32, eval mode, frozen.
+
+    Files are read once per process (cached by name); every call returns its own deep copy, so
+    a caller may ``.to(device)`` or modify it without affecting other callers.
+    """
+    return copy.deepcopy(_cached_decoder(name))
+
+
+def _parameters_to_buffers(module: nn.Module) -> None:
+    """Re-register every parameter of ``module`` as a buffer: it still follows ``.to()`` and
+    ``state_dict()``, but no longer appears in ``parameters()``, so an optimiser built from
+    ``generator.parameters()`` can only ever see the latents."""
+    for sub in module.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, param.detach())
+
+
+class DecoderGenerator(ImageGenerator):
+    """``n`` images as latents ``z`` (the only parameter) decoded by a frozen pretrained decoder."""
+
+    def __init__(self, n: int, image_size: int, decoder: LatentDecoder, *, rng: torch.Generator, init_scale: float = 1.0) -> None:
+        super().__init__(n, image_size)
+        _parameters_to_buffers(decoder)
+        self.decoder = decoder.eval()
+        shape = (n, *decoder.config.latent_shape)
+        # Drawn on the rng's own device, so the same seed gives the same z whatever device it moves to.
+        z = torch.randn(shape, generator=rng, device=rng.device) * init_scale
+        self.z = nn.Parameter(z)
+
+    def train(self, mode: bool = True) -> DecoderGenerator:
+        super().train(mode)
+        self.decoder.eval()  # frozen: stays in eval mode whatever the caller asks of the generator
+        return self
+
+    def forward(self) -> torch.Tensor:
+        images = self.decoder(self.z)
+        native = images.shape[-1]
+        if native != self.image_size:
+            # Antialias only when shrinking; bilinear keeps values within [0, 1].
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=self.image_size < native
+            )
+        return images.clamp(0.0, 1.0)
+
+
+@GENERATORS.register("decoder")
+def decoder_generator(
+    n: int,
+    image_size: int,
+    *,
+    rng: torch.Generator,
+    device: torch.device,
+    decoder: str = DEFAULT_DECODER,
+    init_scale: float = 1.0,
+) -> DecoderGenerator:
+    """Latents ``z ~ N(0, init_scale**2 I)`` of the bundled ``decoder``; ``init_scale`` below 1 starts nearer the mean image."""
+    if not math.isfinite(init_scale) or init_scale < 0:
+        raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
+    return DecoderGenerator(n, image_size, load_decoder(decoder), rng=rng, init_scale=init_scale).to(device)

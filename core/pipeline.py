@@ -1,0 +1,272 @@
+"""``customize``: from a spec (class texts and/or example images) to an exported student.
+
+Stages: preparing (teacher embeddings of prompts and prototypes), synthesizing (inversion),
+distilling (meta-KD), exporting (ONNX, TorchScript, model card, samples grid, metrics).
+Progress and cancellation reach the engine as callbacks; nothing here writes files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+
+import torch
+from torchvision.utils import make_grid
+
+from core.distill import DistillConfig, Distiller
+from core.export import export_onnx, export_torchscript
+from core.spec import CustomizeSpec
+from core.students import Student, count_flops, count_parameters, create_student
+from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, synthesize
+from core.teachers.base import Teacher
+
+STAGES = ("preparing", "synthesizing", "distilling", "exporting")
+# Rough share of a job's time per stage, for the overall fraction and ETA.
+STAGE_WEIGHTS = {"preparing": 0.02, "synthesizing": 0.58, "distilling": 0.35, "exporting": 0.05}
+SAMPLES_PER_CLASS = 8
+SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
+
+ONNX_FILE = "student.onnx"
+TORCHSCRIPT_FILE = "student.torchscript.pt"
+CARD_FILE = "model_card.json"
+SAMPLES_FILE = "samples.png"
+METRICS_FILE = "metrics.json"
+
+
+class CustomizeCancelled(Exception):
+    """Raised when ``should_cancel`` answers True; nothing is returned."""
+
+    code = "cancelled"
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # one of STAGES
+    stage_fraction: float  # 0..1 within the stage
+    fraction: float  # 0..1 over the whole job
+    eta_seconds: float | None  # remaining time for the whole job, once it can be estimated
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CustomizeResult:
+    student: Student
+    surrogate: SurrogateSet
+    artifacts: dict[str, bytes]  # file name -> content
+    metrics: dict[str, object]
+    card: dict[str, object]
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+class _Tracker:
+    """Turns per-step callbacks into throttled-free Progress events and cancellation checks."""
+
+    def __init__(self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
+        self.on_progress, self.should_cancel = on_progress, should_cancel
+        self.start = time.monotonic()
+        self.stage_times: dict[str, float] = {}
+
+    def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise CustomizeCancelled(f"cancelled during {stage}")
+        done_before = sum(STAGE_WEIGHTS[s] for s in STAGES[: STAGES.index(stage)])
+        fraction = min(1.0, done_before + STAGE_WEIGHTS[stage] * stage_fraction)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+        if self.on_progress is not None:
+            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}))
+
+    def timed(self, stage: str) -> _StageTimer:
+        return _StageTimer(self, stage)
+
+
+class _StageTimer:
+    def __init__(self, tracker: _Tracker, stage: str) -> None:
+        self.tracker, self.stage = tracker, stage
+
+    def __enter__(self) -> _StageTimer:
+        self.began = time.monotonic()
+        self.tracker.update(self.stage, 0.0)
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.tracker.stage_times[self.stage] = round(time.monotonic() - self.began, 3)
+        if exc_type is None:
+            self.tracker.update(self.stage, 1.0)
+
+
+def synthesis_config(spec: CustomizeSpec) -> SynthesisConfig:
+    s = spec.synthesis
+    options = (("decoder", s.decoder),) if s.generator == "decoder" else ()
+    return SynthesisConfig(
+        images_per_class=s.images_per_class,
+        steps=s.steps,
+        lr=s.lr,
+        generator=s.generator,
+        generator_options=options,
+        cutouts=s.cutouts,
+        use_styles=s.use_styles,
+        class_consistency_weight=s.class_consistency_weight,
+        batch_size=s.batch_size,
+        objective=s.objective,
+    )
+
+
+def distill_config(spec: CustomizeSpec) -> DistillConfig:
+    d = spec.distillation
+    return DistillConfig(
+        method=d.method,
+        temperature=d.temperature,
+        epochs=d.epochs,
+        warmup_epochs=d.warmup_epochs,
+        lr=d.lr,
+        inner_lr=d.inner_lr,
+        first_order=d.first_order,
+        train_style_fraction=d.train_style_fraction,
+        batch_size=d.batch_size,
+    )
+
+
+def class_prompts(spec: CustomizeSpec, examples: Mapping[str, torch.Tensor] | None) -> list[ClassPrompts]:
+    examples = examples or {}
+    prompts = []
+    for c in spec.classes:
+        images = examples.get(c.name)
+        if c.images and images is None:
+            raise ValueError(f"class {c.name!r} names example images but none were supplied")
+        text = c.prompt_text
+        if text is not None and spec.constraint:
+            text = f"{text}, {spec.constraint}"
+        prompts.append(ClassPrompts(text, images))
+    return prompts
+
+
+def resolved_styles(spec: CustomizeSpec, teacher: Teacher) -> list[str]:
+    """The spec's style dictionary, else the teacher's own, else the paper-like default."""
+    if spec.styles is not None:
+        return list(spec.styles)
+    return list(teacher.default_styles)
+
+
+def samples_grid(surrogate: SurrogateSet, num_classes: int) -> bytes:
+    """PNG bytes: one row per class, up to SAMPLES_PER_CLASS synthesized images each."""
+    from PIL import Image
+
+    rows = []
+    for k in range(num_classes):
+        picked = surrogate.images[surrogate.labels == k][:SAMPLES_PER_CLASS]
+        row = torch.zeros(SAMPLES_PER_CLASS, *surrogate.images.shape[1:])
+        row[: len(picked)] = picked
+        rows.append(row)
+    grid = make_grid(torch.cat(rows), nrow=SAMPLES_PER_CLASS, padding=1, pad_value=1.0)
+    scale = max(1, SAMPLE_UPSCALE_TO // surrogate.images.shape[-1])
+    grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("clipforge", "torch", "torchvision", "open_clip_torch", "onnx", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def customize(
+    spec: CustomizeSpec,
+    teacher: Teacher,
+    *,
+    examples: Mapping[str, torch.Tensor] | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> CustomizeResult:
+    """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
+
+    ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
+    Deterministic for a given spec, seed, teacher and machine.
+    """
+    tracker = _Tracker(on_progress, should_cancel)
+    with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        with tracker.timed("preparing"):
+            styles = resolved_styles(spec, teacher)
+            targets: InversionTargets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
+        with tracker.timed("synthesizing"):
+            surrogate = synthesize(
+                teacher,
+                targets,
+                synthesis_config(spec),
+                seed=spec.seed,
+                on_step=lambda done, total: tracker.update("synthesizing", done / total),
+            )
+        image_size = spec.student.image_size or teacher.image_size
+        student = create_student(
+            spec.student.arch, len(spec.classes), image_size, mean=teacher.mean.flatten().tolist(), std=teacher.std.flatten().tolist()
+        )
+        student = student.to(teacher.device)
+        with tracker.timed("distilling"):
+            final_losses = Distiller(student, teacher, targets.classifier, distill_config(spec), seed=spec.seed).fit(
+                surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
+            )
+        student = student.cpu().eval()
+        with tracker.timed("exporting"):
+            metrics: dict[str, object] = {
+                "surrogate_images": len(surrogate),
+                "final_losses": final_losses,
+                "student_parameters": count_parameters(student),
+                "student_flops": count_flops(student, image_size),
+                "teacher_image_parameters": count_parameters(teacher.model.visual),
+                "teacher_image_flops": count_flops(teacher.model.visual, teacher.image_size),
+                "styles": styles if spec.synthesis.use_styles else [],
+                "stage_seconds": dict(tracker.stage_times),
+            }
+            card = model_card(spec, teacher, student, metrics)
+            artifacts: dict[str, bytes] = {}
+            if "onnx" in spec.export.formats:
+                artifacts[ONNX_FILE] = export_onnx(
+                    student, image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
+                )
+            if "torchscript" in spec.export.formats:
+                artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, image_size)
+            artifacts[SAMPLES_FILE] = samples_grid(surrogate, len(spec.classes))
+        metrics["stage_seconds"] = dict(tracker.stage_times)
+        card["metrics"] = metrics
+        artifacts[CARD_FILE] = json.dumps(card, indent=2).encode()
+        artifacts[METRICS_FILE] = json.dumps(metrics, indent=2).encode()
+    return CustomizeResult(student, surrogate, artifacts, metrics, card)
+
+
+def model_card(spec: CustomizeSpec, teacher: Teacher, student: Student, metrics: dict[str, object]) -> dict[str, object]:
+    return {
+        "format": "clipforge-model-card/1",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": spec.class_names,
+        "input": {
+            "name": "pixels",
+            "shape": ["batch", 3, student.image_size, student.image_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB, values in [0, 1]",
+            "normalization": "built into the model",
+            "mean": list(student.mean_values),
+            "std": list(student.std_values),
+        },
+        "output": {"name": "logits", "shape": ["batch", len(spec.classes)], "labels": spec.class_names},
+        "student": {"arch": spec.student.arch, "image_size": student.image_size},
+        "teacher": {"name": teacher.name, "image_size": teacher.image_size, "logit_scale": teacher.logit_scale},
+        "spec": spec.model_dump(mode="json"),
+        "metrics": metrics,
+        "versions": _versions(),
+    }

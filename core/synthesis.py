@@ -1,0 +1,179 @@
+"""Stage 1: invert the teacher to synthesise a labelled surrogate data set (METHOD.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from core.augment import AugmentConfig, random_views
+from core.generators import create_generator
+from core.losses import BatchNormStatistics, consistency_loss, matching_loss, total_variation
+from core.teachers.base import DEFAULT_TEMPLATE, Teacher
+
+STYLE_TEMPLATE = "a {text} in the style of {style}."
+# DeepInversion baseline weights: the BatchNorm term dominates, TV keeps images smooth.
+BN_WEIGHT = 1.0
+TV_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """What one class's synthetic images must match: a text, example images, or both."""
+
+    text: str | None  # the class text (with any constraint phrase); None for image-only classes
+    examples: torch.Tensor | None = None  # (M, 3, H, W) pixels in [0, 1]
+
+
+@dataclass(frozen=True)
+class InversionTargets:
+    """Teacher embeddings of every class's prompts; rows of unit vectors."""
+
+    classifier: torch.Tensor  # (K, D): the teacher's zero-shot head S (text), P (prototypes) or their mean
+    text: torch.Tensor  # (K, D) plain prompt embeddings (zeros where a class has no text)
+    styled: torch.Tensor  # (K, N_styles, D) "<text> in the style of <style>" (N_styles may be 0)
+    prototypes: torch.Tensor  # (K, D) normalised mean image embeddings (zeros where no examples)
+    has_text: torch.Tensor  # (K,) bool
+    has_images: torch.Tensor  # (K,) bool
+    styles: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.classifier.shape[0])
+
+
+@torch.no_grad()
+def build_targets(teacher: Teacher, classes: Sequence[ClassPrompts], styles: Sequence[str]) -> InversionTargets:
+    device = teacher.device
+    k = len(classes)
+    dim = teacher.encode_text(["a"]).shape[-1]
+    text = torch.zeros(k, dim, device=device)
+    styled = torch.zeros(k, len(styles), dim, device=device)
+    prototypes = torch.zeros(k, dim, device=device)
+    has_text = torch.tensor([c.text is not None for c in classes])
+    has_images = torch.tensor([c.examples is not None and len(c.examples) > 0 for c in classes])
+    if not bool((has_text | has_images).all()):
+        raise ValueError("every class needs a text or example images")
+    for i, c in enumerate(classes):
+        if c.text is not None:
+            text[i] = teacher.encode_text([DEFAULT_TEMPLATE.format(c.text)])[0]
+            if styles:
+                styled[i] = teacher.encode_text([STYLE_TEMPLATE.format(text=c.text, style=s) for s in styles])
+        if c.examples is not None and len(c.examples) > 0:
+            prototypes[i] = torch.nn.functional.normalize(teacher.encode_image(c.examples.to(device)).mean(0), dim=0)
+    # A class given by both text and images is classified by the mean of both directions.
+    classifier = torch.nn.functional.normalize(text + prototypes, dim=-1)
+    return InversionTargets(classifier, text, styled, prototypes, has_text.to(device), has_images.to(device), tuple(styles))
+
+
+@dataclass(frozen=True)
+class SurrogateSet:
+    images: torch.Tensor  # (N, 3, S, S) pixels in [0, 1], on the CPU
+    labels: torch.Tensor  # (N,) class index
+    styles: torch.Tensor  # (N,) style index, -1 where no style was used
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    images_per_class: int = 64  # surrogate images per class
+    steps: int = 400  # Adam steps per batch of images
+    lr: float = 0.1  # Adam learning rate
+    generator: str = "fourier"  # see core.generators
+    generator_options: tuple[tuple[str, object], ...] = ()  # extra factory kwargs, e.g. (("decoder", "shapes-vae"),)
+    cutouts: int = 8  # augmented views per image per step
+    use_styles: bool = True  # SDD
+    class_consistency_weight: float = 1.0  # CCM; 0 disables
+    batch_size: int = 64  # images optimised together
+    objective: str = "matching"  # "matching" (the method) or "bn_inversion" (DeepInversion baseline)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+StepCallback = Callable[[int, int], None]  # (steps done, steps in total); may raise to cancel
+
+
+def _assignments(num_classes: int, num_styles: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced labels, and styles cycling within each class so every class sees every style."""
+    index = torch.arange(total)
+    labels = index % num_classes
+    styles = (index // num_classes) % num_styles if num_styles else torch.full((total,), -1)
+    return labels, styles
+
+
+def synthesize(
+    teacher: Teacher,
+    targets: InversionTargets,
+    config: SynthesisConfig,
+    *,
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> SurrogateSet:
+    device = teacher.device
+    num_styles = len(targets.styles) if config.use_styles else 0
+    total = targets.num_classes * config.images_per_class
+    labels, styles = _assignments(targets.num_classes, num_styles, total)
+    batches = [(start, min(start + config.batch_size, total)) for start in range(0, total, config.batch_size)]
+    total_steps = len(batches) * config.steps
+    images = torch.empty(total, 3, teacher.image_size, teacher.image_size)
+    done = 0
+    for batch_index, (start, stop) in enumerate(batches):
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
+        generator = create_generator(
+            config.generator, stop - start, teacher.image_size, rng=rng, device=device, **dict(config.generator_options)
+        )
+        y = labels[start:stop].to(device)
+        s = styles[start:stop].to(device)
+        optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
+        for _ in range(config.steps):
+            pixels = generator()
+            loss = _inversion_loss(teacher, targets, config, pixels, y, s, rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if on_step is not None:
+                on_step(done, total_steps)
+        with torch.no_grad():
+            images[start:stop] = generator().float().cpu()
+    return SurrogateSet(images, labels, styles)
+
+
+def _inversion_loss(
+    teacher: Teacher,
+    targets: InversionTargets,
+    config: SynthesisConfig,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    styles: torch.Tensor,
+    rng: torch.Generator,
+) -> torch.Tensor:
+    tau = teacher.logit_scale
+    if config.objective == "bn_inversion":
+        with BatchNormStatistics(teacher.model.visual) as bn:
+            embeddings = teacher.encode_image(pixels)
+            bn_loss = bn.loss()
+        return consistency_loss(embeddings, targets.classifier, labels, tau) + BN_WEIGHT * bn_loss + TV_WEIGHT * total_variation(pixels)
+    if config.objective != "matching":
+        raise ValueError(f"unknown inversion objective {config.objective!r}")
+
+    views = random_views(pixels, config.cutouts, teacher.image_size, rng, config.augment)
+    view_embeddings = teacher.encode_image(views).view(config.cutouts, pixels.shape[0], -1)
+    loss = pixels.new_zeros(())
+    has_text = targets.has_text[labels]
+    if bool(has_text.any()):
+        if config.use_styles and targets.styled.shape[1] > 0:
+            text_targets = targets.styled[labels, styles.clamp(min=0)]
+        else:
+            text_targets = targets.text[labels]
+        loss = loss + matching_loss(view_embeddings[:, has_text], text_targets[has_text].expand(config.cutouts, -1, -1))
+    has_images = targets.has_images[labels]
+    if bool(has_images.any()):
+        image_targets = targets.prototypes[labels][has_images]
+        loss = loss + matching_loss(view_embeddings[:, has_images], image_targets.expand(config.cutouts, -1, -1))
+    if config.class_consistency_weight > 0:
+        plain = teacher.encode_image(pixels)
+        loss = loss + config.class_consistency_weight * consistency_loss(plain, targets.classifier, labels, tau)
+    return loss

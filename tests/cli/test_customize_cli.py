@@ -1,0 +1,75 @@
+"""`clipforge customize` and `clipforge bench student`, run as the installed console script."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from bench.tasks import get_task
+from tests.cli.test_teachers_cli import run
+
+SMALL = {
+    "synthesis": {"images_per_class": 6, "steps": 10, "cutouts": 2, "batch_size": 24},
+    "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
+    "student": {"arch": "tiny_cnn"},
+}
+
+
+def test_customize_writes_artifacts_and_the_onnx_student_evaluates(tmp_path):
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(SMALL))
+    out = tmp_path / "out"
+    # Example images for one class, as a user would have them: PNG files in a folder.
+    folder = tmp_path / "donuts"
+    folder.mkdir()
+    for i, image in enumerate(get_task("ambiguous").examples(3)["donut"]):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    result = run(
+        "customize",
+        "--teacher",
+        "shapes-mini",
+        "--classes",
+        "circle,square,triangle,star,hexagon,cross,heart,ring",
+        "--images",
+        f"ring={folder}",
+        "--config",
+        str(config),
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == {"student.onnx", "student.torchscript.pt", "model_card.json", "samples.png", "metrics.json"}
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["spec"]["seed"] == 3 and card["spec"]["classes"][7] == {"name": "ring", "text": None, "images": [str(folder)]}
+    assert "synthesizing" in result.stderr and "%" in result.stderr  # the progress bar
+    evaluation = run("bench", "student", "--onnx", str(out / "student.onnx"), "--task", "shape8", "--images", "200", "--json")
+    assert evaluation.returncode == 0, evaluation.stderr
+    figures = json.loads(evaluation.stdout)
+    assert 0.0 <= figures["student_onnx_accuracy"] <= 1.0 and figures["teacher_zero_shot_accuracy"] > 0.8
+
+
+def test_bad_specs_fail_with_a_code_and_write_nothing(tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        ("--classes", "circle"),  # one class
+        ("--classes", "circle,circle"),  # duplicate
+        ("--classes", "circle,square", "--device", "tpu"),
+        ("--classes", "circle,square", "--images", "nonsense"),
+    ]
+    for args in cases:
+        result = run("customize", *args, "--out", str(out))
+        assert result.returncode == 2, (args, result.stderr)
+        assert "error [invalid_spec]" in result.stderr and "Traceback" not in result.stderr
+    result = run("customize", "--classes", "a,b", "--images", f"a={tmp_path / 'missing'}", "--out", str(out))
+    assert result.returncode == 2 and "error [invalid_images]" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = run("customize", "--config", str(bad), "--out", str(out))
+    assert result.returncode == 2 and "error [invalid_spec]" in result.stderr
+    assert not out.exists()

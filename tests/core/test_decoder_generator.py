@@ -1,0 +1,128 @@
+"""The `decoder` generator: the ImageGenerator contract, the bundled shapes-vae decoder, and that z is easy to optimise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.world import render_batch
+from core.generators.base import GENERATORS, ImageGenerator, create_generator
+from core.generators.decoder import (
+    DecoderConfig,
+    DecoderError,
+    DecoderGenerator,
+    LatentDecoder,
+    LatentEncoder,
+    load_decoder,
+)
+
+IMAGE_SIZE = 32
+N_IMAGES = 4
+FIT_STEPS = 150
+FIT_LR = 0.05
+# Measured on the bundled decoder (bench/results/experiments.md, 2026-11-28): fitting z from
+# N(0, I) to these rendered images reaches MSE 0.0026 in 150 Adam steps; the bound leaves margin.
+RECONSTRUCTION_MSE_BOUND = 0.006
+
+
+def generator(seed: int, *, n: int = N_IMAGES, image_size: int = IMAGE_SIZE, **cfg: object) -> ImageGenerator:
+    return create_generator("decoder", n, image_size, rng=torch.Generator().manual_seed(seed), device="cpu", **cfg)
+
+
+def trainable(gen: ImageGenerator) -> list[torch.nn.Parameter]:
+    return [p for p in gen.parameters() if p.requires_grad]  # what the synthesis optimiser will take
+
+
+def test_decoder_is_registered() -> None:
+    assert "decoder" in GENERATORS
+
+
+@pytest.mark.parametrize("image_size", [IMAGE_SIZE, 48, 24])
+def test_forward_shape_and_range(image_size: int) -> None:
+    images = generator(0, image_size=image_size)()
+    assert images.shape == (N_IMAGES, 3, image_size, image_size)
+    assert images.dtype == torch.float32
+    assert float(images.detach().min()) >= 0.0 and float(images.detach().max()) <= 1.0
+
+
+def test_only_the_latents_are_optimisable() -> None:
+    gen = generator(0)
+    assert [p is gen.z for p in gen.parameters()] == [True]
+    assert trainable(gen)[0].shape == (N_IMAGES, *load_decoder().config.latent_shape)
+    gen().square().mean().backward()
+    assert gen.z.grad is not None and gen.z.grad.abs().sum() > 0
+    decoder_tensors = list(gen.decoder.state_dict().values())
+    assert decoder_tensors and all(not t.requires_grad and t.grad is None for t in decoder_tensors)
+
+
+def test_decoder_stays_in_eval_mode() -> None:
+    gen = generator(0).train()
+    assert gen.training and not gen.decoder.training
+
+
+def test_same_seed_same_images_other_seed_other_images() -> None:
+    assert torch.equal(generator(3)(), generator(3)())
+    assert not torch.allclose(generator(3)(), generator(4)())
+
+
+def test_init_scale_scales_the_latents() -> None:
+    assert torch.allclose(generator(0, init_scale=0.5).z, 0.5 * generator(0).z)
+    flat = generator(0, init_scale=0.0)()
+    assert torch.allclose(flat, flat[:1].expand_as(flat))  # z = 0 everywhere: one image, n times
+    with pytest.raises(ValueError):
+        generator(0, init_scale=-1.0)
+
+
+def test_adam_on_z_reduces_the_distance_to_a_target() -> None:
+    target, _ = render_batch(1, seed=7)
+    gen = generator(1, n=1)
+    optimizer = torch.optim.Adam(trainable(gen), lr=FIT_LR)
+    before = F.mse_loss(gen(), target).item()
+    for _ in range(10):
+        loss = F.mse_loss(gen(), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert F.mse_loss(gen(), target).item() < 0.8 * before
+
+
+def test_bundled_decoder_reconstructs_rendered_images() -> None:
+    """Fit z from a random start to a few world images: the decoder can draw them (no encoder needed)."""
+    targets, _ = render_batch(8, seed=11, distractor_prob=0.8)
+    gen = generator(2, n=len(targets))
+    optimizer = torch.optim.Adam(trainable(gen), lr=FIT_LR)
+    for _ in range(FIT_STEPS):
+        loss = F.mse_loss(gen(), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert F.mse_loss(gen(), targets).item() < RECONSTRUCTION_MSE_BOUND
+
+
+def test_load_decoder_is_frozen_float32_and_returns_independent_copies() -> None:
+    first, second = load_decoder(), load_decoder()
+    assert first is not second and not first.training
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in first.parameters())
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    assert not torch.equal(next(first.parameters()), next(second.parameters()))
+    assert torch.equal(next(second.parameters()), next(load_decoder().parameters()))
+
+
+def test_unknown_decoder_is_a_clear_error() -> None:
+    with pytest.raises(DecoderError, match="no-such-decoder"):
+        load_decoder("no-such-decoder")
+
+
+def test_architecture_round_trip_without_the_bundle() -> None:
+    config = DecoderConfig(widths=(16, 32, 64), latent_channels=2)
+    assert DecoderConfig.from_dict(config.to_dict()) == config
+    images, _ = render_batch(2, seed=0)
+    mean, logvar = LatentEncoder(config)(images)
+    assert mean.shape == logvar.shape == (2, *config.latent_shape)
+    gen = DecoderGenerator(2, IMAGE_SIZE, LatentDecoder(config), rng=torch.Generator().manual_seed(0))
+    assert gen().shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError):
+        DecoderConfig(image_size=32, latent_size=4, widths=(32, 64))

@@ -1,0 +1,101 @@
+"""End-to-end `customize` on the bundled teacher, with budgets small enough for CI."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.tasks import get_task
+from core.export import onnx_metadata, run_onnx
+from core.pipeline import CARD_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE, CustomizeCancelled, customize
+from core.spec import CustomizeSpec
+
+SMALL = {
+    "teacher": "shapes-mini",
+    "synthesis": {"images_per_class": 8, "steps": 15, "cutouts": 2, "batch_size": 24},
+    "distillation": {"epochs": 3, "warmup_epochs": 1, "batch_size": 8},
+    "device": "cpu",
+}
+
+
+def small_spec(**overrides) -> CustomizeSpec:
+    return CustomizeSpec.model_validate({**SMALL, "classes": ["circle", "square", "star"], **overrides})
+
+
+def test_customize_end_to_end_produces_verified_artifacts(shapes_teacher):
+    events = []
+    result = customize(small_spec(), shapes_teacher, on_progress=events.append)
+    assert set(result.artifacts) == {ONNX_FILE, TORCHSCRIPT_FILE, CARD_FILE, SAMPLES_FILE, METRICS_FILE}
+    # Progress covers every stage in order and ends at 1.
+    stages = list(dict.fromkeys(e.stage for e in events))
+    assert stages == ["preparing", "synthesizing", "distilling", "exporting"]
+    assert events[-1].fraction == pytest.approx(1.0)
+    assert all(b.fraction >= a.fraction for a, b in itertools.pairwise(events))
+    assert any(e.eta_seconds is not None for e in events)
+    # The ONNX student runs in onnxruntime on real rendered images and carries its card.
+    images, _ = get_task("shape8").render("test", 5)
+    logits = run_onnx(result.artifacts[ONNX_FILE], images.numpy())
+    assert logits.shape == (5, 3) and np.isfinite(logits).all()
+    card = json.loads(onnx_metadata(result.artifacts[ONNX_FILE])["clipforge_model_card"])
+    assert card["classes"] == ["circle", "square", "star"] and card["teacher"]["name"] == "shapes-mini"
+    full_card = json.loads(result.artifacts[CARD_FILE])
+    assert full_card["spec"]["synthesis"]["steps"] == 15 and "versions" in full_card and "metrics" in full_card
+    assert full_card["input"]["mean"] and full_card["input"]["std"]
+    metrics = json.loads(result.artifacts[METRICS_FILE])
+    assert metrics["surrogate_images"] == 24 and set(metrics["stage_seconds"]) == {"preparing", "synthesizing", "distilling", "exporting"}
+    grid = Image.open(io.BytesIO(result.artifacts[SAMPLES_FILE]))
+    assert grid.width > grid.height > 0  # 3 rows of 8 samples
+    assert len(result.surrogate) == 24 and torch.equal(torch.bincount(result.surrogate.labels), torch.tensor([8, 8, 8]))
+
+
+def test_same_seed_same_student_and_another_seed_another(shapes_teacher):
+    spec = small_spec(export={"formats": ["torchscript"]}, student={"arch": "tiny_cnn"})
+    a = customize(spec, shapes_teacher).student.state_dict()
+    b = customize(spec, shapes_teacher).student.state_dict()
+    c = customize(spec.model_copy(update={"seed": 1}), shapes_teacher).student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cancellation_stops_between_steps(shapes_teacher):
+    calls = {"n": 0}
+
+    def should_cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(CustomizeCancelled):
+        customize(small_spec(), shapes_teacher, should_cancel=should_cancel)
+    assert calls["n"] == 6
+
+
+def test_image_prompts_and_mixed_classes(shapes_teacher):
+    examples = get_task("ambiguous").examples(3)
+    spec = CustomizeSpec.model_validate(
+        {
+            **SMALL,
+            "classes": [
+                {"name": "donut", "images": ["upload-1"]},
+                {"name": "asterisk", "text": "star", "images": ["upload-2"]},
+                {"name": "square"},
+            ],
+            "export": {"formats": ["onnx"]},
+            "student": {"arch": "tiny_cnn"},
+        }
+    )
+    result = customize(spec, shapes_teacher, examples={"donut": examples["donut"], "asterisk": examples["asterisk"]})
+    assert ONNX_FILE in result.artifacts and TORCHSCRIPT_FILE not in result.artifacts
+    with pytest.raises(ValueError, match="example images"):
+        customize(spec, shapes_teacher, examples={})
+
+
+def test_bn_inversion_baseline_runs(shapes_teacher):
+    spec = small_spec(synthesis={**SMALL["synthesis"], "objective": "bn_inversion", "generator": "pixel"}, export={"formats": ["onnx"]})
+    result = customize(spec, shapes_teacher)
+    assert result.surrogate.images.shape == (24, 3, 32, 32)

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.registry import UnknownNameError
+from core.students import STUDENTS, Student, count_flops, count_parameters, create_student
+
+MEAN = (0.48, 0.46, 0.41)
+STD = (0.27, 0.26, 0.28)
+ARCHS = ("resnet18", "mobilenet_v3_small", "tiny_cnn")
+
+
+def make(arch: str, num_classes: int = 5, image_size: int = 32) -> Student:
+    torch.manual_seed(0)
+    return create_student(arch, num_classes, image_size, mean=MEAN, std=STD)
+
+
+def test_registry_names_match_the_spec() -> None:
+    assert set(STUDENTS.names()) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_logits_shape(arch: str, image_size: int) -> None:
+    student = make(arch, num_classes=7, image_size=image_size).eval()
+    with torch.no_grad():
+        logits = student(torch.rand(2, 3, image_size, image_size))
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    assert (student.arch, student.num_classes, student.image_size) == (arch, 7, image_size)
+
+
+def test_normalisation_is_inside_the_student() -> None:
+    student = make("tiny_cnn").eval()
+    assert student.mean_values == MEAN and student.std_values == STD
+    assert student.mean.shape == student.std.shape == (1, 3, 1, 1)
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = student.backbone((pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+        assert torch.allclose(student(pixels), expected, atol=1e-6)
+    assert "mean" in student.state_dict()  # a checkpoint carries its normalisation
+
+
+def test_resnet18_small_stem_only_for_small_inputs() -> None:
+    small, large = make("resnet18", image_size=32).backbone, make("resnet18", image_size=224).backbone
+    assert small.conv1.stride == (1, 1) and small.conv1.kernel_size == (3, 3) and small.conv1.bias is None
+    assert isinstance(small.maxpool, nn.Identity)
+    assert large.conv1.stride == (2, 2) and large.conv1.kernel_size == (7, 7)
+    assert isinstance(large.maxpool, nn.MaxPool2d)
+
+
+def test_mobilenet_first_conv_stride() -> None:
+    assert make("mobilenet_v3_small", image_size=32).backbone.features[0][0].stride == (1, 1)
+    assert make("mobilenet_v3_small", image_size=224).backbone.features[0][0].stride == (2, 2)
+
+
+def test_sizes_and_costs() -> None:
+    tiny, resnet = make("tiny_cnn"), make("resnet18")
+    tiny_params, resnet_params = count_parameters(tiny), count_parameters(resnet)
+    assert 50_000 < tiny_params < 200_000  # "~100k parameters"
+    assert resnet_params > tiny_params > 0
+    tiny_flops, resnet_flops = count_flops(tiny, 32), count_flops(resnet, 32)
+    assert resnet_flops > tiny_flops > 0
+
+
+def test_count_flops_restores_modes_and_statistics() -> None:
+    student = make("tiny_cnn").train()
+    student.backbone.features[1].eval()  # a frozen BatchNorm must stay frozen
+    bn = student.backbone.features[4]
+    running_mean = bn.running_mean.clone()
+    count_flops(student, 32)
+    assert student.training and bn.training and not student.backbone.features[1].training
+    assert torch.equal(bn.running_mean, running_mean)
+
+
+def test_flops_match_a_hand_count() -> None:
+    # One 1x1 conv plus a linear head: 2 * MACs, so the count is checked, not just positive.
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 2, bias=False))
+    assert count_flops(model, 8) == 2 * (3 * 4 * 8 * 8 + 4 * 8 * 8 * 2)
+
+
+def test_count_flops_follows_the_model_dtype() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 2, 2, bias=False)).to(torch.bfloat16)
+    assert count_flops(model, 2) == 2 * 3 * 2 * 2 * 2
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        create_student("vit_huge", 3, 32, mean=MEAN, std=STD)
+    assert info.value.code == "unknown_student"
+    assert "tiny_cnn" in str(info.value)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        create_student("tiny_cnn", 0, 32, mean=MEAN, std=STD)
+    with pytest.raises(ValueError):
+        create_student("tiny_cnn", 3, 32, mean=MEAN, std=(0.2, 0.0, 0.2))
