@@ -149,8 +149,9 @@ def accuracy(student: Student, task: Task, split: Split, images: int) -> float:
 
 
 class PaperBenchmark:
-    def __init__(self, teacher: Teacher, budget: Budget, *, log: Callable[[str], None] = print) -> None:
-        self.teacher, self.budget, self.log = teacher, budget, log
+    def __init__(self, teacher: Teacher, budget: Budget, *, split: Split = "test", log: Callable[[str], None] = print) -> None:
+        # split: where students and the teacher are scored; experiments that choose settings use "val".
+        self.teacher, self.budget, self.split, self.log = teacher, budget, split, log
         self._surrogates: dict[tuple, tuple[SurrogateSet, torch.Tensor, float]] = {}
         self.stage_seconds: dict[str, list[float]] = {"synthesis": [], "distillation": []}
 
@@ -202,7 +203,7 @@ class PaperBenchmark:
     def run_row(self, row: Row, seed: int) -> float:
         task = get_task(row.task)
         if row.kind == "teacher":
-            return zero_shot(self.teacher, task, split="test", images=self.budget.eval_images).accuracy
+            return zero_shot(self.teacher, task, split=self.split, images=self.budget.eval_images).accuracy
         data, classifier = self.reference_set(row, seed) if row.kind != "method" else self.surrogate(row, seed)
         torch.manual_seed(seed)
         student = create_student(
@@ -215,7 +216,7 @@ class PaperBenchmark:
         start = time.monotonic()
         Distiller(student, self.teacher, classifier, self.distill_config(row.method), seed=seed).fit(data)
         self.stage_seconds["distillation"].append(time.monotonic() - start)
-        return accuracy(student.cpu(), task, "test", self.budget.eval_images)
+        return accuracy(student.cpu(), task, self.split, self.budget.eval_images)
 
     def run(self, seeds: int, rows: tuple[Row, ...] = ROWS) -> dict[str, object]:
         results: dict[str, list[float]] = {row.key: [] for row in rows}

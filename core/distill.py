@@ -23,6 +23,7 @@ META_METHODS = {"meta_kd": "kd", "meta_ce_kd": "ce_kd"}
 PLAIN_METHODS = ("ce", "kd", "ce_kd")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
+GRAD_CLIP_NORM = 5.0  # synthetic images can give huge early gradients; clipping keeps SGD stable
 # Distillation views are milder than inversion cutouts: the student should see whole objects.
 DISTILL_AUGMENT = AugmentConfig(min_scale=0.8, max_scale=1.0, max_rotation_deg=8.0, noise_std=0.01, max_shift=0.08)
 
@@ -33,7 +34,8 @@ class DistillConfig:
     temperature: float = 4.0  # KD temperature T
     epochs: int = 60  # passes over the surrogate set (over X_tr for meta methods)
     warmup_epochs: int = 10  # plain-KD epochs before meta-KD starts
-    lr: float = 0.05  # SGD learning rate, cosine-decayed
+    optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam"
+    lr: float = 0.05  # learning rate, cosine-decayed
     inner_lr: float = 0.01  # meta-KD inner step alpha
     first_order: bool = False  # drop meta-KD's second-order term
     train_style_fraction: float = 0.5  # share of styles in X_tr
@@ -56,6 +58,14 @@ def split_styles(styles: torch.Tensor, train_fraction: float, rng: torch.Generat
     train_styles = shuffled[:cut]
     in_train = torch.isin(styles, train_styles)
     return in_train.nonzero(as_tuple=True)[0], (~in_train).nonzero(as_tuple=True)[0]
+
+
+def make_optimizer(student: nn.Module, config: DistillConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(student.parameters(), lr=config.lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=WEIGHT_DECAY)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
 class Distiller:
@@ -89,7 +99,7 @@ class Distiller:
         steps_per_epoch = max(1, math.ceil(len(train_pool) / config.batch_size))
         warmup_steps = steps_per_epoch * min(config.warmup_epochs, config.epochs) if meta else 0
         total_steps = steps_per_epoch * config.epochs
-        optimizer = torch.optim.SGD(self.student.parameters(), lr=config.lr, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        optimizer = make_optimizer(self.student, config)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
         test_styles = data.styles[test_pool].unique()
         self.student.train()
@@ -115,6 +125,7 @@ class Distiller:
                 latest = {"loss": loss.item(), "loss_train_styles": loss_tr.item(), "loss_test_styles": loss_te.item()}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            nn.utils.clip_grad_norm_(self.student.parameters(), GRAD_CLIP_NORM)
             optimizer.step()
             schedule.step()
             if on_step is not None:

@@ -127,6 +127,7 @@ def distill_config(spec: CustomizeSpec) -> DistillConfig:
         temperature=d.temperature,
         epochs=d.epochs,
         warmup_epochs=d.warmup_epochs,
+        optimizer=d.optimizer,
         lr=d.lr,
         inner_lr=d.inner_lr,
         first_order=d.first_order,

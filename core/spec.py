@@ -99,7 +99,8 @@ class DistillationSpec(Strict):
     temperature: Annotated[float, Field(gt=0, le=100)] = 4.0  # KD softmax temperature T
     epochs: Annotated[int, Field(ge=1, le=1000)] = 60  # passes over the surrogate set
     warmup_epochs: Annotated[int, Field(ge=0, le=1000)] = 10  # plain KD epochs before meta-KD starts
-    lr: Annotated[float, Field(gt=0, le=10)] = 0.05  # student learning rate (SGD with momentum, cosine)
+    optimizer: Literal["sgd", "adam"] = "sgd"  # student optimiser (SGD: momentum 0.9, Nesterov)
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.05  # student learning rate, cosine-decayed
     inner_lr: Annotated[float, Field(gt=0, le=10)] = 0.01  # meta-KD inner step size alpha
     first_order: bool = False  # meta-KD without second-order terms (cheaper)
     train_style_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of styles whose images form X_tr
