@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -96,11 +97,18 @@ def run_customize(args: argparse.Namespace) -> int:
         examples = {c.name: torch.cat([load_folder(folder, teacher.image_size) for folder in c.images]) for c in spec.classes if c.images}
     except (OSError, ValueError) as exc:  # a missing folder, no images in it, or an undecodable file
         raise CliError("invalid_images", str(exc)) from exc
-    bar = tqdm(total=100, disable=args.quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}")
+    bar = tqdm(total=100, disable=args.quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr)
+
+    shown: dict[str, object] = {}
 
     def show(progress) -> None:
+        # Redraw only when the stage or the whole percent changes: logs stay short off a terminal.
+        percent = int(100 * progress.fraction)
+        if shown.get("stage") == progress.stage and shown.get("percent") == percent:
+            return
+        shown.update(stage=progress.stage, percent=percent)
         bar.set_description_str(progress.stage)
-        bar.n = round(100 * progress.fraction, 1)
+        bar.n = percent
         eta = "?" if progress.eta_seconds is None else f"{progress.eta_seconds:.0f}s"
         bar.set_postfix_str(f"ETA {eta}", refresh=False)
         bar.refresh()
