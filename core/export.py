@@ -14,6 +14,7 @@ import inspect
 import io
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +97,7 @@ def export_onnx(
         session = _session(onnx_bytes)
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot load the exported model: {exc}") from exc
-    for batch, pixels in _check_inputs(image_size):
-        with torch.no_grad():
-            expected = cpu_model(pixels).numpy()
-        try:
-            actual = session.run([OUTPUT_NAME], {INPUT_NAME: pixels.numpy()})[0]
-        except Exception as exc:
-            raise ExportError(f"onnxruntime failed on a batch of {batch}: {exc}") from exc
-        _check_parity(expected, actual, atol=atol, what=f"ONNX (onnxruntime) on a batch of {batch}")
+    _verify(cpu_model, lambda pixels: session.run([OUTPUT_NAME], {INPUT_NAME: pixels.numpy()})[0], image_size, atol, "ONNX (onnxruntime)")
     return onnx_bytes
 
 
@@ -125,14 +119,7 @@ def export_torchscript(model: nn.Module, image_size: int, *, atol: float = 1e-4)
     except Exception as exc:
         raise ExportError(f"TorchScript export failed: {type(exc).__name__}: {exc}") from exc
 
-    for batch, pixels in _check_inputs(image_size):
-        with torch.no_grad():
-            expected = cpu_model(pixels).numpy()
-            try:
-                actual = reloaded(pixels).numpy()
-            except Exception as exc:
-                raise ExportError(f"the reloaded TorchScript model failed on a batch of {batch}: {exc}") from exc
-        _check_parity(expected, actual, atol=atol, what=f"TorchScript on a batch of {batch}")
+    _verify(cpu_model, lambda pixels: reloaded(pixels).numpy(), image_size, atol, "TorchScript")
     return ts_bytes
 
 
@@ -204,6 +191,18 @@ def _example(image_size: int) -> torch.Tensor:
 
 def _default_opset(proto: onnx.ModelProto) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _verify(cpu_model: nn.Module, run: Callable[[torch.Tensor], np.ndarray], image_size: int, atol: float, what: str) -> None:
+    """Compare ``run`` (the exported model) with PyTorch on every check batch; raise ExportError on any failure."""
+    for batch, pixels in _check_inputs(image_size):
+        with torch.no_grad():
+            expected = cpu_model(pixels).numpy()
+            try:
+                actual = run(pixels)
+            except Exception as exc:
+                raise ExportError(f"{what} failed on a batch of {batch}: {exc}") from exc
+        _check_parity(expected, actual, atol=atol, what=f"{what} on a batch of {batch}")
 
 
 def _check_inputs(image_size: int) -> list[tuple[int, torch.Tensor]]:
