@@ -67,7 +67,7 @@ CancelCheck = Callable[[], bool]
 
 
 class _Tracker:
-    """Turns per-step callbacks into throttled-free Progress events and cancellation checks."""
+    """Turns per-step callbacks into Progress events (overall fraction, ETA) and cancellation checks."""
 
     def __init__(self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
         self.on_progress, self.should_cancel = on_progress, should_cancel
