@@ -104,36 +104,14 @@ class _StageTimer:
 
 
 def synthesis_config(spec: CustomizeSpec) -> SynthesisConfig:
+    # The spec and the engine config share field names; a field one lacks fails loudly here.
     s = spec.synthesis
     options = (("decoder", s.decoder),) if s.generator == "decoder" else ()
-    return SynthesisConfig(
-        images_per_class=s.images_per_class,
-        steps=s.steps,
-        lr=s.lr,
-        generator=s.generator,
-        generator_options=options,
-        cutouts=s.cutouts,
-        use_styles=s.use_styles,
-        class_consistency_weight=s.class_consistency_weight,
-        batch_size=s.batch_size,
-        objective=s.objective,
-    )
+    return SynthesisConfig(**s.model_dump(exclude={"decoder"}), generator_options=options)
 
 
 def distill_config(spec: CustomizeSpec) -> DistillConfig:
-    d = spec.distillation
-    return DistillConfig(
-        method=d.method,
-        temperature=d.temperature,
-        epochs=d.epochs,
-        warmup_epochs=d.warmup_epochs,
-        optimizer=d.optimizer,
-        lr=d.lr,
-        inner_lr=d.inner_lr,
-        first_order=d.first_order,
-        train_style_fraction=d.train_style_fraction,
-        batch_size=d.batch_size,
-    )
+    return DistillConfig(**spec.distillation.model_dump())
 
 
 def class_prompts(spec: CustomizeSpec, examples: Mapping[str, torch.Tensor] | None) -> list[ClassPrompts]:
