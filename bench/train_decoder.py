@@ -12,6 +12,11 @@ After training it evaluates (``evaluate_decoder``): the teacher's zero-shot accu
 images vs on their reconstructions, latent statistics, gradient-descent fits of ``z`` from a
 random start, and what images from ``z ~ N(0, I)`` look like to the teacher; all go to card.json.
 ``--eval-only`` re-runs the evaluation of a saved decoder with the encoder kept under runs/.
+
+It also fits the bundle's latent prior (``latent_prior.safetensors``): a full-covariance
+Gaussian over the encoder's posterior means of unlabelled world images, which the ``decoder``
+generator samples and optimises in whitened form. ``--fit-prior`` refits it alone from the
+kept encoder.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from bench.tasks import get_task
 from bench.world import render, sample_scenes
 from core.generators.decoder import (
     CONFIG_FILE,
+    PRIOR_FILE,
     WEIGHTS_FILE,
     DecoderConfig,
     LatentDecoder,
@@ -56,6 +62,10 @@ GRID_PER_TASK = 8  # images per task in reconstructions.png (shape8 and color8)
 GRID_SCALE = 3  # nearest-neighbour upscaling of the 32 px images in the PNG grids
 EVAL_SEED = 12345  # random z for the fits and the samples
 LOG_EVERY = 50
+PRIOR_IMAGES = 8192  # unlabelled training-distribution images for the latent Gaussian (512 dims: 16 images per dimension)
+PRIOR_SEED = 777  # batches for the prior fit come from this seed, apart from training and evaluation
+PRIOR_BATCH = 512
+PRIOR_JITTER = 1e-3  # added to the covariance's diagonal; its smallest eigenvalue measured 0.015
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 
 DEFAULT_CONFIG = DecoderConfig(
@@ -310,6 +320,28 @@ def save_bundle(decoder: LatentDecoder, out: Path) -> int:
     return size
 
 
+@torch.no_grad()
+def fit_latent_prior(encoder: LatentEncoder, config: DecoderConfig, out: Path, images: int = PRIOR_IMAGES) -> dict[str, object]:
+    """Fit and save ``latent_prior.safetensors``: mean and Cholesky factor of the posterior means' covariance."""
+    means = torch.cat(
+        [encoder(training_batch(PRIOR_SEED, i, PRIOR_BATCH, config.image_size))[0] for i in range(math.ceil(images / PRIOR_BATCH))]
+    )[:images].flatten(1)
+    mean = means.mean(0)
+    covariance = torch.cov(means.T.double())
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    scale_tril = torch.linalg.cholesky(covariance + PRIOR_JITTER * torch.eye(len(mean), dtype=torch.float64)).float()
+    save_file({"mean": mean.contiguous(), "scale_tril": scale_tril.contiguous()}, str(out / PRIOR_FILE))
+    return {
+        "file": PRIOR_FILE,
+        "images": images,
+        "seed": PRIOR_SEED,
+        "dimensions": len(mean),
+        "diagonal_jitter": PRIOR_JITTER,
+        "covariance_eigenvalues_min_max": [round(float(eigenvalues[0]), 5), round(float(eigenvalues[-1]), 3)],
+        "bytes": (out / PRIOR_FILE).stat().st_size,
+    }
+
+
 def load_encoder(path: Path, config: DecoderConfig) -> LatentEncoder:
     encoder = LatentEncoder(config)
     encoder.load_state_dict(load_file(str(path)))
@@ -336,6 +368,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="shapes-mini")
     parser.add_argument("--skip-eval", action="store_true", help="train and save only (smoke runs)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the decoder in --out with the encoder in --encoder-out")
+    parser.add_argument("--fit-prior", action="store_true", help="refit the latent prior in --out from the encoder in --encoder-out")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -343,6 +376,14 @@ def main() -> None:
     out = Path(args.out)
     encoder_path = Path(args.encoder_out or f"runs/{config.name}-encoder.safetensors")
     samples_png = Path(args.samples_png or f"runs/{config.name}-samples.png")
+
+    if args.fit_prior:
+        decoder = load_decoder_from(out)
+        card = json.loads((out / "card.json").read_text())
+        card["latent_prior"] = fit_latent_prior(load_encoder(encoder_path, decoder.config), decoder.config, out)
+        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print("latent prior", json.dumps(card["latent_prior"]), flush=True)
+        return
 
     if args.eval_only:
         decoder = load_decoder_from(out)
@@ -368,7 +409,7 @@ def main() -> None:
             "weights_dtype": "float16",
         },
         "training": {
-            **{k: v for k, v in vars(args).items() if k not in ("skip_eval", "eval_only")},
+            **{k: v for k, v in vars(args).items() if k not in ("skip_eval", "eval_only", "fit_prior")},
             "distractor_prob": DISTRACTOR_PROB,
             "data": "freshly rendered shapes-world images, no labels, batch rendered from (seed, step)",
             "loss": "L1 + edge_weight * L1 of pixel differences + kl_weight * KL per latent element (reparameterised sample)",
@@ -377,6 +418,7 @@ def main() -> None:
         "machine": {"cpu_threads": args.threads, "platform": platform.platform(), "torch": torch.__version__},
         "history": info["history"],
     }
+    card["latent_prior"] = fit_latent_prior(encoder, config, out)
     if not args.skip_eval:
         # Evaluate the weights as shipped: fp16-rounded, reloaded as float32.
         shipped = load_decoder_from(out)

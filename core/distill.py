@@ -40,6 +40,7 @@ class DistillConfig:
     first_order: bool = False  # drop meta-KD's second-order term
     train_style_fraction: float = 0.5  # share of styles in X_tr
     batch_size: int = 64
+    mixup: float = 0.0  # share of each batch replaced by mixes of two images (weight ~ U(0, 1)); teacher labels the mix
     augment: AugmentConfig = field(default_factory=lambda: DISTILL_AUGMENT)
 
 
@@ -79,8 +80,21 @@ class Distiller:
         self.rng = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         self.image_size = int(getattr(student, "image_size", teacher.image_size))
 
+    def _mix(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup on a share of the batch: new images between the surrogate set's ones, soft-labelled by the
+        teacher (KD needs no mixed targets); a hard label follows the larger component for CE."""
+        n = len(views)
+        mixed = torch.rand(n, generator=self.rng) < self.config.mixup
+        partner = torch.randint(n, (n,), generator=self.rng)
+        weight = torch.where(mixed, torch.rand(n, generator=self.rng), torch.ones(n))
+        w = weight.view(-1, 1, 1, 1).to(views.device, views.dtype)
+        views = w * views + (1 - w) * views[partner.to(views.device)]
+        return views, torch.where(weight >= 0.5, labels, labels[partner])
+
     def _views(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         views = random_views(images.to(self.device), 1, self.image_size, self.rng, self.config.augment)
+        if self.config.mixup > 0:
+            views, labels = self._mix(views, labels)
         with torch.no_grad():
             teacher_logits = self.teacher.logit_scale * self.teacher.encode_image(views) @ self.classifier.T
         return views, teacher_logits, labels.to(self.device)

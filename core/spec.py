@@ -105,6 +105,7 @@ class DistillationSpec(Strict):
     first_order: bool = False  # meta-KD without second-order terms (cheaper)
     train_style_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of styles whose images form X_tr
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
+    mixup: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of each batch mixed with another image (teacher-labelled)
 
 
 class StudentSpec(Strict):

@@ -16,6 +16,15 @@ well gradient descent from a random ``z`` fits held-out images).
 
 Only the decoder is bundled (``config.json`` and fp16 ``weights.safetensors``); the encoder
 class lives here so that the training script and the tests can build the whole VAE.
+
+The latent prior. Measured: ``z ~ N(0, I)`` decodes to multicoloured speckle, because the
+aggregate posterior is far from isotropic (neighbouring latent cells are strongly correlated:
+uniform backgrounds, one object). The bundle therefore also carries ``latent_prior.safetensors``,
+a full-covariance Gaussian fitted to the encoder's posterior means of unlabelled world images
+(the same data the VAE trained on, no labels). With ``prior="fitted"`` the generator optimises
+whitened codes ``u`` and decodes ``z = mean + L u`` (``L`` the Cholesky factor): ``u ~ N(0, I)``
+then decodes to plausible scenes (an object over a background), and Adam steps in the
+whitened space move along directions the decoder actually uses.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from core.generators.base import GENERATORS, ImageGenerator
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+PRIOR_FILE = "latent_prior.safetensors"
 DEFAULT_DECODER = "shapes-vae"
+PRIORS = ("fitted", "standard")  # fitted Gaussian from the bundle, or N(0, I)
 
 GROUP_NORM_GROUPS = 8  # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of its batch
 LOGVAR_CLAMP = (-20.0, 10.0)  # keeps exp(logvar) finite early in training
@@ -180,6 +191,28 @@ def load_decoder(name: str = DEFAULT_DECODER) -> LatentDecoder:
     return copy.deepcopy(_cached_decoder(name))
 
 
+@dataclass(frozen=True)
+class LatentPrior:
+    """A Gaussian over flattened latents: ``z = mean + scale_tril @ u`` with ``u ~ N(0, I)``."""
+
+    mean: torch.Tensor  # (D,)
+    scale_tril: torch.Tensor  # (D, D) lower-triangular Cholesky factor of the covariance
+
+
+def load_latent_prior_from(folder: str | Path) -> LatentPrior:
+    path = Path(folder) / PRIOR_FILE
+    if not path.is_file():
+        raise DecoderError(f"no fitted latent prior at {path}; use prior='standard' or fit one (bench/train_decoder.py --fit-prior)")
+    tensors = load_file(str(path))
+    return LatentPrior(tensors["mean"].float(), tensors["scale_tril"].float())
+
+
+@functools.lru_cache(maxsize=8)
+def load_latent_prior(name: str = DEFAULT_DECODER) -> LatentPrior:
+    """The bundled decoder's fitted prior (read once per process; tensors are never modified in place)."""
+    return load_latent_prior_from(decoder_dir(name))
+
+
 def _parameters_to_buffers(module: nn.Module) -> None:
     """Re-register every parameter of ``module`` as a buffer: it still follows ``.to()`` and
     ``state_dict()``, but no longer appears in ``parameters()``, so an optimiser built from
@@ -191,16 +224,42 @@ def _parameters_to_buffers(module: nn.Module) -> None:
 
 
 class DecoderGenerator(ImageGenerator):
-    """``n`` images as latents ``z`` (the only parameter) decoded by a frozen pretrained decoder."""
+    """``n`` images as latent codes (the only parameter) decoded by a frozen pretrained decoder.
 
-    def __init__(self, n: int, image_size: int, decoder: LatentDecoder, *, rng: torch.Generator, init_scale: float = 1.0) -> None:
+    Without a prior the codes are the latents ``z`` themselves; with a :class:`LatentPrior` they
+    are whitened codes ``u`` (same shape) and ``z = mean + L u``.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        image_size: int,
+        decoder: LatentDecoder,
+        *,
+        rng: torch.Generator,
+        init_scale: float = 1.0,
+        prior: LatentPrior | None = None,
+    ) -> None:
         super().__init__(n, image_size)
         _parameters_to_buffers(decoder)
         self.decoder = decoder.eval()
         shape = (n, *decoder.config.latent_shape)
+        self.whitened = prior is not None
+        if prior is not None:
+            dimensions = math.prod(decoder.config.latent_shape)
+            if prior.mean.numel() != dimensions:
+                raise DecoderError(f"latent prior has {prior.mean.numel()} dimensions, the decoder {dimensions}")
+            self.register_buffer("prior_mean", prior.mean.clone())
+            self.register_buffer("prior_scale_tril", prior.scale_tril.clone())
         # Drawn on the rng's own device, so the same seed gives the same z whatever device it moves to.
         z = torch.randn(shape, generator=rng, device=rng.device) * init_scale
         self.z = nn.Parameter(z)
+
+    def latents(self) -> torch.Tensor:
+        if not self.whitened:
+            return self.z
+        flat = self.prior_mean + self.z.flatten(1) @ self.prior_scale_tril.T
+        return flat.view_as(self.z)
 
     def train(self, mode: bool = True) -> DecoderGenerator:
         super().train(mode)
@@ -208,7 +267,7 @@ class DecoderGenerator(ImageGenerator):
         return self
 
     def forward(self) -> torch.Tensor:
-        images = self.decoder(self.z)
+        images = self.decoder(self.latents())
         native = images.shape[-1]
         if native != self.image_size:
             # Antialias only when shrinking; bilinear keeps values within [0, 1].
@@ -227,8 +286,15 @@ def decoder_generator(
     device: torch.device,
     decoder: str = DEFAULT_DECODER,
     init_scale: float = 1.0,
+    prior: str = "fitted",
 ) -> DecoderGenerator:
-    """Latents ``z ~ N(0, init_scale**2 I)`` of the bundled ``decoder``; ``init_scale`` below 1 starts nearer the mean image."""
+    """Codes ``~ N(0, init_scale**2 I)`` for the bundled ``decoder``; ``init_scale`` below 1 starts nearer the mean image.
+
+    ``prior``: "fitted" (the bundle's Gaussian over latents, see the module docstring) or "standard" (N(0, I)).
+    """
     if not math.isfinite(init_scale) or init_scale < 0:
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-    return DecoderGenerator(n, image_size, load_decoder(decoder), rng=rng, init_scale=init_scale).to(device)
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    latent_prior = load_latent_prior(decoder) if prior == "fitted" else None
+    return DecoderGenerator(n, image_size, load_decoder(decoder), rng=rng, init_scale=init_scale, prior=latent_prior).to(device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,10 @@ from core.generators.decoder import (
     DecoderGenerator,
     LatentDecoder,
     LatentEncoder,
+    LatentPrior,
     load_decoder,
+    load_latent_prior,
+    load_latent_prior_from,
 )
 
 IMAGE_SIZE = 32
@@ -34,6 +39,11 @@ def generator(seed: int, *, n: int = N_IMAGES, image_size: int = IMAGE_SIZE, **c
 
 def trainable(gen: ImageGenerator) -> list[torch.nn.Parameter]:
     return [p for p in gen.parameters() if p.requires_grad]  # what the synthesis optimiser will take
+
+
+def mean_edge(images: torch.Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels: high for speckle, low for smooth scenes."""
+    return float((images.diff(dim=-1).abs().mean() + images.diff(dim=-2).abs().mean()) / 2)
 
 
 def test_decoder_is_registered() -> None:
@@ -128,3 +138,37 @@ def test_architecture_round_trip_without_the_bundle() -> None:
     assert gen().shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with pytest.raises(ValueError):
         DecoderConfig(image_size=32, latent_size=4, widths=(32, 64))
+
+
+def test_fitted_prior_decodes_mean_plus_cholesky_times_codes() -> None:
+    gen = generator(5, prior="fitted")
+    prior = load_latent_prior()
+    expected = (prior.mean + gen.z.flatten(1) @ prior.scale_tril.T).view_as(gen.z)
+    assert torch.allclose(gen.latents(), expected)
+    assert torch.allclose(gen(), gen.decoder(expected).clamp(0, 1))
+    assert torch.equal(generator(5, prior="standard").latents(), generator(5, prior="standard").z)
+
+
+def test_fitted_prior_is_a_valid_gaussian_factor() -> None:
+    prior = load_latent_prior()
+    assert prior.mean.shape == (math.prod(load_decoder().config.latent_shape),)
+    assert torch.equal(prior.scale_tril, prior.scale_tril.tril())
+    assert bool((prior.scale_tril.diagonal() > 0).all())
+
+
+def test_samples_from_the_fitted_prior_are_smoother_than_from_a_standard_normal() -> None:
+    """Measured 0.054 against 0.093 (three seeds, 64 images): N(0, I) decodes to speckle."""
+    with torch.no_grad():
+        fitted = mean_edge(generator(0, n=64, prior="fitted")())
+        standard = mean_edge(generator(0, n=64, prior="standard")())
+    assert fitted < 0.75 * standard
+
+
+def test_prior_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(ValueError, match="prior"):
+        generator(0, prior="uniform")
+    with pytest.raises(DecoderError, match="fit-prior"):
+        load_latent_prior_from(tmp_path)
+    wrong = LatentPrior(torch.zeros(3), torch.eye(3))
+    with pytest.raises(DecoderError, match="dimensions"):
+        DecoderGenerator(1, IMAGE_SIZE, load_decoder(), rng=torch.Generator().manual_seed(0), prior=wrong)
