@@ -24,7 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    CLIPFORGE_STORAGE_DIR=/data \
+    CLIPFORGE_DATA_DIR=/data \
+    CLIPFORGE_STORAGE_DIR=/data/storage \
     CLIPFORGE_HOST=0.0.0.0 \
     CLIPFORGE_PORT=8000 \
     XDG_CACHE_HOME=/cache
@@ -71,9 +72,13 @@ RUN pip install -r /tmp/req-api.txt
 
 COPY . /app
 # --no-deps: the dependency layer above is the whole runtime; the API never imports torch.
+# The imports run from / so that they see the installed package, not the source tree in /app.
+WORKDIR /
 RUN pip install --no-deps /app \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the api image" >&2; exit 1; fi \
+    && python -c "import api.app, service.db, migrations" \
     && clipforge --help >/dev/null
+WORKDIR /app
 
 USER 10001:10001
 ENV CLIPFORGE_DEVICE=cpu
@@ -98,9 +103,12 @@ COPY --from=reqs /tmp/req-worker.txt /tmp/
 RUN pip install -r /tmp/req-worker.txt "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 COPY . /app
+WORKDIR /
 RUN pip install --no-deps /app \
     && python -c "import torch, torchvision, open_clip, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+    && python -c "import worker.app, worker.runner, service.db, migrations" \
     && clipforge --help >/dev/null
+WORKDIR /app
 
 USER 10001:10001
 # Read by the NVIDIA Container Toolkit; the GPU itself is granted by the runtime (compose reservation).
