@@ -9,8 +9,9 @@
 #
 # The worker's torch is the default PyPI Linux wheel, a CUDA build that bundles its CUDA
 # libraries (nvidia-* wheels), so the image needs no CUDA base image; the host needs an NVIDIA
-# driver recent enough for that CUDA (2.14.1 on PyPI is CUDA 13.0: driver >= 580) and the
-# NVIDIA Container Toolkit. For an older driver, build with
+# driver recent enough for that CUDA (the 2.14.1 build this repo tests, 2.14.1+cu130, is CUDA 13.0,
+# which needs driver >= 580; check `torch.version.cuda` in the build log) and the NVIDIA
+# Container Toolkit. For an older driver, build with
 #   --build-arg TORCH_INDEX_URL=<a PyTorch wheel index for your CUDA, e.g. .../whl/cu126>
 
 ARG PYTHON_VERSION=3.11
