@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import bench, customize, teachers
+from cli import bench, customize, jobs, serve, teachers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_commands(groups)
     customize.add_commands(groups)
     bench.add_commands(groups)
+    serve.add_commands(groups)
+    jobs.add_commands(groups)
     return parser
 
 

@@ -11,3 +11,24 @@ def shapes_teacher():
     from core.teachers import create_teacher
 
     return create_teacher("shapes-mini", device="cpu")
+
+
+# ------------------------------------------------------------------------------------------
+# The service: real Redis and PostgreSQL servers (see tests/servers.py)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    from tests.servers import postgres_server
+
+    with postgres_server() as url:
+        yield url

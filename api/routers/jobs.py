@@ -1,0 +1,239 @@
+"""Jobs: submit (JSON or multipart with example images), list, read, cancel, delete, events and artifacts."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api import schemas
+from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
+from api.validation import Submission, invalid, parse_json_spec, submission_from_json, submission_from_multipart
+from service import jobs as repo
+from service.db import session_scope
+from service.models import Artifact, Job, JobEvent
+from service.queue import enqueue_job
+from service.storage import Storage, job_prefixes, upload_key
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)}
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def job_out(job: Job) -> schemas.Job:
+    error = schemas.JobError(code=job.error_code, message=job.error_message) if job.error_code else None
+    return schemas.Job(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        stage=job.stage,
+        progress=job.progress,
+        eta_seconds=job.eta_seconds,
+        seed=job.seed,
+        teacher=job.teacher,
+        spec=job.spec,
+        error=error,
+        attempts=job.attempts,
+        metrics=job.metrics,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+    )
+
+
+def event_out(event: JobEvent) -> schemas.Event:
+    return schemas.Event.model_validate(event, from_attributes=True)
+
+
+def artifact_out(artifact: Artifact) -> schemas.Artifact:
+    return schemas.Artifact(
+        name=artifact.name,
+        size=artifact.size,
+        sha256=artifact.sha256,
+        content_type=artifact.content_type,
+        url=f"/v1/jobs/{artifact.job_id}/artifacts/{artifact.name}",
+        created_at=artifact.created_at,
+    )
+
+
+async def read_submission(request: Request, settings: SettingsDep) -> Submission:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    declared = int(request.headers.get("content-length") or 0)
+    if content_type in ("application/json", ""):
+        if declared > settings.max_json_bytes:
+            raise invalid("request_too_large", f"the JSON body is {declared} bytes; at most {settings.max_json_bytes}", status=413)
+        return submission_from_json(parse_json_spec(await request.body(), settings), settings)
+    if content_type == "multipart/form-data":
+        if declared > settings.max_request_bytes:
+            raise invalid("upload_too_large", f"the upload is {declared} bytes; at most {settings.max_request_bytes}", status=413)
+        max_files = settings.max_classes * settings.max_images_per_class
+        try:
+            form = await request.form(max_files=max_files, max_fields=16, max_part_size=settings.max_json_bytes)
+        except Exception as exc:  # starlette's MultiPartException: too many files, a field too large, a malformed body
+            raise invalid("invalid_multipart", f"cannot read the multipart body: {exc}", status=400) from None
+        try:
+            spec_text: str | None = None
+            files: list[tuple[str, str | None, bytes]] = []
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.append((key, value.filename, await value.read(settings.max_image_bytes + 1)))
+                elif key == "spec":
+                    spec_text = value
+                else:
+                    raise invalid("unexpected_field", f"unexpected form field {key!r}; send 'spec' and images[CLASS] files", {"field": key})
+        finally:
+            await form.close()
+        return await run_in_threadpool(submission_from_multipart, spec_text, files, settings)
+    raise invalid("unsupported_media_type", f"send application/json or multipart/form-data, not {content_type!r}", status=415)
+
+
+def _replay(session: Session, key: str, request_hash: str) -> Job | None:
+    existing = repo.find_by_idempotency_key(session, key)
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise invalid("idempotency_key_reused", f"Idempotency-Key {key!r} was used for a different request", {"job_id": existing.id}, 409)
+    return existing
+
+
+def store_job(submission: Submission, key: str | None, session_factory, storage: Storage) -> tuple[Job, bool]:
+    """Store the uploads, then the job row; (job, created). A replayed key answers the first job."""
+    if key is not None:
+        with session_scope(session_factory) as session:
+            existing = _replay(session, key, submission.request_hash)
+            if existing is not None:
+                return existing, False
+    job_id = repo.new_id("job")
+    uploads: list[repo.NewUpload] = []
+    spec = submission.spec
+    try:
+        for image in submission.images:
+            upload_id = repo.new_id("upl")
+            stored = storage.put(upload_key(job_id, upload_id), image.content)
+            uploads.append(
+                repo.NewUpload(
+                    image.class_name, image.position, image.filename, image.content_type, image.width, image.height, stored, upload_id
+                )
+            )
+        ids: dict[str, list[str]] = {}
+        for upload in uploads:
+            ids.setdefault(upload.class_name, []).append(upload.id)
+        spec = {**spec, "classes": [{**c, "images": ids.get(c["name"], [])} for c in spec["classes"]]}
+        with session_scope(session_factory) as session:
+            job = repo.create_job(
+                session, job_id=job_id, spec=spec, uploads=uploads, idempotency_key=key, request_hash=submission.request_hash
+            )
+        return job, True
+    except IntegrityError:
+        # Two requests with one key raced: the other one won.
+        for prefix in job_prefixes(job_id):
+            storage.delete_prefix(prefix)
+        with session_scope(session_factory) as session:
+            existing = _replay(session, key or "", submission.request_hash)
+            if existing is None:
+                raise
+            return existing, False
+    except BaseException:
+        for prefix in job_prefixes(job_id):
+            storage.delete_prefix(prefix)
+        raise
+
+
+@router.post("", status_code=201, response_model=schemas.Job, responses=ERRORS)
+async def submit_job(
+    request: Request,
+    settings: SettingsDep,
+    storage: StorageDep,
+    queue: QueueDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise invalid("invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", status=400)
+    submission = await read_submission(request, settings)
+    factory = request.app.state.session_factory
+    job, created = await run_in_threadpool(store_job, submission, idempotency_key, factory, storage)
+    if created:
+        try:
+            await run_in_threadpool(enqueue_job, queue, settings, job.id)
+        except Exception as exc:
+            with session_scope(factory) as session:
+                repo.mark_enqueue_failed(session, job.id, f"the job could not be queued: {exc}")
+            raise invalid("broker_unavailable", f"the job could not be queued: {exc}", {"job_id": job.id}, 503) from None
+        request.app.state.metrics.submitted.inc()
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+        with session_scope(factory) as session:
+            job = repo.get_job(session, job.id)
+    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=201, headers=headers)
+
+
+@router.get("", response_model=schemas.JobPage, responses=ERRORS)
+def get_jobs(
+    session: SessionDep,
+    status: Annotated[schemas.JobStatus | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> schemas.JobPage:
+    page, has_more = repo.list_jobs(session, status=status, after=after, limit=limit)
+    return schemas.JobPage(data=[job_out(j) for j in page], has_more=has_more, next_after=page[-1].id if has_more and page else None)
+
+
+@router.get("/{job_id}", response_model=schemas.Job, responses=ERRORS)
+def get_job(job_id: str, session: SessionDep) -> schemas.Job:
+    return job_out(repo.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=schemas.Job, responses=ERRORS)
+def cancel_job(job_id: str, session: SessionDep) -> schemas.Job:
+    return job_out(repo.request_cancel(session, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, responses=ERRORS)
+def delete_job(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
+    repo.delete_job(session, storage, job_id)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/events", response_model=schemas.EventPage, responses=ERRORS)
+def get_events(
+    job_id: str,
+    session: SessionDep,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> schemas.EventPage:
+    repo.get_job(session, job_id)
+    page, has_more = repo.list_events(session, job_id, after=after, limit=limit)
+    # next_after is set on every non-empty page, so that a follower can poll from it for new events.
+    return schemas.EventPage(data=[event_out(e) for e in page], has_more=has_more, next_after=page[-1].id if page else after)
+
+
+@router.get("/{job_id}/artifacts", response_model=schemas.ArtifactList, responses=ERRORS)
+def get_artifacts(job_id: str, session: SessionDep) -> schemas.ArtifactList:
+    repo.get_job(session, job_id)
+    return schemas.ArtifactList(data=[artifact_out(a) for a in repo.list_artifacts(session, job_id)])
+
+
+@router.get("/{job_id}/artifacts/{name}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
+def download_artifact(job_id: str, name: str, session: SessionDep, storage: StorageDep, request: Request) -> Response:
+    repo.get_job(session, job_id)
+    artifact = repo.get_artifact(session, job_id, name)
+    etag = f'"{artifact.sha256}"'
+    headers = {
+        "ETag": etag,
+        "X-Checksum-Sha256": artifact.sha256,
+        "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(artifact.sha256)).decode(),
+        "Content-Length": str(artifact.size),
+        "Content-Disposition": f'attachment; filename="{artifact.name}"',
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    if not storage.exists(artifact.storage_key):
+        raise invalid("artifact_missing", f"artifact {name!r} of job {job_id!r} is recorded but its file is missing", status=500)
+    return StreamingResponse(storage.iter_chunks(artifact.storage_key), media_type=artifact.content_type, headers=headers)

@@ -1,0 +1,110 @@
+"""Request and response bodies of the HTTP API (pydantic), separate from the ORM tables; the client reuses them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class Job(BaseModel):
+    id: str
+    status: JobStatus
+    stage: str | None = None  # preparing, synthesizing, distilling, exporting while running
+    progress: float = Field(ge=0, le=1)
+    eta_seconds: float | None = None
+    seed: int
+    teacher: str
+    spec: dict[str, Any]  # the full spec with every default filled in
+    error: JobError | None = None
+    attempts: int
+    metrics: dict[str, Any] | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class JobPage(BaseModel):
+    data: list[Job]
+    has_more: bool
+    next_after: str | None = None  # pass as ?after= for the next page
+
+
+class Event(BaseModel):
+    id: int
+    job_id: str
+    created_at: datetime
+    kind: Literal["status", "stage", "progress", "metrics", "warning", "error"]
+    status: str | None = None
+    stage: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class EventPage(BaseModel):
+    data: list[Event]
+    has_more: bool
+    next_after: int | None = None
+
+
+class Artifact(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    url: str
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    data: list[Artifact]
+
+
+class Teacher(BaseModel):
+    name: str
+    source: str
+    image_size: int | None = None
+    description: str
+    default: bool = False
+
+
+class TeacherList(BaseModel):
+    data: list[Teacher]
+
+
+class Student(BaseModel):
+    name: str
+    description: str
+
+
+class StudentList(BaseModel):
+    data: list[Student]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

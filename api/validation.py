@@ -1,0 +1,222 @@
+"""Everything a job submission must pass before it is queued; each violation has its own code.
+
+Images are checked by decoding them with Pillow (never by file name or declared type), with a
+pixel limit against decompression bombs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from core.spec import CustomizeSpec, normalise_text
+from service.catalog import list_teachers, student_names
+from service.jobs import ServiceError
+from service.settings import Settings
+
+ALLOWED_IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
+IMAGE_FIELD = re.compile(r"^images\[(?P<name>.+)\]$")
+
+
+def invalid(code: str, message: str, details: Any = None, status: int = 422) -> ServiceError:
+    return ServiceError(code, message, status, details)
+
+
+@dataclass
+class DecodedImage:
+    class_name: str
+    position: int
+    filename: str | None
+    content: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+@dataclass
+class Submission:
+    spec: dict[str, Any]  # the validated spec with defaults filled in (upload ids added by the caller)
+    images: list[DecodedImage] = field(default_factory=list)
+    request_hash: str = ""
+
+
+def _class_entries(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    classes = raw.get("classes")
+    if classes is None:
+        raise invalid("classes_missing", "the spec needs a 'classes' list")
+    if not isinstance(classes, list):
+        raise invalid("invalid_spec", "'classes' must be a list of names or {name, text} objects")
+    entries = []
+    for item in classes:
+        if isinstance(item, str):
+            entries.append({"name": item})
+        elif isinstance(item, dict):
+            entries.append(dict(item))
+        else:
+            raise invalid("invalid_spec", f"a class must be a name or an object, not {type(item).__name__}")
+    return entries
+
+
+def check_classes(entries: list[dict[str, Any]], settings: Settings) -> None:
+    if len(entries) < 2:
+        raise invalid("too_few_classes", f"a classifier needs at least 2 classes, got {len(entries)}")
+    if len(entries) > settings.max_classes:
+        raise invalid(
+            "too_many_classes", f"at most {settings.max_classes} classes per job, got {len(entries)}", {"limit": settings.max_classes}
+        )
+    names: set[str] = set()
+    texts: set[str] = set()
+    for entry in entries:
+        for key in ("name", "text"):
+            value = entry.get(key)
+            if isinstance(value, str) and len(value) > settings.max_class_text_chars:
+                raise invalid(
+                    "class_text_too_long",
+                    f"class {key} {value[:40]!r}... is {len(value)} characters; at most {settings.max_class_text_chars}",
+                    {"limit": settings.max_class_text_chars},
+                )
+        name = entry.get("name")
+        if not isinstance(name, str) or not normalise_text(name):
+            raise invalid("invalid_class_name", "every class needs a non-empty name")
+        key = normalise_text(name).casefold()
+        if key in names:
+            raise invalid("duplicate_class", f"class {name!r} appears more than once", {"class": name})
+        names.add(key)
+        text = entry.get("text") or (None if entry.get("images") else name)
+        if isinstance(text, str):
+            text_key = normalise_text(text).casefold()
+            if text_key in texts:
+                raise invalid("duplicate_class", f"two classes share the prompt text {text!r}", {"text": text})
+            texts.add(text_key)
+
+
+def fill_defaults(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    raw = dict(raw)
+    raw.setdefault("teacher", settings.default_teacher)
+    if raw.get("seed") is None:
+        raw["seed"] = secrets.randbelow(2**31)  # chosen here and stored, so the job can be repeated
+    teacher = raw["teacher"]
+    known = {t.name for t in list_teachers(settings.cache_dir, settings.extra_teachers)}
+    if not isinstance(teacher, str) or teacher not in known:
+        raise invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(sorted(known))}", {"known": sorted(known)})
+    student = raw.get("student")
+    if isinstance(student, dict) and "arch" in student and student["arch"] not in student_names():
+        raise invalid(
+            "unknown_student", f"unknown student {student['arch']!r}; known: {', '.join(student_names())}", {"known": student_names()}
+        )
+    return raw
+
+
+def validate_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return CustomizeSpec.model_validate(raw).model_dump(mode="json")
+    except ValidationError as exc:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = details[0]
+        raise invalid("invalid_spec", f"{'.'.join(str(p) for p in first['loc']) or 'spec'}: {first['msg']}", details) from None
+
+
+def parse_json_spec(body: bytes, settings: Settings) -> dict[str, Any]:
+    if len(body) > settings.max_json_bytes:
+        raise invalid("request_too_large", f"the JSON body is {len(body)} bytes; at most {settings.max_json_bytes}", status=413)
+    try:
+        raw = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid("invalid_json", f"the body is not valid JSON: {exc}", status=400) from None
+    if not isinstance(raw, dict):
+        raise invalid("invalid_spec", "the spec must be a JSON object")
+    return raw
+
+
+def submission_from_json(raw: dict[str, Any], settings: Settings) -> Submission:
+    entries = _class_entries(raw)
+    check_classes(entries, settings)
+    if any(entry.get("images") for entry in entries):
+        raise invalid("images_require_upload", "example images are sent as multipart files (images[CLASS]), not named in the spec")
+    spec = validate_spec(fill_defaults({**raw, "classes": entries}, settings))
+    return Submission(spec, [], _hash({"spec": raw}))
+
+
+def decode_image(content: bytes, class_name: str, position: int, filename: str | None, settings: Settings) -> DecodedImage:
+    where = {"class": class_name, "filename": filename}
+    if len(content) > settings.max_image_bytes:
+        raise invalid("upload_too_large", f"image {filename!r} is {len(content)} bytes; at most {settings.max_image_bytes}", where, 413)
+    if not content:
+        raise invalid("invalid_image", f"image {filename!r} is empty", where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(content))
+            width, height = image.size
+            # Checked from the header, before any pixel is decoded.
+            if width * height > settings.max_image_pixels:
+                raise invalid(
+                    "decompression_bomb",
+                    f"image {filename!r} is {width}x{height} pixels; at most {settings.max_image_pixels} pixels",
+                    {**where, "limit": settings.max_image_pixels},
+                )
+            if image.format not in ALLOWED_IMAGE_FORMATS:
+                raise invalid(
+                    "unsupported_image_type", f"image {filename!r} is {image.format}; allowed: {sorted(ALLOWED_IMAGE_FORMATS)}", where, 415
+                )
+            image.load()  # decode every pixel: truncated or corrupt files fail here
+            content_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    except ServiceError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise invalid("decompression_bomb", f"image {filename!r}: {exc}", where) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise invalid("invalid_image", f"file {filename!r} is not a decodable image: {exc}", where) from None
+    return DecodedImage(class_name, position, filename, content, content_type, width, height)
+
+
+def submission_from_multipart(spec_text: str | None, files: list[tuple[str, str | None, bytes]], settings: Settings) -> Submission:
+    """``files``: (form field, file name, content) for every file part; fields are named ``images[CLASS]``."""
+    if spec_text is None:
+        raise invalid("spec_missing", "a multipart job needs a 'spec' field holding the JSON spec")
+    raw = parse_json_spec(spec_text.encode(), settings)
+    entries = _class_entries(raw)
+    check_classes(entries, settings)
+    if any(entry.get("images") for entry in entries):
+        raise invalid("images_require_upload", "example images are sent as multipart files (images[CLASS]), not named in the spec")
+    by_name = {entry["name"]: entry for entry in entries}
+    images: list[DecodedImage] = []
+    counts: dict[str, int] = {}
+    for field_name, filename, content in files:
+        match = IMAGE_FIELD.match(field_name)
+        if match is None:
+            raise invalid("unexpected_field", f"unexpected file field {field_name!r}; images go in images[CLASS]", {"field": field_name})
+        class_name = match["name"]
+        if class_name not in by_name:
+            raise invalid(
+                "images_for_unknown_class",
+                f"images given for {class_name!r}, which is not one of the spec's classes",
+                {"class": class_name},
+            )
+        counts[class_name] = counts.get(class_name, 0) + 1
+        if counts[class_name] > settings.max_images_per_class:
+            raise invalid(
+                "too_many_images",
+                f"class {class_name!r} has more than {settings.max_images_per_class} images",
+                {"class": class_name, "limit": settings.max_images_per_class},
+            )
+        images.append(decode_image(content, class_name, counts[class_name] - 1, filename, settings))
+    # Placeholders so that validation sees which classes are given by images; the caller puts upload ids here.
+    for name, count in counts.items():
+        by_name[name]["images"] = [f"pending-{i}" for i in range(count)]
+    spec = validate_spec(fill_defaults({**raw, "classes": entries}, settings))
+    digest = _hash({"spec": raw, "files": [[f, hashlib.sha256(c).hexdigest()] for f, _, c in files]})
+    return Submission(spec, images, digest)
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

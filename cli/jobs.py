@@ -1,0 +1,220 @@
+"""`clipforge jobs submit|list|status|wait|events|cancel|download|delete`: the service's client on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cli.errors import CliError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:
+    from client import default_url
+
+    parser = groups.add_parser("jobs", help="submit and follow jobs on a clipforge service")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, handler, job: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--url", default=default_url(), help="service URL (CLIPFORGE_URL, default http://127.0.0.1:8000)")
+        if job:
+            sub.add_argument("job_id")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    submit = command("submit", "submit a job (text classes, or example images per class)", run_submit, job=False)
+    submit.add_argument("--classes", default=None, help="comma-separated class names")
+    submit.add_argument("--config", type=Path, default=None, help="a JSON spec; flags override its fields")
+    submit.add_argument("--images", action="append", default=[], metavar="CLASS=DIR", help="example images for a class (repeatable)")
+    submit.add_argument("--teacher", default=None)
+    submit.add_argument("--seed", type=int, default=None)
+    submit.add_argument("--idempotency-key", default=None)
+    submit.add_argument("--wait", action="store_true", help="then wait for it with a progress bar")
+    submit.add_argument("--json", action="store_true")
+
+    listing = command("list", "list jobs, newest first", run_list, job=False)
+    listing.add_argument("--status", default=None)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--after", default=None, help="the last job id of the previous page")
+    listing.add_argument("--json", action="store_true")
+
+    status = command("status", "a job's status", run_status)
+    status.add_argument("--json", action="store_true")
+
+    wait = command("wait", "wait for a job with a progress bar; non-zero exit when it fails or is cancelled", run_wait)
+    wait.add_argument("--timeout", type=float, default=None)
+    wait.add_argument("--quiet", action="store_true")
+
+    events = command("events", "a job's events", run_events)
+    events.add_argument("--after", type=int, default=None)
+    events.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    events.add_argument("--json", action="store_true")
+
+    command("cancel", "cancel a job (idempotent)", run_cancel)
+
+    download = command("download", "download a job's artifacts (checksums verified)", run_download)
+    download.add_argument("--out", type=Path, required=True, help="folder for the files")
+    download.add_argument("--name", action="append", default=None, help="one artifact (repeatable); default: all")
+
+    command("delete", "delete a finished or queued job and its files", run_delete)
+
+
+def _client(args: argparse.Namespace):
+    from client import ClipforgeClient
+
+    return ClipforgeClient(args.url)
+
+
+def build_request(args: argparse.Namespace) -> tuple[dict, dict[str, list[Path]]]:
+    raw: dict = {}
+    if args.config is not None:
+        try:
+            raw = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CliError("invalid_spec", f"cannot read spec {args.config}: {exc}") from exc
+    if args.teacher:
+        raw["teacher"] = args.teacher
+    if args.classes:
+        raw["classes"] = [name.strip() for name in args.classes.split(",")]
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    raw.pop("device", None)  # the worker's --device decides where a job runs
+    images: dict[str, list[Path]] = {}
+    for item in args.images:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise CliError("invalid_spec", f"--images takes CLASS=DIR, not {item!r}")
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(folder).is_dir() else []
+        if not files:
+            raise CliError("invalid_images", f"no image files in {folder}")
+        images.setdefault(name, []).extend(files)
+        names = [c if isinstance(c, str) else c.get("name") for c in raw.get("classes", [])]
+        if name not in names:
+            raw.setdefault("classes", []).append(name)
+    return raw, images
+
+
+def _job_line(job) -> str:
+    progress = f"{job.progress * 100:5.1f}%"
+    stage = job.stage or "-"
+    error = f"  [{job.error.code}] {job.error.message}" if job.error else ""
+    return f"{job.id}  {job.status:10s} {stage:12s} {progress}  {job.created_at:%Y-%m-%d %H:%M:%S}{error}"
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    raw, images = build_request(args)
+    with _client(args) as client:
+        job = client.submit(raw, images=images or None, idempotency_key=args.idempotency_key)
+        if args.json:
+            print(job.model_dump_json(indent=2))
+        else:
+            print(job.id)
+        if args.wait:
+            return wait_for(client, job.id, timeout=None, quiet=False)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_jobs(status=args.status, after=args.after, limit=args.limit)
+    if args.json:
+        print(page.model_dump_json(indent=2))
+        return 0
+    for job in page.data:
+        print(_job_line(job))
+    if page.has_more:
+        print(f"more: --after {page.next_after}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job_id)
+    print(job.model_dump_json(indent=2) if args.json else _job_line(job))
+    return 0
+
+
+def wait_for(client, job_id: str, *, timeout: float | None, quiet: bool) -> int:
+    """A live bar (stage, percent, ETA) until the job ends; 0 when it succeeded, 1 when it failed or was cancelled."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, disable=quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr)
+
+    shown: dict[str, object] = {}
+
+    def show(job) -> None:
+        # Redraw only on a change of status, stage or whole percent: logs stay short off a terminal.
+        state = (job.status, job.stage, round(job.progress * 100))
+        if shown.get("state") == state:
+            return
+        shown["state"] = state
+        bar.set_description_str(job.stage if job.status == "running" else job.status)
+        bar.n = round(job.progress * 100)
+        eta = "?" if job.eta_seconds is None else f"{job.eta_seconds:.0f}s"
+        bar.set_postfix_str(f"ETA {eta}" if job.status == "running" else job.status, refresh=False)
+        bar.refresh()
+
+    try:
+        job = client.wait(job_id, timeout=timeout, on_update=show, raise_on_failure=False)
+    finally:
+        bar.close()
+    if job.status == "succeeded":
+        print(f"job {job.id} succeeded")
+        return 0
+    detail = f": [{job.error.code}] {job.error.message}" if job.error else ""
+    print(f"job {job.id} {job.status}{detail}", file=sys.stderr)
+    return 1
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return wait_for(client, args.job_id, timeout=args.timeout, quiet=args.quiet)
+
+
+def run_events(args: argparse.Namespace) -> int:
+    after = args.after
+    with _client(args) as client:
+        while True:
+            for event in client.iter_events(args.job_id, after=after):
+                after = event.id
+                if args.json:
+                    print(event.model_dump_json())
+                else:
+                    progress = "" if event.progress is None else f" {event.progress * 100:5.1f}%"
+                    detail = f" {json.dumps(event.data)}" if event.data else ""
+                    print(f"{event.id:6d} {event.created_at:%H:%M:%S} {event.kind:8s} {event.stage or event.status or ''}{progress} "
+                          f"{event.message or ''}{detail}")  # fmt: skip
+            if not args.follow or client.get_job(args.job_id).status in TERMINAL:
+                return 0
+            time.sleep(1.0)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job_id)
+    print(f"{job.id} {job.status}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _client(args) as client:
+        names = args.name or [a.name for a in client.artifacts(args.job_id).data]
+        if not names:
+            raise CliError("no_artifacts", f"job {args.job_id} has no artifacts (yet)")
+        for name in names:
+            print(client.download(args.job_id, name, args.out / name))
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete(args.job_id)
+    print(f"deleted {args.job_id}")
+    return 0

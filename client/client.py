@@ -1,0 +1,212 @@
+"""``ClipforgeClient``: every API call as a method returning the API's pydantic models; errors raise ``ApiError``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.schemas import ArtifactList, Event, EventPage, Health, Job, JobPage, StudentList, TeacherList
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+ImageInput = str | Path | bytes
+
+
+def default_url() -> str:
+    return os.environ.get("CLIPFORGE_URL", DEFAULT_URL)
+
+
+class ApiError(Exception):
+    """An error answer (or no answer) from the API: ``code`` is machine-readable, ``status`` the HTTP status (0: none)."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class JobFailed(ApiError):
+    """``wait`` saw the job end failed or cancelled."""
+
+    def __init__(self, job: Job) -> None:
+        code = job.error.code if job.error else job.status
+        message = job.error.message if job.error and job.error.message else f"job {job.id} {job.status}"
+        super().__init__(0, code, message or "", {"job_id": job.id, "status": job.status})
+        self.job = job
+
+
+class ClipforgeClient:
+    def __init__(self, url: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> ClipforgeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: Mapping[str, Any],
+        *,
+        images: Mapping[str, Sequence[ImageInput]] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit a job; ``images`` maps class names to example images (paths or bytes), sent as multipart."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if not images:
+            return Job.model_validate(self._request("POST", "/v1/jobs", json=dict(spec), headers=headers).json())
+        files = []
+        for class_name, items in images.items():
+            for index, item in enumerate(items):
+                if isinstance(item, bytes):
+                    files.append((f"images[{class_name}]", (f"{index}", item, "application/octet-stream")))
+                else:
+                    path = Path(item)
+                    files.append((f"images[{class_name}]", (path.name, path.read_bytes(), "application/octet-stream")))
+        response = self._request("POST", "/v1/jobs", data={"spec": json.dumps(dict(spec))}, files=files, headers=headers)
+        return Job.model_validate(response.json())
+
+    def list_jobs(self, *, status: str | None = None, after: str | None = None, limit: int = 20) -> JobPage:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if after:
+            params["after"] = after
+        return JobPage.model_validate(self._request("GET", "/v1/jobs", params=params).json())
+
+    def iter_jobs(self, *, status: str | None = None, page_size: int = 50) -> Iterator[Job]:
+        after = None
+        while True:
+            page = self.list_jobs(status=status, after=after, limit=page_size)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.next_after
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def events(self, job_id: str, *, after: int | None = None, limit: int = 100) -> EventPage:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return EventPage.model_validate(self._request("GET", f"/v1/jobs/{job_id}/events", params=params).json())
+
+    def iter_events(self, job_id: str, *, after: int | None = None) -> Iterator[Event]:
+        while True:
+            page = self.events(job_id, after=after, limit=500)
+            yield from page.data
+            if not page.has_more:
+                return
+            after = page.next_after
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll_seconds: float = 0.5,
+        timeout: float | None = None,
+        on_update: Callable[[Job], None] | None = None,
+        raise_on_failure: bool = True,
+    ) -> Job:
+        """Poll until the job ends; ``JobFailed`` when it failed or was cancelled (unless ``raise_on_failure`` is off)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                if raise_on_failure and job.status != "succeeded":
+                    raise JobFailed(job)
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "wait_timeout", f"job {job_id} still {job.status} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    # -- artifacts -----------------------------------------------------------------------
+
+    def artifacts(self, job_id: str) -> ArtifactList:
+        return ArtifactList.model_validate(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
+
+    def download(self, job_id: str, name: str, dest: str | Path) -> Path:
+        """Stream an artifact to ``dest`` (a file, or a folder for it), checking length and sha256; written whole or not at all."""
+        dest = Path(dest)
+        target = dest / name if dest.is_dir() else dest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.part")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                expected_sha = response.headers.get("x-checksum-sha256")
+                expected_size = int(response.headers.get("content-length", -1))
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+            if (expected_sha and digest.hexdigest() != expected_sha) or (expected_size >= 0 and size != expected_size):
+                raise ApiError(
+                    0,
+                    "checksum_mismatch",
+                    f"{name}: got {size} bytes, sha256 {digest.hexdigest()}; expected {expected_size}, {expected_sha}",
+                )
+            partial.replace(target)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "unreachable", f"download of {name} from {self.url} failed: {exc}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    # -- catalogue and health ------------------------------------------------------------
+
+    def teachers(self) -> TeacherList:
+        return TeacherList.model_validate(self._request("GET", "/v1/teachers").json())
+
+    def students(self) -> StudentList:
+        return StudentList.model_validate(self._request("GET", "/v1/students").json())
+
+    def health(self) -> Health:
+        return Health.model_validate(self._request("GET", "/healthz").json())
+
+    def ready(self) -> Health:
+        return Health.model_validate(self._request("GET", "/readyz").json())
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(response.status_code, error["code"], error["message"], error.get("details"))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(response.status_code, f"http_{response.status_code}", response.text[:500] or response.reason_phrase)

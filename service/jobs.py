@@ -1,0 +1,417 @@
+"""The job state machine and its repository: every status change goes through here, as a compare-and-set.
+
+queued -> running -> succeeded | failed | cancelled; running -> cancelling -> cancelled; queued -> cancelled.
+A running job holds a lease (owner, expiry) that its worker renews; a lease that lapses means the worker
+died, and the reaper requeues the job (it restarts from scratch) or fails it after ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import Artifact, Job, JobEvent, Upload, utcnow
+from service.storage import Storage, StoredObject, job_prefixes
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({RUNNING, CANCELLING, SUCCEEDED, FAILED, QUEUED}),  # QUEUED: requeued after a lost worker
+    CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+STAGES = ("preparing", "synthesizing", "distilling", "exporting")
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+class ServiceError(Exception):
+    """An error with a machine-readable code; the API answers ``http_status``."""
+
+    def __init__(self, code: str, message: str, http_status: int = 400, details: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.http_status, self.details = code, message, http_status, details
+
+
+def can_transition(current: str, new: str) -> bool:
+    return new in TRANSITIONS[current]
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered ids (48-bit milliseconds, then 80 random bits, base32), so that ids sort by creation."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+@dataclass
+class NewUpload:
+    class_name: str
+    position: int
+    filename: str | None
+    content_type: str
+    width: int
+    height: int
+    stored: StoredObject
+    id: str = field(default_factory=lambda: new_id("upl"))
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    kind: str,
+    *,
+    status: str | None = None,
+    stage: str | None = None,
+    progress: float | None = None,
+    message: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEvent(job_id=job_id, created_at=utcnow(), kind=kind, status=status, stage=stage, progress=progress, message=message, data=data)
+    )
+
+
+def create_job(
+    session: Session,
+    *,
+    job_id: str,
+    spec: dict[str, Any],
+    uploads: Sequence[NewUpload] = (),
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        status=QUEUED,
+        progress=0.0,
+        spec=spec,
+        seed=int(spec["seed"]),
+        teacher=str(spec["teacher"]),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    for upload in uploads:
+        session.add(
+            Upload(
+                id=upload.id,
+                job_id=job_id,
+                class_name=upload.class_name,
+                position=upload.position,
+                filename=upload.filename,
+                content_type=upload.content_type,
+                size=upload.stored.size,
+                sha256=upload.stored.sha256,
+                width=upload.width,
+                height=upload.height,
+                storage_key=upload.stored.key,
+                created_at=now,
+            )
+        )
+    add_event(session, job_id, "status", status=QUEUED, progress=0.0, message="job queued")
+    return job
+
+
+def find_by_idempotency_key(session: Session, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == key))
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ServiceError("job_not_found", f"no job {job_id!r}", 404)
+    return job
+
+
+def list_jobs(session: Session, *, status: str | None = None, after: str | None = None, limit: int = 20) -> tuple[list[Job], bool]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(Job.id < after)
+    jobs = list(session.scalars(query))
+    return jobs[:limit], len(jobs) > limit
+
+
+def list_events(session: Session, job_id: str, *, after: int | None = None, limit: int = 100) -> tuple[list[JobEvent], bool]:
+    """Oldest first; ``after`` is the last event id of the previous page."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(JobEvent.id > after)
+    events = list(session.scalars(query))
+    return events[:limit], len(events) > limit
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
+    artifact = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    if artifact is None:
+        raise ServiceError("artifact_not_found", f"job {job_id!r} has no artifact {name!r}", 404)
+    return artifact
+
+
+def list_uploads(session: Session, job_id: str) -> list[Upload]:
+    return list(session.scalars(select(Upload).where(Upload.job_id == job_id).order_by(Upload.class_name, Upload.position)))
+
+
+def _cas(session: Session, job_id: str, conditions: Sequence[Any], **values: Any) -> bool:
+    """Compare-and-set on one job row; True when this caller made the change."""
+    values.setdefault("updated_at", utcnow())
+    result = session.execute(update(Job).where(Job.id == job_id, *conditions).values(**values).execution_options(synchronize_session=False))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    """Idempotent: a queued job is cancelled at once, a running one becomes cancelling (its worker stops it)."""
+    job = get_job(session, job_id)
+    now = utcnow()
+    if job.status == QUEUED and _cas(session, job_id, [Job.status == QUEUED], status=CANCELLED, finished_at=now, eta_seconds=None):
+        add_event(session, job_id, "status", status=CANCELLED, message="cancelled while queued")
+    elif job.status == RUNNING and _cas(session, job_id, [Job.status == RUNNING], status=CANCELLING):
+        add_event(session, job_id, "status", status=CANCELLING, message="cancellation requested")
+    elif job.status in (SUCCEEDED, FAILED):
+        raise ServiceError("job_finished", f"job {job_id!r} already {job.status}; nothing to cancel", 409)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def delete_job(session: Session, storage: Storage, job_id: str) -> None:
+    """Remove a queued or finished job, its rows and its files; a running job must be cancelled first."""
+    job = get_job(session, job_id)
+    if job.status in (RUNNING, CANCELLING):
+        raise ServiceError("job_active", f"job {job_id!r} is {job.status}; cancel it and wait for it to stop first", 409)
+    for table in (JobEvent, Artifact, Upload):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.flush()
+    for prefix in job_prefixes(job_id):
+        storage.delete_prefix(prefix)
+
+
+# ------------------------------------------------------------------------------------------
+# Worker side: claim, heartbeat, progress, finish; the reaper
+# ------------------------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> Job | None:
+    """Take a job for this worker, or None when it is not this worker's to run (finished, cancelled, or leased to a live worker).
+
+    A redelivered job (its lease lapsed) restarts from scratch; after ``max_attempts`` it fails instead.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    now = utcnow()
+    lapsed = job.lease_expires_at is None or job.lease_expires_at < now
+    if job.status == CANCELLING and lapsed:
+        finish(session, job_id, job.lease_owner, CANCELLED, message="cancelled; its worker was lost")
+        return None
+    runnable = or_(Job.status == QUEUED, and_(Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)))
+    if job.status not in (QUEUED, RUNNING) or (job.status == RUNNING and not lapsed):
+        return None
+    if job.attempts >= max_attempts:
+        if _cas(
+            session,
+            job_id,
+            [runnable],
+            status=FAILED,
+            finished_at=now,
+            lease_owner=None,
+            error_code="worker_lost",
+            error_message=f"the job's worker was lost {job.attempts} times",
+        ):
+            add_event(session, job_id, "error", status=FAILED, message="worker lost too often", data={"code": "worker_lost"})
+        return None
+    claimed = _cas(
+        session,
+        job_id,
+        [runnable],
+        status=RUNNING,
+        stage=STAGES[0],
+        progress=0.0,
+        eta_seconds=None,
+        metrics=None,
+        attempts=Job.attempts + 1,
+        lease_owner=owner,
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        started_at=now,
+        finished_at=None,
+        error_code=None,
+        error_message=None,
+    )
+    if not claimed:
+        return None
+    session.refresh(job)
+    add_event(session, job_id, "status", status=RUNNING, stage=STAGES[0], progress=0.0, message=f"started (attempt {job.attempts})")
+    return job
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> str | None:
+    """Extend this worker's lease; the job's status, or None when the lease is no longer this worker's."""
+    if not _cas(
+        session,
+        job_id,
+        [Job.lease_owner == owner, Job.status.in_((RUNNING, CANCELLING))],
+        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+    ):
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def current_status(session: Session, job_id: str, owner: str) -> str | None:
+    """The job's status while ``owner`` holds it, else None (deleted, or taken over)."""
+    row = session.execute(select(Job.status, Job.lease_owner).where(Job.id == job_id)).first()
+    if row is None or row.lease_owner != owner:
+        return None
+    return row.status
+
+
+def record_progress(
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    stage: str,
+    progress: float,
+    eta_seconds: float | None,
+    metrics: dict[str, float],
+    stage_changed: bool,
+) -> bool:
+    values: dict[str, Any] = {"stage": stage, "progress": progress, "eta_seconds": eta_seconds}
+    if metrics:
+        values["metrics"] = metrics
+    if not _cas(session, job_id, [Job.lease_owner == owner, Job.status.in_((RUNNING, CANCELLING))], **values):
+        return False
+    if stage_changed:
+        add_event(session, job_id, "stage", stage=stage, progress=progress, message=f"stage {stage}")
+    add_event(session, job_id, "progress", stage=stage, progress=progress, data={"eta_seconds": eta_seconds})
+    if metrics:
+        add_event(session, job_id, "metrics", stage=stage, progress=progress, data=metrics)
+    return True
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    owner: str | None,
+    status: str,
+    *,
+    code: str | None = None,
+    message: str | None = None,
+    artifacts: Sequence[tuple[str, str, StoredObject]] = (),
+    metrics: dict[str, Any] | None = None,
+) -> bool:
+    """End a job held by ``owner``: the status, the error and the artifact rows in one transaction."""
+    assert status in TERMINAL
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "lease_owner": None, "lease_expires_at": None, "eta_seconds": None}
+    if status == SUCCEEDED:
+        values.update(progress=1.0)
+    if metrics is not None:
+        values["metrics"] = metrics
+    if code is not None:
+        values.update(error_code=code, error_message=message)
+    owned = Job.lease_owner == owner if owner is not None else Job.lease_owner.is_(None)
+    if not _cas(session, job_id, [owned, Job.status.in_((RUNNING, CANCELLING))], **values):
+        return False
+    now = utcnow()
+    for name, content_type, stored in artifacts:
+        session.add(
+            Artifact(
+                job_id=job_id,
+                name=name,
+                size=stored.size,
+                sha256=stored.sha256,
+                content_type=content_type,
+                storage_key=stored.key,
+                created_at=now,
+            )
+        )
+    kind = "error" if status == FAILED else "status"
+    add_event(
+        session,
+        job_id,
+        kind,
+        status=status,
+        progress=values.get("progress"),
+        message=message or f"job {status}",
+        data={"code": code} if code else None,
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    requeued: list[str]
+    failed: list[str]
+    cancelled: list[str]
+
+
+def reap_expired(session: Session, max_attempts: int, now: datetime | None = None) -> ReapResult:
+    """Jobs whose worker stopped renewing its lease: requeue them (the caller re-sends their messages), or end them."""
+    now = now or utcnow()
+    expired = session.execute(
+        select(Job.id, Job.status, Job.attempts, Job.lease_owner).where(
+            Job.status.in_((RUNNING, CANCELLING)), Job.lease_expires_at.is_not(None), Job.lease_expires_at < now
+        )
+    ).all()
+    result = ReapResult([], [], [])
+    for job_id, status, attempts, owner in expired:
+        same = [Job.status == status, Job.lease_owner == owner, Job.lease_expires_at < now]
+        if status == CANCELLING:
+            if _cas(session, job_id, same, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
+                add_event(session, job_id, "status", status=CANCELLED, message="cancelled; its worker was lost")
+                result.cancelled.append(job_id)
+        elif attempts >= max_attempts:
+            if _cas(
+                session,
+                job_id,
+                same,
+                status=FAILED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error_code="worker_lost",
+                error_message=f"the job's worker was lost {attempts} times",
+            ):
+                add_event(session, job_id, "error", status=FAILED, message="worker lost too often", data={"code": "worker_lost"})
+                result.failed.append(job_id)
+        elif _cas(
+            session, job_id, same, status=QUEUED, stage=None, progress=0.0, eta_seconds=None, lease_owner=None, lease_expires_at=None
+        ):
+            add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
+            result.requeued.append(job_id)
+    return result
+
+
+def mark_enqueue_failed(session: Session, job_id: str, message: str) -> None:
+    if _cas(
+        session, job_id, [Job.status == QUEUED], status=FAILED, finished_at=utcnow(), error_code="broker_unavailable", error_message=message
+    ):
+        add_event(session, job_id, "error", status=FAILED, message=message, data={"code": "broker_unavailable"})

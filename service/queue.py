@@ -1,0 +1,54 @@
+"""The Celery app both sides share: the API sends job ids, the worker registers the task on the same configuration.
+
+Messages carry a job id only; everything else is in the database and storage.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+RUN_JOB_TASK = "clipforge.run_job"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("clipforge", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # job state lives in the database, not in a result backend
+        task_acks_late=True,  # ack after the job ends, so a job whose worker dies is delivered again
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one job per device at a time, none reserved behind it
+        worker_concurrency=1,
+        task_routes={RUN_JOB_TASK: {"queue": settings.queue}},
+        task_default_queue=settings.queue,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options(settings),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    scheme = settings.broker_url.split("://", 1)[0]
+    if scheme.startswith("sqla+"):
+        # Passed to SQLAlchemy's create_engine: wait for SQLite's lock instead of failing while the other process writes.
+        return {"connect_args": {"timeout": 30}} if "sqlite" in scheme else {}
+    if scheme in ("redis", "rediss"):
+        # An unacked message is redelivered after this long (acks_late); longer than any job's normal run.
+        return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+    return {"polling_interval": settings.broker_polling_interval_seconds}
+
+
+def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue)
+
+
+def ping_broker(app: Celery, timeout: float = 2.0) -> None:
+    """Raise when the broker cannot be reached within ``timeout`` seconds."""
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)

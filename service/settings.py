@@ -1,0 +1,77 @@
+"""Service settings: one pydantic-settings object, from ``CLIPFORGE_*`` variables, ``.env`` and an optional config file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPFORGE_", env_file=".env", extra="ignore")
+
+    # Where the embedded defaults keep their files; database, broker and storage default to folders in it.
+    data_dir: Path = Path("clipforge-data")
+    database_url: str = ""  # default: sqlite:///<data_dir>/clipforge.db
+    broker_url: str = ""  # default: sqla+sqlite:///<data_dir>/broker.db (kombu's SQLAlchemy transport, no server)
+    storage_dir: Path | None = None  # default: <data_dir>/storage
+    cache_dir: Path | None = None  # teacher cache; default ~/.cache/clipforge
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"  # the worker's device: auto, cpu, cuda, cuda:N
+    queue: str = "gpu"
+    migrate_on_start: bool = True
+
+    default_teacher: str = "shapes-mini"
+    extra_teachers: list[str] = Field(default_factory=list)  # names the workers can load beyond the bundled and cached ones
+
+    # Validation limits, checked before anything is queued.
+    max_classes: Annotated[int, Field(ge=2)] = 100
+    max_class_text_chars: Annotated[int, Field(ge=1)] = 200
+    max_images_per_class: Annotated[int, Field(ge=1)] = 16
+    max_image_bytes: Annotated[int, Field(ge=1)] = 5 * 1024 * 1024
+    max_request_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
+    max_json_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
+    max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096  # decompression-bomb guard (Pillow's MAX_IMAGE_PIXELS)
+
+    # Worker leases: a running job whose lease is not renewed in time is requeued (or failed after max_attempts).
+    lease_seconds: Annotated[float, Field(gt=0)] = 30.0
+    reaper_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    progress_interval_seconds: Annotated[float, Field(ge=0)] = 1.0  # throttle for progress rows and events
+    cancel_check_interval_seconds: Annotated[float, Field(ge=0)] = 0.5
+    broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600  # Redis: redelivery of unacked messages
+    broker_polling_interval_seconds: Annotated[float, Field(gt=0)] = 0.5  # server-less transports poll
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data_dir / 'clipforge.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{data_dir / 'broker.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = data_dir / "storage"
+        return self
+
+    @property
+    def storage_root(self) -> Path:
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+    def ensure_local_dirs(self) -> None:
+        """Create the folders that SQLite files and local storage need."""
+        for url in (self.database_url, self.broker_url):
+            if "sqlite:///" in url:
+                Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        self.storage_root.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings(config_file: Path | None = None) -> Settings:
+    """The settings: environment variables override ``config_file`` (KEY=VALUE lines), which overrides ``.env``."""
+    env_files: tuple[Path, ...] = (Path(".env"),) if config_file is None else (Path(".env"), config_file)
+    return Settings(_env_file=env_files)  # type: ignore[call-arg]

@@ -1,0 +1,123 @@
+"""Blob storage for uploads and artifacts behind a small interface; a local directory by default.
+
+Writes are atomic (temporary file in the same folder, fsync, rename, fsync of the folder), so a
+reader sees a whole object or none, and every write reports the sha256 it recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+class StorageError(RuntimeError):
+    code = "storage_error"
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes) -> StoredObject: ...
+    def read(self, key: str) -> bytes: ...
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]: ...
+    def size(self, key: str) -> int: ...
+    def exists(self, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def check(self) -> None: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LocalStorage:
+    """Objects as files under ``root``; keys are relative POSIX paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("..", ".", "") for p in parts) or "\\" in key or "\x00" in key:
+            raise StorageError(f"invalid storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> StoredObject:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return StoredObject(key, len(data), sha256_hex(data))
+
+    def read(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        with self._path(key).open("rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                yield chunk
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix`` (a folder-like key)."""
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def check(self) -> None:
+        """Readiness: the root is writable (an atomic probe write and its removal)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.put(".probe/ready", b"ok")
+            self.delete_prefix(".probe")
+        except OSError as exc:
+            raise StorageError(f"storage at {self.root} is not writable: {exc}") from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_storage(root: Path) -> Storage:
+    return LocalStorage(root)
+
+
+def upload_key(job_id: str, upload_id: str) -> str:
+    return f"uploads/{job_id}/{upload_id}"
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    return f"artifacts/{job_id}/{name}"
+
+
+def job_prefixes(job_id: str) -> tuple[str, str]:
+    return f"uploads/{job_id}", f"artifacts/{job_id}"
