@@ -16,15 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-SHAPE8 := circle,square,triangle,star,hexagon,cross,heart,ring
-
-# The main job: the teacher's zero-shot accuracy, then a customization run on the shapes teacher
-# (a CPU-sized budget, bench/configs/demo.json) whose exported ONNX student is evaluated with
-# onnxruntime on held-out test renders beside the teacher.
+# The main job, as a service: `clipforge serve` (API + one worker, no external servers) on a free port with a
+# fresh data dir under runs/; a shapes-world job (the CPU-sized budget of bench/configs/demo.json) submitted
+# over HTTP with the client, followed with a progress bar; its ONNX student downloaded and evaluated with
+# onnxruntime on held-out test renders beside the teacher; then the service is stopped.
 demo: $(STAMP)
-	$(BIN)/clipforge teachers eval --teacher shapes-mini --task shape8 --json
-	$(BIN)/clipforge customize --config bench/configs/demo.json --classes $(SHAPE8) --out runs/demo
-	$(BIN)/clipforge bench student --onnx runs/demo/student.onnx --task shape8
+	$(BIN)/python -m client.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from api.errors import install_error_handlers
 from api.routers import health, jobs, students, teachers
 from service.db import make_engine, make_session_factory, migrate
 from service.queue import create_celery
+from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
 
@@ -46,7 +47,9 @@ def create_app(settings: Settings) -> FastAPI:
         settings.ensure_local_dirs()
         if settings.migrate_on_start:
             migrate(settings.database_url)
+        stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery)
         yield
+        stop_reaper.set()
         app.state.engine.dispose()
 
     app = FastAPI(title="clipforge", version="0.1.0", lifespan=lifespan, description="Custom small classifiers from CLIP, as a service.")

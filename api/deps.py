@@ -18,6 +18,7 @@ def get_app_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
+    """A session per request; handlers that write commit before answering (this teardown may run after the response)."""
     session = request.app.state.session_factory()
     try:
         yield session

@@ -8,6 +8,8 @@ SQLAlchemy transport and local storage, so that no other server is needed. Setti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +20,7 @@ from pathlib import Path
 
 WORKER_RESTART_DELAY_S = 2.0
 WORKER_STOP_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +105,13 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """In the worker child: receive SIGTERM when `serve` dies, even by SIGKILL, so that no worker is orphaned (Linux)."""
+    # Not Linux: no prctl, and the supervisor's own stop() still ends the worker on a normal shutdown.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class WorkerSupervisor:
     """Keeps one worker subprocess alive beside the API; restarts it when it dies, stops it on shutdown."""
 
@@ -116,7 +126,7 @@ class WorkerSupervisor:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            self.process = subprocess.Popen(self.command)
+            self.process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             code = self.process.wait()
             if self.stopping.is_set():
                 return
@@ -137,6 +147,10 @@ class WorkerSupervisor:
             process.wait()
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -152,6 +166,9 @@ def run_serve(args: argparse.Namespace) -> int:
         command += ["--config", str(args.config.resolve())]
     supervisor = WorkerSupervisor(command)
     supervisor.start()
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; this handler turns that into a normal exit,
+    # so that the worker is stopped too instead of being orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:

@@ -7,6 +7,7 @@ redis-server or PostgreSQL binaries fail loudly (.ci/run installs them).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -32,8 +33,8 @@ TINY_SPEC = {
     "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
 }
-# Long enough to be cancelled or killed mid-run (tens of seconds on 2 cores), yet with tiny artifacts.
-SLOW_SPEC = {**TINY_SPEC, "synthesis": {"images_per_class": 8, "steps": 600, "cutouts": 2, "batch_size": 24}}
+# Long enough to be cancelled or killed mid-run (about 15 s on 2 cores), yet with tiny artifacts.
+SLOW_SPEC = {**TINY_SPEC, "synthesis": {"images_per_class": 4, "steps": 40, "cutouts": 1, "batch_size": 12}}
 
 
 def free_port() -> int:
@@ -158,7 +159,7 @@ def service_env(data_dir: Path, **overrides: object) -> dict[str, str]:
         CLIPFORGE_BROKER_POLLING_INTERVAL_SECONDS="0.2",
         OMP_NUM_THREADS="2",
     )
-    env.update({f"CLIPFORGE_{k.upper()}": str(v) for k, v in overrides.items()})
+    env.update({f"CLIPFORGE_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v) for k, v in overrides.items()})
     return env
 
 
@@ -197,6 +198,7 @@ class ApiThread:
 
 
 def settings_for(data_dir: Path, **overrides: object) -> Settings:
-    env = service_env(data_dir, **overrides)
-    values = {k.removeprefix("CLIPFORGE_").lower(): v for k, v in env.items() if k.startswith("CLIPFORGE_")}
+    env = service_env(data_dir)
+    values: dict[str, object] = {k.removeprefix("CLIPFORGE_").lower(): v for k, v in env.items() if k.startswith("CLIPFORGE_")}
+    values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -1,19 +1,18 @@
-"""The worker's Celery app: ``create_worker_app(settings)`` registers the job task on ``service.queue.create_celery``'s config,
-and ``run_worker`` starts a worker (one job at a time) with its lease reaper."""
+"""The worker's Celery app: ``create_worker_app(settings)`` registers the job task on ``service.queue.create_celery``'s
+config, and ``run_worker`` starts a worker (one job at a time) with the lease reaper beside it."""
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs as repo
-from service.db import make_engine, make_session_factory, migrate, session_scope
-from service.queue import RUN_JOB_TASK, create_celery, enqueue_job
+from service.db import make_engine, make_session_factory, migrate
+from service.queue import RUN_JOB_TASK, create_celery
+from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
 from worker.runner import JobRunner
@@ -41,39 +40,13 @@ def create_worker_app(settings: Settings) -> WorkerContext:
     return WorkerContext(settings, celery, factory, runner)
 
 
-def reap_once(context: WorkerContext) -> repo.ReapResult:
-    """Requeue (re-send) jobs whose worker stopped renewing its lease; end those out of attempts or being cancelled."""
-    with session_scope(context.factory) as session:
-        result = repo.reap_expired(session, context.settings.max_attempts)
-    for job_id in result.requeued:
-        log.warning("job %s: its worker's lease expired; requeued", job_id)
-        enqueue_job(context.celery, context.settings, job_id)
-    return result
-
-
-def start_reaper(context: WorkerContext) -> threading.Event:
-    stop = threading.Event()
-
-    def loop() -> None:
-        while True:
-            try:
-                reap_once(context)
-            except Exception:  # the database or broker is briefly away: try again next round
-                log.exception("reaper round failed")
-            if stop.wait(context.settings.reaper_interval_seconds):
-                return
-
-    threading.Thread(target=loop, name="lease-reaper", daemon=True).start()
-    return stop
-
-
 def run_worker(settings: Settings, queues: list[str] | None = None, loglevel: str = "INFO") -> None:
     """A blocking worker: solo pool (the job runs in this process, one at a time), prefetch 1, the lease reaper beside it."""
     settings.ensure_local_dirs()
     if settings.migrate_on_start:
         migrate(settings.database_url)
     context = create_worker_app(settings)
-    stop_reaper = start_reaper(context)
+    stop_reaper = start_reaper(settings, context.factory, context.celery)
     name = f"clipforge-{settings.device.replace(':', '')}@{socket.gethostname()}"
     try:
         context.celery.worker_main(

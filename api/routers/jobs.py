@@ -192,12 +192,15 @@ def get_job(job_id: str, session: SessionDep) -> schemas.Job:
 
 @router.post("/{job_id}/cancel", response_model=schemas.Job, responses=ERRORS)
 def cancel_job(job_id: str, session: SessionDep) -> schemas.Job:
-    return job_out(repo.request_cancel(session, job_id))
+    job = repo.request_cancel(session, job_id)
+    session.commit()  # before the answer: the session dependency's own commit runs after the response is sent
+    return job_out(job)
 
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
 def delete_job(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
     repo.delete_job(session, storage, job_id)
+    session.commit()
     return Response(status_code=204)
 
 
