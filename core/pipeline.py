@@ -103,11 +103,31 @@ class _StageTimer:
             self.tracker.update(self.stage, 1.0)
 
 
-def synthesis_config(spec: CustomizeSpec) -> SynthesisConfig:
-    # The spec and the engine config share field names; a field one lacks fails loudly here.
+class GeneratorUnavailableError(ValueError):
+    """generator "decoder" without a decoder named in the spec or paired with the teacher."""
+
+    code = "generator_unavailable"
+
+
+def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """The generator name and factory options: "auto" becomes the teacher's paired decoder, else Fourier."""
     s = spec.synthesis
-    options = (("decoder", s.decoder),) if s.generator == "decoder" else ()
-    return SynthesisConfig(**s.model_dump(exclude={"decoder"}), generator_options=options)
+    decoder = s.decoder or teacher.paired_decoder
+    generator = s.generator
+    if generator == "auto":
+        generator = "decoder" if decoder else "fourier"
+    if generator != "decoder":
+        return generator, ()
+    if decoder is None:
+        raise GeneratorUnavailableError(f"teacher {teacher.name!r} has no paired decoder; name one in synthesis.decoder or pick fourier")
+    return generator, (("decoder", decoder),)
+
+
+def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
+    # The spec and the engine config share field names; a field one lacks fails loudly here.
+    generator, options = resolved_generator(spec, teacher)
+    fields = spec.synthesis.model_dump(exclude={"decoder", "generator"})
+    return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
 def distill_config(spec: CustomizeSpec) -> DistillConfig:
@@ -181,13 +201,14 @@ def customize(
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
         with tracker.timed("preparing"):
+            synthesis = synthesis_config(spec, teacher)
             styles = resolved_styles(spec, teacher)
             targets: InversionTargets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
         with tracker.timed("synthesizing"):
             surrogate = synthesize(
                 teacher,
                 targets,
-                synthesis_config(spec),
+                synthesis,
                 seed=spec.seed,
                 on_step=lambda done, total: tracker.update("synthesizing", done / total),
             )
@@ -204,6 +225,7 @@ def customize(
         with tracker.timed("exporting"):
             metrics: dict[str, object] = {
                 "surrogate_images": len(surrogate),
+                "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
                 "final_losses": final_losses,
                 "student_parameters": count_parameters(student),
                 "student_flops": count_flops(student, image_size),

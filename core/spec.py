@@ -38,7 +38,7 @@ DEFAULT_STYLES: tuple[str, ...] = (
 )
 
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
-GeneratorName = Literal["fourier", "pixel", "decoder"]
+GeneratorName = Literal["auto", "fourier", "pixel", "decoder"]
 InversionObjective = Literal["matching", "bn_inversion"]
 StudentName = Literal["resnet18", "mobilenet_v3_small", "tiny_cnn"]
 ExportFormat = Literal["onnx", "torchscript"]
@@ -85,8 +85,10 @@ class SynthesisSpec(Strict):
     images_per_class: Annotated[int, Field(ge=1, le=1024)] = 64  # surrogate images synthesized per class
     steps: Annotated[int, Field(ge=1, le=5000)] = 400  # optimisation steps per image batch
     lr: Annotated[float, Field(gt=0, le=10)] = 0.1  # Adam learning rate on the generator's parameters
-    generator: GeneratorName = "fourier"  # image parameterisation (see core.generators)
-    decoder: Annotated[str, Field(min_length=1, max_length=100)] = "shapes-vae"  # pretrained decoder for generator="decoder"
+    # Image parameterisation (see core.generators). "auto": "decoder" with the teacher's paired decoder when it has
+    # one (the benchmark's generator ablation: decoder 0.42, fourier 0.17 on val), else "fourier".
+    generator: GeneratorName = "auto"
+    decoder: Annotated[str | None, Field(min_length=1, max_length=100)] = None  # for "decoder"; None: the teacher's paired one
     objective: InversionObjective = "matching"  # the method, or the DeepInversion (BatchNorm) baseline
     cutouts: Annotated[int, Field(ge=1, le=64)] = 8  # random augmented crops per image per step
     use_styles: bool = True  # style dictionary diversification (SDD)

@@ -32,6 +32,7 @@ class Teacher(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         styles: Sequence[str] | None = None,
+        decoder: str | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -40,6 +41,8 @@ class Teacher(nn.Module):
         self.image_size = int(image_size)
         # The style dictionary that suits this teacher's vocabulary (SDD); the paper-like default otherwise.
         self.default_styles: tuple[str, ...] = tuple(styles) if styles else DEFAULT_STYLES
+        # A pretrained latent decoder for this teacher's image domain (the image prior "auto" picks), if any.
+        self.paired_decoder: str | None = decoder
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 

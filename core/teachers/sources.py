@@ -91,6 +91,7 @@ def load_clipforge_teacher(folder: Path, device: torch.device) -> Teacher:
         mean=config.image_mean,
         std=config.image_std,
         styles=config.extra.get("styles"),
+        decoder=config.extra.get("decoder"),
     )
     return teacher.to(device)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,17 @@ from PIL import Image
 
 from bench.tasks import get_task
 from core.export import onnx_metadata, run_onnx
-from core.pipeline import CARD_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE, CustomizeCancelled, customize
+from core.pipeline import (
+    CARD_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    SAMPLES_FILE,
+    TORCHSCRIPT_FILE,
+    CustomizeCancelled,
+    GeneratorUnavailableError,
+    customize,
+    resolved_generator,
+)
 from core.spec import CustomizeSpec
 
 # Budgets far below the defaults: these tests check the machinery, the benchmark checks quality.
@@ -101,3 +112,16 @@ def test_bn_inversion_baseline_runs(shapes_teacher):
     spec = small_spec(synthesis={**SMALL["synthesis"], "objective": "bn_inversion", "generator": "pixel"}, export={"formats": ["onnx"]})
     result = customize(spec, shapes_teacher)
     assert result.surrogate.images.shape == (12, 3, 32, 32)
+
+
+def test_auto_generator_uses_the_teachers_paired_decoder(shapes_teacher):
+    assert shapes_teacher.paired_decoder == "shapes-vae"
+    assert resolved_generator(small_spec(), shapes_teacher) == ("decoder", (("decoder", "shapes-vae"),))
+    assert resolved_generator(small_spec(synthesis={"generator": "fourier"}), shapes_teacher) == ("fourier", ())
+    # A teacher without a paired decoder (any open_clip model): auto falls back to Fourier; "decoder" needs a name.
+    plain = SimpleNamespace(name="ViT-B-32/openai", paired_decoder=None)
+    assert resolved_generator(small_spec(), plain) == ("fourier", ())
+    named = small_spec(synthesis={"generator": "decoder", "decoder": "shapes-vae"})
+    assert resolved_generator(named, plain) == ("decoder", (("decoder", "shapes-vae"),))
+    with pytest.raises(GeneratorUnavailableError, match="no paired decoder"):
+        resolved_generator(small_spec(synthesis={"generator": "decoder"}), plain)
