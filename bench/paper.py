@@ -222,8 +222,12 @@ class PaperBenchmark:
         self.stage_seconds["distillation"].append(time.monotonic() - start)
         return accuracy(student.cpu(), task, self.split, self.budget.eval_images)
 
-    def run(self, seeds: int, rows: tuple[Row, ...] = ROWS) -> dict[str, object]:
+    def run(
+        self, seeds: int, rows: tuple[Row, ...] = ROWS, on_seed_done: Callable[[dict[str, object]], None] | None = None
+    ) -> dict[str, object]:
+        """All rows for seeds 0..seeds-1; ``on_seed_done`` gets the report over the seeds finished so far."""
         results: dict[str, list[float]] = {row.key: [] for row in rows}
+        report: dict[str, object] = {}
         for seed in range(seeds):
             for row in rows:
                 if row.kind == "teacher" and seed > 0:
@@ -233,6 +237,12 @@ class PaperBenchmark:
                 value = self.run_row(row, seed)
                 results[row.key].append(value)
                 self.log(f"seed {seed} {row.key:18s} {value:.4f} ({time.monotonic() - start:.0f}s)")
+            report = self.report(results, rows, seed + 1)
+            if on_seed_done is not None:
+                on_seed_done(report)
+        return report
+
+    def report(self, results: dict[str, list[float]], rows: tuple[Row, ...], seeds: int) -> dict[str, object]:
         teacher_accuracy = {row.task: statistics.mean(results[row.key]) for row in rows if row.kind == "teacher"}
         student = create_student(self.budget.student, 8, self.teacher.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
         return {
@@ -272,11 +282,17 @@ TABLE_TITLES = {
 }
 
 
+def seeds_text(report: dict) -> str:
+    requested = report.get("seeds_requested", report["seeds"])
+    partial = f" of {requested} requested (partial: the run was stopped)" if requested > report["seeds"] else ""
+    return f"{report['seeds']} seeds{partial}"
+
+
 def to_markdown(report: dict) -> str:
     lines = [
         "# The paper's tables on the shapes world",
         "",
-        f"Teacher `{report['teacher']}`; student `{report['size']['student']}`; {report['seeds']} seeds; "
+        f"Teacher `{report['teacher']}`; student `{report['size']['student']}`; {seeds_text(report)}; "
         f"budget {json.dumps(report['budget'])}.",
         "Accuracy on held-out real test renders (mean ± standard deviation over seeds), beside the paper's",
         "numbers (ImageNet and Caltech tasks, ViT-B/32 teacher). `ratio` is the accuracy over the teacher's zero-shot",
@@ -303,6 +319,7 @@ def to_markdown(report: dict) -> str:
         f"| student ({size['student']}) | {size['student_parameters']:,} | {size['student_flops']:,} |",
         "",
         "Mean seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds_per_stage"].items()) + ".",
+        f"Total: {report['total_seconds'] / 60:.1f} min." if "total_seconds" in report else "",
         "",
     ]
     return "\n".join(lines)

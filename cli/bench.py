@@ -19,6 +19,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
     paper.add_argument("--teacher", default="shapes-mini")
     paper.add_argument("--device", default="auto")
+    paper.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is robust on a shared CPU)")
     paper.add_argument("--out", type=Path, required=True)
     paper.set_defaults(handler=run_paper)
 
@@ -44,14 +45,23 @@ def run_paper(args: argparse.Namespace) -> int:
             if key not in known:
                 raise UnknownNameError("benchmark row", key, list(known))
         rows = tuple(known[key] for key in wanted)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     teacher = create_teacher(args.teacher, device=args.device)
     start = time.monotonic()
     benchmark = PaperBenchmark(
         teacher, BUDGETS["quick" if args.quick else "full"], log=lambda line: print(line, file=sys.stderr, flush=True)
     )
-    report = benchmark.run(args.seeds, rows)
-    report["total_seconds"] = round(time.monotonic() - start, 1)
-    write_report(report, args.out)
+
+    def write(report: dict) -> None:
+        # After every seed, so a long run leaves its finished seeds behind even if it is stopped.
+        report["total_seconds"] = round(time.monotonic() - start, 1)
+        report["seeds_requested"] = args.seeds
+        write_report(report, args.out)
+
+    benchmark.run(args.seeds, rows, on_seed_done=write)
     print((args.out / "paper.md").read_text())
     return 0
 

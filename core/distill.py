@@ -95,6 +95,8 @@ class Distiller:
         views = random_views(images.to(self.device), 1, self.image_size, self.rng, self.config.augment)
         if self.config.mixup > 0:
             views, labels = self._mix(views, labels)
+        if self.config.method == "ce":  # plain cross-entropy never reads the teacher: skip its forward pass
+            return views, views.new_empty(0), labels.to(self.device)
         with torch.no_grad():
             teacher_logits = self.teacher.logit_scale * self.teacher.encode_image(views) @ self.classifier.T
         return views, teacher_logits, labels.to(self.device)
