@@ -144,20 +144,19 @@ def wait_for(client, job_id: str, *, timeout: float | None, quiet: bool) -> int:
     """A live bar (stage, percent, ETA) until the job ends; 0 when it succeeded, 1 when it failed or was cancelled."""
     from tqdm import tqdm
 
-    bar = tqdm(total=100, disable=quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr)
-
+    bar = tqdm(total=100, disable=quiet, bar_format="{desc} {percentage:3.0f}%|{bar}|", file=sys.stderr)
     shown: dict[str, object] = {}
 
     def show(job) -> None:
-        # Redraw only on a change of status, stage or whole percent: logs stay short off a terminal.
-        state = (job.status, job.stage, round(job.progress * 100))
+        # Redraw only on a change of status, stage, whole percent or ETA second: logs stay short off a terminal.
+        eta = "" if job.eta_seconds is None else f"ETA {job.eta_seconds:.0f}s"
+        state = (job.status, job.stage, round(job.progress * 100), eta)
         if shown.get("state") == state:
             return
         shown["state"] = state
-        bar.set_description_str(job.stage if job.status == "running" else job.status)
+        label = job.stage if job.status == "running" else job.status
+        bar.set_description_str(f"{label:<13}{eta if job.status == 'running' else '':>9}", refresh=False)
         bar.n = round(job.progress * 100)
-        eta = "?" if job.eta_seconds is None else f"{job.eta_seconds:.0f}s"
-        bar.set_postfix_str(f"ETA {eta}" if job.status == "running" else job.status, refresh=False)
         bar.refresh()
 
     try:

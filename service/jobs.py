@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.models import Artifact, Job, JobEvent, Upload, utcnow
-from service.storage import Storage, StoredObject, job_prefixes
+from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -202,8 +202,9 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, storage: Storage, job_id: str) -> None:
-    """Remove a queued or finished job, its rows and its files; a running job must be cancelled first."""
+def delete_job(session: Session, job_id: str) -> tuple[str, ...]:
+    """Remove a queued or finished job's rows (a running job must be cancelled first); the storage prefixes to remove
+    once the transaction is committed, so that a failed commit loses no file."""
     job = get_job(session, job_id)
     if job.status in (RUNNING, CANCELLING):
         raise ServiceError("job_active", f"job {job_id!r} is {job.status}; cancel it and wait for it to stop first", 409)
@@ -211,8 +212,7 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> None:
         session.execute(delete(table).where(table.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
     session.flush()
-    for prefix in job_prefixes(job_id):
-        storage.delete_prefix(prefix)
+    return job_prefixes(job_id)
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ TINY_SPEC = {
     "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
 }
-# Long enough to be cancelled or killed mid-run (about 15 s on 2 cores), yet with tiny artifacts.
-SLOW_SPEC = {**TINY_SPEC, "synthesis": {"images_per_class": 4, "steps": 40, "cutouts": 1, "batch_size": 12}}
+# Long enough to be cancelled or killed while synthesizing (10 to 30 s on 2 cores), yet with tiny artifacts.
+SLOW_SPEC = {**TINY_SPEC, "synthesis": {"images_per_class": 4, "steps": 20, "cutouts": 1, "batch_size": 12}}
 
 
 def free_port() -> int:

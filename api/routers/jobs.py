@@ -199,8 +199,10 @@ def cancel_job(job_id: str, session: SessionDep) -> schemas.Job:
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
 def delete_job(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
-    repo.delete_job(session, storage, job_id)
+    prefixes = repo.delete_job(session, job_id)
     session.commit()
+    for prefix in prefixes:
+        storage.delete_prefix(prefix)
     return Response(status_code=204)
 
 

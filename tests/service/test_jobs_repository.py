@@ -7,20 +7,23 @@ from datetime import timedelta
 import pytest
 
 from service import jobs as repo
-from service.db import make_engine, make_session_factory, migrate, session_scope
+from service.db import downgrade, make_engine, make_session_factory, migrate, session_scope
 from service.models import Job, utcnow
 from service.storage import LocalStorage, artifact_key, upload_key
 
 SPEC = {"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 7}
 
 
-@pytest.fixture
-def factory(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def factory(request, tmp_path):
+    """Every test on SQLite (the embedded default) and on PostgreSQL (production), both migrated by Alembic."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     migrate(url)
     engine = make_engine(url)
     yield make_session_factory(engine)
     engine.dispose()
+    if request.param == "postgresql":
+        downgrade(url, "base")
 
 
 def _new(factory, **kwargs) -> str:
@@ -160,12 +163,15 @@ def test_delete_removes_rows_and_files_but_not_a_running_job(factory, tmp_path):
     with session_scope(factory) as session:
         repo.claim(session, "job_x", "w1", 30, 3)
     with session_scope(factory) as session, pytest.raises(repo.ServiceError) as error:
-        repo.delete_job(session, storage, "job_x")
+        repo.delete_job(session, "job_x")
     assert error.value.code == "job_active"
     with session_scope(factory) as session:
         repo.finish(session, "job_x", "w1", repo.FAILED, code="x", message="x")
     with session_scope(factory) as session:
-        repo.delete_job(session, storage, "job_x")
+        prefixes = repo.delete_job(session, "job_x")
+    assert storage.exists(upload_key("job_x", "upl_1"))  # files go only after the commit
+    for prefix in prefixes:
+        storage.delete_prefix(prefix)
     with session_scope(factory) as session, pytest.raises(repo.ServiceError):
         repo.get_job(session, "job_x")
     assert not (tmp_path / "s" / "uploads" / "job_x").exists() and not (tmp_path / "s" / "artifacts" / "job_x").exists()

@@ -27,6 +27,8 @@ def _kill_and_restart(service) -> None:
     assert service.job(job["id"])["status"] == "running"  # the row still says running: only the lease can tell
     service.start_worker()
     done = service.wait_finished(job["id"], timeout=240)
+    timeline = [(e["created_at"][11:22], e["kind"], e["status"] or e["stage"], e["message"]) for e in service.events(job["id"])]
+    print("\n".join(map(str, timeline)))
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
     events = service.events(job["id"])
