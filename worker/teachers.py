@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -15,8 +16,24 @@ def get_teacher(name: str, device: str, cache_dir: Path | None) -> Teacher:
     key = (name, device)
     with _lock:
         if key not in _cache:
-            _cache[key] = create_teacher(name, device=device, cache_dir=cache_dir, download=False)
+            teacher = create_teacher(name, device=device, cache_dir=cache_dir, download=False)
+            _warm_paired_decoder(teacher)
+            _cache[key] = teacher
         return _cache[key]
+
+
+def _warm_paired_decoder(teacher: Teacher) -> None:
+    """Load the teacher's paired decoder into core's per-process cache now, before any job runs.
+
+    Building it the first time draws from torch's RNG inside the job's seeded stream, so without this the first job
+    of a worker process would give another student than later jobs with the same seed.
+    """
+    if getattr(teacher, "paired_decoder", None):
+        from core.generators.decoder import load_decoder
+
+        # A missing or broken decoder is reported by the job that needs it, with its own error code.
+        with contextlib.suppress(Exception):
+            load_decoder(teacher.paired_decoder)
 
 
 def cached_teachers() -> list[tuple[str, str]]:

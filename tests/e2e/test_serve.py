@@ -42,10 +42,7 @@ def test_submit_wait_download_and_run_the_onnx_student(served, tmp_path):
     from core.export import onnx_metadata, run_onnx
 
     client, _, _ = served
-    # Fourier: this test checks that the service carries the seed through; the engine's own determinism for every
-    # generator is tests/core/test_pipeline.py's business.
-    tiny = {**TINY_SPEC, "synthesis": {**TINY_SPEC["synthesis"], "generator": "fourier"}}
-    spec = {**tiny, "classes": ["circle", "square", "triangle"], "seed": 21}
+    spec = {**TINY_SPEC, "classes": ["circle", "square", "triangle"], "seed": 21}
     updates: list[str] = []
     first = client.submit(spec)
     done = client.wait(first.id, timeout=180, on_update=lambda job: updates.append(job.status))
