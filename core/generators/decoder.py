@@ -171,7 +171,10 @@ def load_decoder_from(folder: str | Path) -> LatentDecoder:
     if not config_path.is_file() or not weights_path.is_file():
         known = sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / WEIGHTS_FILE).is_file()) if BUNDLED_DIR.is_dir() else []
         raise DecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); bundled: {', '.join(known) or 'none'}")
-    decoder = LatentDecoder(DecoderConfig.from_file(config_path))
+    # Random initialisation would draw from torch's global RNG, so a first (uncached) load inside a seeded
+    # job would shift every later draw; the weights are overwritten anyway.
+    with torch.random.fork_rng(devices=[]):
+        decoder = LatentDecoder(DecoderConfig.from_file(config_path))
     state = {k: v.float() for k, v in load_file(str(weights_path)).items()}  # stored fp16 to keep the bundle small
     decoder.load_state_dict(state)
     return decoder.eval().requires_grad_(False)

@@ -17,7 +17,9 @@ from core.generators.decoder import (
     LatentDecoder,
     LatentEncoder,
     LatentPrior,
+    decoder_dir,
     load_decoder,
+    load_decoder_from,
     load_latent_prior,
     load_latent_prior_from,
 )
@@ -172,3 +174,12 @@ def test_prior_errors_are_clear(tmp_path) -> None:
     wrong = LatentPrior(torch.zeros(3), torch.eye(3))
     with pytest.raises(DecoderError, match="dimensions"):
         DecoderGenerator(1, IMAGE_SIZE, load_decoder(), rng=torch.Generator().manual_seed(0), prior=wrong)
+
+
+def test_loading_a_decoder_leaves_the_global_rng_alone() -> None:
+    """A job seeds torch, then builds its generator: a first (uncached) load must not shift later draws."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_decoder_from(decoder_dir("shapes-vae"))
+    assert torch.equal(torch.rand(3), expected)
