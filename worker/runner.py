@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -93,7 +94,9 @@ class JobRunner:
         finally:
             keeper.stop()
 
-    def _execute(self, job_id: str, owner: str, spec_data: dict, uploads: list[tuple[str, str]], keeper: LeaseKeeper) -> RunOutcome:
+    def _execute(
+        self, job_id: str, owner: str, spec_data: dict[str, Any], uploads: list[tuple[str, str]], keeper: LeaseKeeper
+    ) -> RunOutcome:
         prefix = f"artifacts/{job_id}"
         try:
             spec = CustomizeSpec.model_validate(spec_data)

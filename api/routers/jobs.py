@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -102,7 +102,7 @@ def _replay(session: Session, key: str, request_hash: str) -> Job | None:
     return existing
 
 
-def store_job(submission: Submission, key: str | None, session_factory, storage: Storage) -> tuple[Job, bool]:
+def store_job(submission: Submission, key: str | None, session_factory: sessionmaker[Session], storage: Storage) -> tuple[Job, bool]:
     """Store the uploads, then the job row; (job, created). A replayed key answers the first job."""
     if key is not None:
         with session_scope(session_factory) as session:
