@@ -23,10 +23,10 @@ def get_teacher(name: str, device: str, cache_dir: Path | None) -> Teacher:
 
 
 def _warm_paired_decoder(teacher: Teacher) -> None:
-    """Load the teacher's paired decoder into core's per-process cache now, before any job runs.
+    """Load the teacher's paired decoder into core's per-process cache now, with the teacher, so that no job pays for it.
 
-    Building it the first time draws from torch's RNG inside the job's seeded stream, so without this the first job
-    of a worker process would give another student than later jobs with the same seed.
+    (It also kept the first job of a process on the same seeded stream as later ones while decoder construction drew
+    from torch's RNG; core no longer does that, and tests/e2e checks that two jobs with one seed agree.)
     """
     if getattr(teacher, "paired_decoder", None):
         from core.generators.decoder import load_decoder
