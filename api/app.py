@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from api import schemas
+from api.auth import authenticate
 from api.errors import install_error_handlers
 from api.routers import health, jobs, students, teachers
+from service.auth import check_exposure
 from service.db import make_engine, make_session_factory, migrate
 from service.queue import create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
+
+log = logging.getLogger("clipforge.api")
 
 
 @dataclass
@@ -47,6 +53,10 @@ def create_app(settings: Settings) -> FastAPI:
         settings.ensure_local_dirs()
         if settings.migrate_on_start:
             migrate(settings.database_url)
+        # Refuses to start on a non-loopback address without any API key; says so when it runs open on loopback.
+        open_mode_notice = check_exposure(settings, app.state.session_factory)
+        if open_mode_notice:
+            log.warning(open_mode_notice)
         stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery)
         yield
         stop_reaper.set()
@@ -62,8 +72,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = ApiMetrics.create()
 
     install_error_handlers(app)
-    for module in (jobs, teachers, students, health):
-        app.include_router(module.router)
+    # Everything under /v1 needs an API key (once any exists); health, metrics and the schema do not.
+    for module in (jobs, teachers, students):
+        app.include_router(module.router, dependencies=[Depends(authenticate)], responses={401: {"model": schemas.ErrorBody}})
+    app.include_router(health.router)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -9,8 +9,11 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from api.auth import PrincipalDep
 from service.settings import Settings
 from service.storage import Storage
+
+__all__ = ["PrincipalDep", "QueueDep", "SessionDep", "SettingsDep", "StorageDep"]
 
 
 def get_app_settings(request: Request) -> Settings:

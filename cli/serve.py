@@ -71,6 +71,24 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def check_exposure_or_exit(settings, migrate_first: bool) -> None:  # settings: service.settings.Settings
+    """Before anything starts: without any API key, a non-loopback address is refused (error [api_keys_required], exit 2)
+    and loopback runs open, with a warning printed."""
+    from service.auth import check_exposure
+    from service.db import make_engine, make_session_factory, migrate
+
+    if migrate_first:
+        settings.ensure_local_dirs()
+        migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        notice = check_exposure(settings, make_session_factory(engine))
+    finally:
+        engine.dispose()
+    if notice:
+        print(f"WARNING: {notice}", file=sys.stderr, flush=True)
+
+
 def run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -78,6 +96,7 @@ def run_api(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _logging()
+    check_exposure_or_exit(settings, migrate_first=settings.migrate_on_start)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -161,6 +180,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _logging()
     settings.ensure_local_dirs()
     migrate(settings.database_url)
+    check_exposure_or_exit(settings, migrate_first=False)  # before the worker starts
     command = [sys.executable, "-m", "cli.main", "worker"]
     if args.config:
         command += ["--config", str(args.config.resolve())]

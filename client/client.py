@@ -41,9 +41,13 @@ class JobFailed(ApiError):
 
 
 class ClipforgeClient:
-    def __init__(self, url: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None, api_key: str | None = None
+    ) -> None:
         self.url = (url or default_url()).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        api_key = api_key or os.environ.get("CLIPFORGE_API_KEY")  # `clipforge keys create`; none: an open, local service
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers)
 
     def __enter__(self) -> ClipforgeClient:
         return self

@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, Job, JobEvent, Upload, utcnow
+from service.models import Artifact, Job, JobEvent, Tenant, Upload, utcnow
 from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -41,9 +41,35 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 class ServiceError(Exception):
     """An error with a machine-readable code; the API answers ``http_status``."""
 
-    def __init__(self, code: str, message: str, http_status: int = 400, details: Any = None) -> None:
+    def __init__(self, code: str, message: str, http_status: int = 400, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.http_status, self.details = code, message, http_status, details
+        self.headers = headers  # extra response headers, e.g. Retry-After
+
+
+class _AnyTenant:
+    """The scope of the worker, the reaper and operators: every job, whoever owns it."""
+
+    def __repr__(self) -> str:
+        return "ANY_TENANT"
+
+
+ANY_TENANT: Final = _AnyTenant()
+# A tenant id; None: the anonymous tenant of an open service (jobs with no tenant); ANY_TENANT: no scoping.
+TenantScope = str | None | _AnyTenant
+
+
+def _in_scope(job: Job, tenant_id: TenantScope) -> bool:
+    return isinstance(tenant_id, _AnyTenant) or job.tenant_id == tenant_id
+
+
+def _tenant_condition(tenant_id: str | None) -> Any:
+    return Job.tenant_id.is_(None) if tenant_id is None else Job.tenant_id == tenant_id
+
+
+def scoped_idempotency_key(tenant_id: str | None, key: str) -> str:
+    """Keys are per tenant: another tenant's identical key neither replays nor conflicts with this one's."""
+    return key if tenant_id is None else f"{tenant_id}:{key}"
 
 
 def can_transition(current: str, new: str) -> bool:
@@ -96,16 +122,18 @@ def create_job(
     uploads: Sequence[NewUpload] = (),
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    tenant_id: str | None = None,
 ) -> Job:
     now = utcnow()
     job = Job(
         id=job_id,
+        tenant_id=tenant_id,
         status=QUEUED,
         progress=0.0,
         spec=spec,
         seed=int(spec["seed"]),
         teacher=str(spec["teacher"]),
-        idempotency_key=idempotency_key,
+        idempotency_key=None if idempotency_key is None else scoped_idempotency_key(tenant_id, idempotency_key),
         request_hash=request_hash,
         attempts=0,
         created_at=now,
@@ -134,20 +162,34 @@ def create_job(
     return job
 
 
-def find_by_idempotency_key(session: Session, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def find_by_idempotency_key(session: Session, key: str, tenant_id: str | None = None) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == scoped_idempotency_key(tenant_id, key)))
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENANT) -> Job:
+    """Another tenant's job is not found either (404, not 403): its existence is not revealed."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not _in_scope(job, tenant_id):
         raise ServiceError("job_not_found", f"no job {job_id!r}", 404)
     return job
 
 
-def list_jobs(session: Session, *, status: str | None = None, after: str | None = None, limit: int = 20) -> tuple[list[Job], bool]:
+def count_active_jobs(session: Session, tenant_id: str | None, *, lock: bool = False) -> int:
+    """Queued, running and cancelling jobs of a tenant; ``lock`` serialises concurrent submissions of one tenant
+    (a row lock on the tenant on PostgreSQL; SQLite serialises writers anyway)."""
+    if lock and tenant_id is not None:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    query = select(func.count()).select_from(Job).where(_tenant_condition(tenant_id), Job.status.in_(tuple(ACTIVE)))
+    return int(session.scalar(query) or 0)
+
+
+def list_jobs(
+    session: Session, *, status: str | None = None, after: str | None = None, limit: int = 20, tenant_id: TenantScope = ANY_TENANT
+) -> tuple[list[Job], bool]:
     """Newest first; ``after`` is the last id of the previous page."""
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if not isinstance(tenant_id, _AnyTenant):
+        query = query.where(_tenant_condition(tenant_id))
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:
@@ -187,9 +229,9 @@ def _cas(session: Session, job_id: str, conditions: Sequence[Any], **values: Any
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def request_cancel(session: Session, job_id: str) -> Job:
+def request_cancel(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENANT) -> Job:
     """Idempotent: a queued job is cancelled at once, a running one becomes cancelling (its worker stops it)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, tenant_id)
     now = utcnow()
     if job.status == QUEUED and _cas(session, job_id, [Job.status == QUEUED], status=CANCELLED, finished_at=now, eta_seconds=None):
         add_event(session, job_id, "status", status=CANCELLED, message="cancelled while queued")
@@ -202,10 +244,10 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, job_id: str) -> tuple[str, ...]:
+def delete_job(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENANT) -> tuple[str, ...]:
     """Remove a queued or finished job's rows (a running job must be cancelled first); the storage prefixes to remove
     once the transaction is committed, so that a failed commit loses no file."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, tenant_id)
     if job.status in (RUNNING, CANCELLING):
         raise ServiceError("job_active", f"job {job_id!r} is {job.status}; cancel it and wait for it to stop first", 409)
     for table in (JobEvent, Artifact, Upload):

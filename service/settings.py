@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     max_request_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     max_json_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096  # decompression-bomb guard (Pillow's MAX_IMAGE_PIXELS)
+    max_image_side: Annotated[int, Field(ge=1)] = 8192  # longest side of an upload, whatever its pixel count
+
+    # Quotas per tenant (the anonymous tenant of an open service included): queued, running and cancelling jobs.
+    max_active_jobs_per_tenant: Annotated[int, Field(ge=1)] = 50
+    quota_retry_after_seconds: Annotated[int, Field(ge=1)] = 30  # the Retry-After of a 429
 
     # Worker leases: a running job whose lease is not renewed in time is requeued (or failed after max_attempts).
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0

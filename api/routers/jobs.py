@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,17 +14,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import schemas
-from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
+from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.validation import Submission, invalid, parse_json_spec, submission_from_json, submission_from_multipart
 from service import jobs as repo
 from service.db import session_scope
 from service.models import Artifact, Job, JobEvent
 from service.queue import enqueue_job
+from service.settings import Settings
 from service.storage import Storage, job_prefixes, upload_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS.update({code: {"model": schemas.ErrorBody} for code in (401, 429)})  # a missing or invalid API key; a tenant's quota
 MAX_IDEMPOTENCY_KEY = 200
+# Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
+ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 def job_out(job: Job) -> schemas.Job:
@@ -93,8 +98,8 @@ async def read_submission(request: Request, settings: SettingsDep) -> Submission
     raise invalid("unsupported_media_type", f"send application/json or multipart/form-data, not {content_type!r}", status=415)
 
 
-def _replay(session: Session, key: str, request_hash: str) -> Job | None:
-    existing = repo.find_by_idempotency_key(session, key)
+def _replay(session: Session, key: str, request_hash: str, tenant_id: str | None) -> Job | None:
+    existing = repo.find_by_idempotency_key(session, key, tenant_id)
     if existing is None:
         return None
     if existing.request_hash != request_hash:
@@ -102,13 +107,33 @@ def _replay(session: Session, key: str, request_hash: str) -> Job | None:
     return existing
 
 
-def store_job(submission: Submission, key: str | None, session_factory: sessionmaker[Session], storage: Storage) -> tuple[Job, bool]:
-    """Store the uploads, then the job row; (job, created). A replayed key answers the first job."""
-    if key is not None:
-        with session_scope(session_factory) as session:
-            existing = _replay(session, key, submission.request_hash)
+def check_quota(session: Session, tenant_id: str | None, settings: Settings, *, lock: bool = False) -> None:
+    active = repo.count_active_jobs(session, tenant_id, lock=lock)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise repo.ServiceError(
+            "too_many_active_jobs",
+            f"{active} jobs are queued or running; at most {settings.max_active_jobs_per_tenant} per tenant. Retry when one ends.",
+            429,
+            {"limit": settings.max_active_jobs_per_tenant, "active": active},
+            headers={"Retry-After": str(settings.quota_retry_after_seconds)},
+        )
+
+
+def store_job(
+    submission: Submission,
+    key: str | None,
+    session_factory: sessionmaker[Session],
+    storage: Storage,
+    tenant_id: str | None,
+    settings: Settings,
+) -> tuple[Job, bool]:
+    """Store the uploads, then the job row; (job, created). A replayed key answers the first job (quota or not)."""
+    with session_scope(session_factory) as session:
+        if key is not None:
+            existing = _replay(session, key, submission.request_hash, tenant_id)
             if existing is not None:
                 return existing, False
+        check_quota(session, tenant_id, settings)  # before any upload is written
     job_id = repo.new_id("job")
     uploads: list[repo.NewUpload] = []
     spec = submission.spec
@@ -126,8 +151,15 @@ def store_job(submission: Submission, key: str | None, session_factory: sessionm
             ids.setdefault(upload.class_name, []).append(upload.id)
         spec = {**spec, "classes": [{**c, "images": ids.get(c["name"], [])} for c in spec["classes"]]}
         with session_scope(session_factory) as session:
+            check_quota(session, tenant_id, settings, lock=True)  # again, in the transaction that adds the job
             job = repo.create_job(
-                session, job_id=job_id, spec=spec, uploads=uploads, idempotency_key=key, request_hash=submission.request_hash
+                session,
+                job_id=job_id,
+                spec=spec,
+                uploads=uploads,
+                idempotency_key=key,
+                request_hash=submission.request_hash,
+                tenant_id=tenant_id,
             )
         return job, True
     except IntegrityError:
@@ -135,7 +167,7 @@ def store_job(submission: Submission, key: str | None, session_factory: sessionm
         for prefix in job_prefixes(job_id):
             storage.delete_prefix(prefix)
         with session_scope(session_factory) as session:
-            existing = _replay(session, key or "", submission.request_hash)
+            existing = _replay(session, key or "", submission.request_hash, tenant_id)
             if existing is None:
                 raise
             return existing, False
@@ -151,13 +183,14 @@ async def submit_job(
     settings: SettingsDep,
     storage: StorageDep,
     queue: QueueDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise invalid("invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", status=400)
     submission = await read_submission(request, settings)
     factory = request.app.state.session_factory
-    job, created = await run_in_threadpool(store_job, submission, idempotency_key, factory, storage)
+    job, created = await run_in_threadpool(store_job, submission, idempotency_key, factory, storage, principal.tenant_id, settings)
     if created:
         try:
             await run_in_threadpool(enqueue_job, queue, settings, job.id)
@@ -177,29 +210,30 @@ async def submit_job(
 @router.get("", response_model=schemas.JobPage, responses=ERRORS)
 def get_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     status: Annotated[schemas.JobStatus | None, Query()] = None,
     after: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> schemas.JobPage:
-    page, has_more = repo.list_jobs(session, status=status, after=after, limit=limit)
+    page, has_more = repo.list_jobs(session, status=status, after=after, limit=limit, tenant_id=principal.tenant_id)
     return schemas.JobPage(data=[job_out(j) for j in page], has_more=has_more, next_after=page[-1].id if has_more and page else None)
 
 
 @router.get("/{job_id}", response_model=schemas.Job, responses=ERRORS)
-def get_job(job_id: str, session: SessionDep) -> schemas.Job:
-    return job_out(repo.get_job(session, job_id))
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.Job:
+    return job_out(repo.get_job(session, job_id, principal.tenant_id))
 
 
 @router.post("/{job_id}/cancel", response_model=schemas.Job, responses=ERRORS)
-def cancel_job(job_id: str, session: SessionDep) -> schemas.Job:
-    job = repo.request_cancel(session, job_id)
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.Job:
+    job = repo.request_cancel(session, job_id, principal.tenant_id)
     session.commit()  # before the answer: the session dependency's own commit runs after the response is sent
     return job_out(job)
 
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
-def delete_job(job_id: str, session: SessionDep, storage: StorageDep) -> Response:
-    prefixes = repo.delete_job(session, job_id)
+def delete_job(job_id: str, session: SessionDep, storage: StorageDep, principal: PrincipalDep) -> Response:
+    prefixes = repo.delete_job(session, job_id, principal.tenant_id)
     session.commit()
     for prefix in prefixes:
         storage.delete_prefix(prefix)
@@ -210,24 +244,30 @@ def delete_job(job_id: str, session: SessionDep, storage: StorageDep) -> Respons
 def get_events(
     job_id: str,
     session: SessionDep,
+    principal: PrincipalDep,
     after: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> schemas.EventPage:
-    repo.get_job(session, job_id)
+    repo.get_job(session, job_id, principal.tenant_id)
     page, has_more = repo.list_events(session, job_id, after=after, limit=limit)
     # next_after is set on every non-empty page, so that a follower can poll from it for new events.
     return schemas.EventPage(data=[event_out(e) for e in page], has_more=has_more, next_after=page[-1].id if page else after)
 
 
 @router.get("/{job_id}/artifacts", response_model=schemas.ArtifactList, responses=ERRORS)
-def get_artifacts(job_id: str, session: SessionDep) -> schemas.ArtifactList:
-    repo.get_job(session, job_id)
+def get_artifacts(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.ArtifactList:
+    repo.get_job(session, job_id, principal.tenant_id)
     return schemas.ArtifactList(data=[artifact_out(a) for a in repo.list_artifacts(session, job_id)])
 
 
-@router.get("/{job_id}/artifacts/{name}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
-def download_artifact(job_id: str, name: str, session: SessionDep, storage: StorageDep, request: Request) -> Response:
-    repo.get_job(session, job_id)
+# {name:path}: a name holding (encoded) slashes still reaches the handler, to be refused with a clear code, not a bare 404.
+@router.get("/{job_id}/artifacts/{name:path}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
+def download_artifact(
+    job_id: str, name: Annotated[str, Path()], session: SessionDep, storage: StorageDep, request: Request, principal: PrincipalDep
+) -> Response:
+    if re.fullmatch(ARTIFACT_NAME, name) is None or ".." in name:
+        raise invalid("invalid_artifact_name", f"{name[:100]!r} is not an artifact name (a plain file name)", status=400)
+    repo.get_job(session, job_id, principal.tenant_id)
     artifact = repo.get_artifact(session, job_id, name)
     etag = f'"{artifact.sha256}"'
     headers = {

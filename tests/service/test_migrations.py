@@ -10,7 +10,8 @@ from sqlalchemy import inspect, text
 from service.db import downgrade, make_engine, migrate
 from service.models import Base
 
-TABLES = {"jobs", "job_events", "artifacts", "uploads"}
+TABLES = {"jobs", "job_events", "artifacts", "uploads", "tenants", "api_keys"}
+HEAD = "0002"
 
 
 def _tables(url: str) -> set[str]:
@@ -29,7 +30,7 @@ def _check_round_trip(url: str) -> None:
         with engine.connect() as connection:
             # The migrated schema is exactly what the ORM maps: no drift between the two.
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
     finally:
         engine.dispose()
     migrate(url)  # a second upgrade at start-up is a no-op
@@ -77,3 +78,64 @@ def test_concurrent_start_up_migrations_on_sqlite(tmp_path, runs):
     for t in threads:
         t.join()
     assert not errors and _tables(url) >= TABLES
+
+
+def _jobs_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
+def _check_tenants_migration_keeps_jobs(url: str) -> None:
+    """0001 -> 0002 -> 0001 with a job in the table: the job survives both ways, with no tenant after the upgrade."""
+    migrate(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, status, progress, spec, seed, teacher, attempts, created_at, updated_at, idempotency_key) "
+                    "VALUES ('job_old', 'queued', 0, '{}', 1, 'shapes-mini', 0, '2026-11-28 00:00:00', '2026-11-28 00:00:00', 'k1')"
+                )
+            )
+        assert "tenant_id" not in _jobs_columns(url)
+        migrate(url, "0002")
+        assert "tenant_id" in _jobs_columns(url) and _tables(url) >= {"tenants", "api_keys"}
+        with engine.begin() as connection:
+            row = connection.execute(text("SELECT tenant_id, idempotency_key FROM jobs WHERE id = 'job_old'")).one()
+            assert tuple(row) == (None, "k1")
+            connection.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'acme', '2026-11-28 00:00:00')"))
+            connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, tenant_id, secret_hash, created_at) VALUES ('key_a', 'ten_a', :h, '2026-11-28 00:00:00')"
+                ),
+                {"h": "0" * 64},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, status, progress, spec, seed, teacher, attempts, created_at, updated_at, "
+                    "idempotency_key) VALUES ('job_new', 'ten_a', 'queued', 0, '{}', 1, 'shapes-mini', 0, '2026-11-28 00:00:00', "
+                    "'2026-11-28 00:00:00', :k)"
+                ),
+                {"k": "ten_a:" + "k" * 200},  # longer than 0001's column allowed
+            )
+        engine.dispose()
+        downgrade(url, "0001")
+        assert "tenant_id" not in _jobs_columns(url) and _tables(url).isdisjoint({"tenants", "api_keys"})
+        with engine.connect() as connection:
+            rows = dict(connection.execute(text("SELECT id, idempotency_key FROM jobs ORDER BY id")).all())
+        assert rows == {"job_new": None, "job_old": "k1"}
+    finally:
+        engine.dispose()
+    downgrade(url, "base")
+
+
+def test_tenants_migration_on_sqlite(tmp_path):
+    _check_tenants_migration_keeps_jobs(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_tenants_migration_on_postgresql(postgres_url):
+    downgrade(postgres_url, "base")
+    _check_tenants_migration_keeps_jobs(postgres_url)

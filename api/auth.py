@@ -1,0 +1,41 @@
+"""The authentication dependency: ``Authorization: Bearer <key>`` names the tenant a request acts for.
+
+Without any active key the service runs open (see service.auth): requests from a loopback client act as the anonymous
+tenant. Every failure is 401 in the standard error shape with ``WWW-Authenticate: Bearer``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth import OPEN_PRINCIPAL, Principal, any_active_key, is_loopback, verify_key
+from service.db import session_scope
+from service.jobs import ServiceError
+
+# auto_error=False: a missing or malformed header is answered here, in the service's error shape.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="an API key from `clipforge keys create --tenant NAME`")
+
+
+def _unauthorized(code: str, message: str, challenge: str) -> ServiceError:
+    return ServiceError(code, message, 401, headers={"WWW-Authenticate": challenge})
+
+
+def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Principal:
+    settings = request.app.state.settings
+    with session_scope(request.app.state.session_factory) as session:
+        if credentials is not None:
+            principal = verify_key(session, credentials.credentials)
+            if principal is None:
+                raise _unauthorized("invalid_api_key", "the API key is unknown, malformed or revoked", 'Bearer error="invalid_token"')
+            return principal
+        keys_exist = any_active_key(session)
+    client_host = request.client.host if request.client else ""
+    if keys_exist or not is_loopback(settings.host) or not is_loopback(client_host):
+        raise _unauthorized("missing_api_key", "send an API key: Authorization: Bearer <key>", "Bearer")
+    return OPEN_PRINCIPAL
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
