@@ -11,6 +11,16 @@ from service.settings import Settings
 
 RUN_JOB_TASK = "clipforge.run_job"
 
+# Publishing never hangs on a broker that is down or stalled: a refused or silent connection fails within a few
+# seconds (connect 1 s + reply 2 s, one retry), and the API answers 503 instead of holding the request.
+BROKER_CONNECT_TIMEOUT_S = 1.0
+BROKER_SOCKET_TIMEOUT_S = 2.0
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.2}
+
+
+class BrokerUnavailable(RuntimeError):
+    code = "broker_unavailable"
+
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("clipforge", broker=settings.broker_url, set_as_current=False)
@@ -25,6 +35,8 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={RUN_JOB_TASK: {"queue": settings.queue}},
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -40,12 +52,20 @@ def transport_options(settings: Settings) -> dict[str, object]:
         return {"connect_args": {"timeout": 30}} if "sqlite" in scheme else {}
     if scheme in ("redis", "rediss"):
         # An unacked message is redelivered after this long (acks_late); longer than any job's normal run.
-        return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+        return {
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+        }
     return {"polling_interval": settings.broker_polling_interval_seconds}
 
 
 def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue)
+    """Publish the job's message; BrokerUnavailable (within seconds) when the broker cannot take it."""
+    try:
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue)
+    except Exception as exc:  # kombu's OperationalError, redis' ConnectionError and TimeoutError, OSError
+        raise BrokerUnavailable(f"the broker did not take the job's message: {exc}") from exc
 
 
 def ping_broker(app: Celery, timeout: float = 2.0) -> None:

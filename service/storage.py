@@ -6,6 +6,7 @@ reader sees a whole object or none, and every write reports the sha256 it record
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -27,6 +28,27 @@ class StoredObject:
 
 class StorageError(RuntimeError):
     code = "storage_error"
+
+
+class StorageFull(StorageError):
+    """No space (or quota) left for the object: nothing was written."""
+
+    code = "storage_full"
+
+
+class StorageUnavailable(StorageError):
+    """The storage folder cannot be written (read-only, permissions, gone, I/O error): nothing was written."""
+
+    code = "storage_unavailable"
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def classify_os_error(exc: OSError, what: str) -> StorageError:
+    """A coded StorageError for an OSError of the storage folder, so that jobs and requests fail with a clear code."""
+    kind = StorageFull if exc.errno in _FULL_ERRNOS else StorageUnavailable
+    return kind(f"{what}: {exc.strerror or exc}")
 
 
 class Storage(Protocol):
@@ -56,19 +78,26 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes) -> StoredObject:
+        """Write ``data`` whole or not at all; an OSError becomes StorageFull or StorageUnavailable, with no temp file left."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise classify_os_error(exc, f"cannot write {key!r} under {self.root}") from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise classify_os_error(exc, f"cannot write {key!r} ({len(data)} bytes) under {self.root}") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
         return StoredObject(key, len(data), sha256_hex(data))
 
     def read(self, key: str) -> bytes:
@@ -96,7 +125,7 @@ class LocalStorage:
             self.put(".probe/ready", b"ok")
             self.delete_prefix(".probe")
         except OSError as exc:
-            raise StorageError(f"storage at {self.root} is not writable: {exc}") from exc
+            raise classify_os_error(exc, f"storage at {self.root} is not writable") from exc
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 
 from api import schemas
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
@@ -19,12 +21,12 @@ from api.validation import Submission, invalid, parse_json_spec, submission_from
 from service import jobs as repo
 from service.db import session_scope
 from service.models import Artifact, Job, JobEvent
-from service.queue import enqueue_job
+from service.queue import BrokerUnavailable, enqueue_job
 from service.settings import Settings
-from service.storage import Storage, job_prefixes, upload_key
+from service.storage import Storage, StorageError, StorageFull, job_prefixes, upload_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503, 507)}
 ERRORS.update({code: {"model": schemas.ErrorBody} for code in (401, 429)})  # a missing or invalid API key; a tenant's quota
 MAX_IDEMPOTENCY_KEY = 200
 # Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
@@ -67,19 +69,47 @@ def artifact_out(artifact: Artifact) -> schemas.Artifact:
     )
 
 
+async def read_body(request: Request, limit: int, code: str) -> bytes:
+    """The whole body, refused (413) as soon as it passes ``limit``: a chunked body declares no length up front."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise invalid(code, f"the body is over {limit} bytes", {"limit": limit}, status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ends_with_closing_boundary(body: bytes, content_type: str) -> bool:
+    """A body cut off mid-upload parses 'fine' without its last part; its missing closing boundary gives it away."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    return match is not None and body.rstrip(b"\r\n").endswith(b"--" + match[1].encode("latin-1") + b"--")
+
+
 async def read_submission(request: Request, settings: SettingsDep) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = int(request.headers.get("content-length") or 0)
+    declared_text = request.headers.get("content-length") or "0"
+    declared = int(declared_text) if declared_text.isdigit() else 0
     if content_type in ("application/json", ""):
         if declared > settings.max_json_bytes:
             raise invalid("request_too_large", f"the JSON body is {declared} bytes; at most {settings.max_json_bytes}", status=413)
-        return submission_from_json(parse_json_spec(await request.body(), settings), settings)
+        body = await read_body(request, settings.max_json_bytes, "request_too_large")
+        return submission_from_json(parse_json_spec(body, settings), settings)
     if content_type == "multipart/form-data":
         if declared > settings.max_request_bytes:
             raise invalid("upload_too_large", f"the upload is {declared} bytes; at most {settings.max_request_bytes}", status=413)
+        body = await read_body(request, settings.max_request_bytes, "upload_too_large")
+        if not _ends_with_closing_boundary(body, request.headers.get("content-type", "")):
+            raise invalid("invalid_multipart", "the multipart body has no boundary, or is cut off before its closing boundary", status=400)
         max_files = settings.max_classes * settings.max_images_per_class
+
+        async def replay() -> AsyncIterator[bytes]:
+            yield body
+
+        parser = MultiPartParser(request.headers, replay(), max_files=max_files, max_fields=16, max_part_size=settings.max_json_bytes)
         try:
-            form = await request.form(max_files=max_files, max_fields=16, max_part_size=settings.max_json_bytes)
+            form = await parser.parse()
         except Exception as exc:  # starlette's MultiPartException: too many files, a field too large, a malformed body
             raise invalid("invalid_multipart", f"cannot read the multipart body: {exc}", status=400) from None
         try:
@@ -177,6 +207,14 @@ def store_job(
         raise
 
 
+def withdraw_job(job_id: str, session_factory: sessionmaker[Session], storage: Storage) -> None:
+    """Remove a just-created job whose message was not published: its rows, then its uploads."""
+    with session_scope(session_factory) as session:
+        prefixes = repo.delete_job(session, job_id)
+    for prefix in prefixes:
+        storage.delete_prefix(prefix)
+
+
 @router.post("", status_code=201, response_model=schemas.Job, responses=ERRORS)
 async def submit_job(
     request: Request,
@@ -190,14 +228,18 @@ async def submit_job(
         raise invalid("invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", status=400)
     submission = await read_submission(request, settings)
     factory = request.app.state.session_factory
-    job, created = await run_in_threadpool(store_job, submission, idempotency_key, factory, storage, principal.tenant_id, settings)
+    try:
+        job, created = await run_in_threadpool(store_job, submission, idempotency_key, factory, storage, principal.tenant_id, settings)
+    except StorageError as exc:
+        raise invalid(exc.code, f"the uploads could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
     if created:
         try:
             await run_in_threadpool(enqueue_job, queue, settings, job.id)
-        except Exception as exc:
-            with session_scope(factory) as session:
-                repo.mark_enqueue_failed(session, job.id, f"the job could not be queued: {exc}")
-            raise invalid("broker_unavailable", f"the job could not be queued: {exc}", {"job_id": job.id}, 503) from None
+        except BrokerUnavailable as exc:
+            # Roll the job back rather than keep a queued row that no message will ever run: the client was told 503
+            # and retries, with the same Idempotency-Key if it sent one.
+            await run_in_threadpool(withdraw_job, job.id, factory, storage)
+            raise invalid("broker_unavailable", f"the job could not be queued; try again: {exc}", status=503) from None
         request.app.state.metrics.submitted.inc()
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:

@@ -28,7 +28,7 @@ def test_a_failed_write_leaves_neither_the_object_nor_a_temporary_file(tmp_path,
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match="disk full"):  # an OSError, classified (tests/faults: a real full disk)
         storage.put("a/b", b"new content")
     monkeypatch.undo()
     assert storage.read("a/b") == b"old"  # the old object is intact, whole
