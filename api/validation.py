@@ -11,11 +11,13 @@ import io
 import json
 import re
 import secrets
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 
 from core.spec import CustomizeSpec, normalise_text
@@ -25,6 +27,11 @@ from service.settings import Settings
 
 ALLOWED_IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 IMAGE_FIELD = re.compile(r"^images\[(?P<name>.+)\]$")
+# Decodable modes the worker's RGB conversion would get wrong (16-bit clipped to white) or that are not RGB-like: stored
+# converted to 8-bit RGB PNG instead of rejected.
+CONVERTED_MODES = {"CMYK", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "LAB", "HSV", "YCbCr"}
+# Control characters (tabs and newlines included) and lone surrogates have no place in a class name or prompt.
+FORBIDDEN_CATEGORIES = {"Cc", "Cs"}
 
 
 def invalid(code: str, message: str, details: Any = None, status: int = 422) -> ServiceError:
@@ -84,6 +91,9 @@ def check_classes(entries: list[dict[str, Any]], settings: Settings) -> None:
                     f"class {key} {value[:40]!r}... is {len(value)} characters; at most {settings.max_class_text_chars}",
                     {"limit": settings.max_class_text_chars},
                 )
+            # A whitespace-only name (tabs included) is an empty name, below; control characters inside a real one are refused.
+            if isinstance(value, str) and normalise_text(value) and any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in value):
+                raise invalid("control_character", f"class {key} {value[:40]!r} holds a control character", {"field": key})
         name = entry.get("name")
         if not isinstance(name, str) or not normalise_text(name):
             raise invalid("invalid_class_name", "every class needs a non-empty name")
@@ -122,6 +132,8 @@ def validate_spec(raw: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = details[0]
+        if first["type"] == "extra_forbidden":
+            raise invalid("unknown_field", f"unknown spec field {'.'.join(str(p) for p in first['loc'])!r}", details) from None
         raise invalid("invalid_spec", f"{'.'.join(str(p) for p in first['loc']) or 'spec'}: {first['msg']}", details) from None
 
 
@@ -158,6 +170,12 @@ def decode_image(content: bytes, class_name: str, position: int, filename: str |
             image = Image.open(io.BytesIO(content))
             width, height = image.size
             # Checked from the header, before any pixel is decoded.
+            if max(width, height) > settings.max_image_side:
+                raise invalid(
+                    "image_dimensions_too_large",
+                    f"image {filename!r} is {width}x{height} pixels; each side at most {settings.max_image_side}",
+                    {**where, "limit": settings.max_image_side},
+                )
             if width * height > settings.max_image_pixels:
                 raise invalid(
                     "decompression_bomb",
@@ -168,8 +186,12 @@ def decode_image(content: bytes, class_name: str, position: int, filename: str |
                 raise invalid(
                     "unsupported_image_type", f"image {filename!r} is {image.format}; allowed: {sorted(ALLOWED_IMAGE_FORMATS)}", where, 415
                 )
+            if getattr(image, "n_frames", 1) > 1:
+                raise invalid("animated_image", f"image {filename!r} has {image.n_frames} frames; send still images", where)
             image.load()  # decode every pixel: truncated or corrupt files fail here
             content_type = Image.MIME.get(image.format or "", "application/octet-stream")
+            if image.mode in CONVERTED_MODES:
+                content, content_type = _as_rgb_png(image), "image/png"
     except ServiceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -177,6 +199,18 @@ def decode_image(content: bytes, class_name: str, position: int, filename: str |
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise invalid("invalid_image", f"file {filename!r} is not a decodable image: {exc}", where) from None
     return DecodedImage(class_name, position, filename, content, content_type, width, height)
+
+
+def _as_rgb_png(image: Image.Image) -> bytes:
+    """8-bit RGB PNG of a decodable image in an awkward mode: 16- and 32-bit values scaled (not clipped) to 8 bits."""
+    image = ImageOps.exif_transpose(image)  # the orientation would be lost with the EXIF
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def submission_from_multipart(spec_text: str | None, files: list[tuple[str, str | None, bytes]], settings: Settings) -> Submission:
