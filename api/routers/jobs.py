@@ -215,7 +215,31 @@ def withdraw_job(job_id: str, session_factory: sessionmaker[Session], storage: S
         storage.delete_prefix(prefix)
 
 
-@router.post("", status_code=201, response_model=schemas.Job, responses=ERRORS)
+# The body is read by hand (read_submission), so FastAPI cannot see it: declared here for the schema and its clients.
+SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["classes"],
+                "properties": {"classes": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "object"}]}}},
+                "description": "the customization spec (core.spec.CustomizeSpec); unknown fields are refused",
+            }
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["spec"],
+                "properties": {"spec": {"type": "string", "description": "the JSON spec"}},
+                "description": "the spec, and example images as files named images[CLASS]",
+            }
+        },
+    },
+}
+
+
+@router.post("", status_code=201, response_model=schemas.Job, responses=ERRORS, openapi_extra={"requestBody": SUBMIT_BODY})
 async def submit_job(
     request: Request,
     settings: SettingsDep,
