@@ -285,9 +285,16 @@ def get_jobs(
     return schemas.JobPage(data=[job_out(j) for j in page], has_more=has_more, next_after=page[-1].id if has_more and page else None)
 
 
+def read_job(session_factory: sessionmaker[Session], job_id: str, tenant_id: str | None) -> schemas.Job:
+    with session_scope(session_factory) as session:
+        return job_out(repo.get_job(session, job_id, tenant_id))
+
+
 @router.get("/{job_id}", response_model=schemas.Job, responses=ERRORS)
-def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.Job:
-    return job_out(repo.get_job(session, job_id, principal.tenant_id))
+async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> schemas.Job:
+    # Clients poll this: the whole read in one worker-thread hop, not one per sync dependency (the session's enter and
+    # exit, the handler), since the hand-offs cost more CPU than the query itself (bench/results/load.md).
+    return await run_in_threadpool(read_job, request.app.state.session_factory, job_id, principal.tenant_id)
 
 
 @router.post("/{job_id}/cancel", response_model=schemas.Job, responses=ERRORS)
