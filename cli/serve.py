@@ -97,6 +97,7 @@ def run_api(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging()
     check_exposure_or_exit(settings, migrate_first=settings.migrate_on_start)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # a graceful shutdown exits 0 (see run_serve)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
