@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.auth import PrincipalDep
+from service.db import session_scope
 from service.settings import Settings
 from service.storage import Storage
 
@@ -22,15 +23,8 @@ def get_app_settings(request: Request) -> Settings:
 
 def get_session(request: Request) -> Iterator[Session]:
     """A session per request; handlers that write commit before answering (this teardown may run after the response)."""
-    session = request.app.state.session_factory()
-    try:
+    with session_scope(request.app.state.session_factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_storage(request: Request) -> Storage:
