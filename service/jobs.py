@@ -450,10 +450,3 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
             add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
             result.requeued.append(job_id)
     return result
-
-
-def mark_enqueue_failed(session: Session, job_id: str, message: str) -> None:
-    if _cas(
-        session, job_id, [Job.status == QUEUED], status=FAILED, finished_at=utcnow(), error_code="broker_unavailable", error_message=message
-    ):
-        add_event(session, job_id, "error", status=FAILED, message=message, data={"code": "broker_unavailable"})
