@@ -108,9 +108,7 @@ def _check_tenants_migration_keeps_jobs(url: str) -> None:
             assert tuple(row) == (None, "k1")
             connection.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'acme', '2026-11-28 00:00:00')"))
             connection.execute(
-                text(
-                    "INSERT INTO api_keys (id, tenant_id, secret_hash, created_at) VALUES ('key_a', 'ten_a', :h, '2026-11-28 00:00:00')"
-                ),
+                text("INSERT INTO api_keys (id, tenant_id, secret_hash, created_at) VALUES ('key_a', 'ten_a', :h, '2026-11-28 00:00:00')"),
                 {"h": "0" * 64},
             )
             connection.execute(
