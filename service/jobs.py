@@ -262,6 +262,24 @@ def delete_job(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENAN
 # ------------------------------------------------------------------------------------------
 
 
+def _fail_worker_lost(session: Session, job_id: str, conditions: Sequence[Any], attempts: int, now: datetime) -> bool:
+    """End a job whose workers were lost ``max_attempts`` times (claim and the reaper both decide this)."""
+    if not _cas(
+        session,
+        job_id,
+        conditions,
+        status=FAILED,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
+        error_code="worker_lost",
+        error_message=f"the job's worker was lost {attempts} times",
+    ):
+        return False
+    add_event(session, job_id, "error", status=FAILED, message="worker lost too often", data={"code": "worker_lost"})
+    return True
+
+
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_attempts: int) -> Job | None:
     """Take a job for this worker, or None when it is not this worker's to run (finished, cancelled, or leased to a live worker).
 
@@ -279,17 +297,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     if job.status not in (QUEUED, RUNNING) or (job.status == RUNNING and not lapsed):
         return None
     if job.attempts >= max_attempts:
-        if _cas(
-            session,
-            job_id,
-            [runnable],
-            status=FAILED,
-            finished_at=now,
-            lease_owner=None,
-            error_code="worker_lost",
-            error_message=f"the job's worker was lost {job.attempts} times",
-        ):
-            add_event(session, job_id, "error", status=FAILED, message="worker lost too often", data={"code": "worker_lost"})
+        _fail_worker_lost(session, job_id, [runnable], job.attempts, now)
         return None
     claimed = _cas(
         session,
@@ -431,18 +439,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
                 add_event(session, job_id, "status", status=CANCELLED, message="cancelled; its worker was lost")
                 result.cancelled.append(job_id)
         elif attempts >= max_attempts:
-            if _cas(
-                session,
-                job_id,
-                same,
-                status=FAILED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                error_code="worker_lost",
-                error_message=f"the job's worker was lost {attempts} times",
-            ):
-                add_event(session, job_id, "error", status=FAILED, message="worker lost too often", data={"code": "worker_lost"})
+            if _fail_worker_lost(session, job_id, same, attempts, now):
                 result.failed.append(job_id)
         elif _cas(
             session, job_id, same, status=QUEUED, stage=None, progress=0.0, eta_seconds=None, lease_owner=None, lease_expires_at=None
