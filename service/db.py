@@ -12,6 +12,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_S = 30
+# The API reads on its event loop (api/auth.py): an unreachable server must fail those reads fast, not hang them.
+POSTGRES_CONNECT_TIMEOUT_S = 5
 
 
 def normalise_database_url(url: str) -> str:
@@ -36,7 +38,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

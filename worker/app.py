@@ -4,6 +4,7 @@ config, and ``run_worker`` starts a worker (one job at a time) with the lease re
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ def create_worker_app(settings: Settings) -> WorkerContext:
 
 def run_worker(settings: Settings, queues: list[str] | None = None, loglevel: str = "INFO") -> None:
     """A blocking worker: solo pool (the job runs in this process, one at a time), prefetch 1, the lease reaper beside it."""
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # relative to the parent's niceness; this process and its threads
     settings.ensure_local_dirs()
     if settings.migrate_on_start:
         migrate(settings.database_url)

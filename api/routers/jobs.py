@@ -292,9 +292,9 @@ def read_job(session_factory: sessionmaker[Session], job_id: str, tenant_id: str
 
 @router.get("/{job_id}", response_model=schemas.Job, responses=ERRORS)
 async def get_job(job_id: str, request: Request, principal: PrincipalDep) -> schemas.Job:
-    # Clients poll this: the whole read in one worker-thread hop, not one per sync dependency (the session's enter and
-    # exit, the handler), since the hand-offs cost more CPU than the query itself (bench/results/load.md).
-    return await run_in_threadpool(read_job, request.app.state.session_factory, job_id, principal.tenant_id)
+    # Clients poll this: one primary-key read, done on the event loop. A worker-thread hop per request costs more CPU
+    # than the query and, under GIL contention, adds tens of ms of tail latency (bench/results/load.md).
+    return read_job(request.app.state.session_factory, job_id, principal.tenant_id)
 
 
 @router.post("/{job_id}/cancel", response_model=schemas.Job, responses=ERRORS)
