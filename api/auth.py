@@ -16,7 +16,6 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import OPEN_PRINCIPAL, Principal, any_active_key, is_loopback, verify_key
-from service.db import session_scope
 from service.jobs import ServiceError
 
 # auto_error=False: a missing or malformed header is answered here, in the service's error shape.
@@ -29,13 +28,13 @@ def _unauthorized(code: str, message: str, challenge: str) -> ServiceError:
 
 async def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Principal:
     settings = request.app.state.settings
-    with session_scope(request.app.state.session_factory) as session:
+    with request.app.state.engine.connect() as connection:
         if credentials is not None:
-            principal = verify_key(session, credentials.credentials)
+            principal = verify_key(connection, credentials.credentials)
             if principal is None:
                 raise _unauthorized("invalid_api_key", "the API key is unknown, malformed or revoked", 'Bearer error="invalid_token"')
             return principal
-        keys_exist = any_active_key(session)
+        keys_exist = any_active_key(connection)
     client_host = request.client.host if request.client else ""
     if keys_exist or not is_loopback(settings.host) or not is_loopback(client_host):
         raise _unauthorized("missing_api_key", "send an API key: Authorization: Bearer <key>", "Bearer")

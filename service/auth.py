@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
@@ -102,19 +102,24 @@ def revoke_key(session: Session, key_id: str) -> KeyInfo:
     return KeyInfo(key.id, tenant, key.created_at, key.revoked_at)
 
 
-def any_active_key(session: Session) -> bool:
-    return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+# Both lookups run on every request (a revoked key stops working at once): plain column reads, which a bare Connection
+# can run without an ORM session's bookkeeping.
 
 
-def verify_key(session: Session, key: str) -> Principal | None:
+def any_active_key(db: Connection | Session) -> bool:
+    return db.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+
+
+def verify_key(db: Connection | Session, key: str) -> Principal | None:
     """The principal of an active key, else None (unknown, malformed, wrong secret and revoked look the same)."""
     key_id = parse_key(key)
-    row = None if key_id is None else session.get(ApiKey, key_id)
+    query = select(ApiKey.secret_hash, ApiKey.tenant_id, ApiKey.revoked_at).where(ApiKey.id == key_id)
+    row = None if key_id is None else db.execute(query).first()
     stored = row.secret_hash if row is not None else _UNKNOWN_KEY_HASH
     matches = hmac.compare_digest(stored, hash_key(key))
     if row is None or not matches or row.revoked_at is not None:
         return None
-    return Principal(row.tenant_id, row.id)
+    return Principal(row.tenant_id, key_id)
 
 
 def is_loopback(host: str) -> bool:
