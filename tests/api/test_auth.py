@@ -204,3 +204,16 @@ def test_keys_cli_and_the_start_up_rule(tmp_path):
             assert session.scalars(select(ApiKey.id)).all() == [key_id]
     missing = _cli(["keys", "revoke", "key_nope"], tmp_path)
     assert missing.returncode == 2 and "error [key_not_found]" in missing.stderr
+
+
+def test_open_mode_serves_loopback_clients_only(tmp_path):
+    """Without keys the service runs open for loopback clients; a remote client reaching it through a local reverse
+    proxy (uvicorn trusts X-Forwarded-For from 127.0.0.1) is asked for a key, over real HTTP."""
+    with ApiThread(settings_for(tmp_path)) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        assert client.get("/v1/jobs").status_code == 200
+        assert client.get("/v1/jobs", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+        for remote in ("203.0.113.7", "10.1.2.3", "::ffff:198.51.100.4"):
+            forwarded = {"X-Forwarded-For": remote}
+            _assert_error(client.get("/v1/jobs", headers=forwarded), 401, "missing_api_key")
+            _assert_error(client.post("/v1/jobs", json={"classes": ["a", "b"]}, headers=forwarded), 401, "missing_api_key")
+        assert client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200  # health needs no key
