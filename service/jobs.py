@@ -3,6 +3,11 @@
 queued -> running -> succeeded | failed | cancelled; running -> cancelling -> cancelled; queued -> cancelled.
 A running job holds a lease (owner, expiry) that its worker renews; a lease that lapses means the worker
 died, and the reaper requeues the job (it restarts from scratch) or fails it after ``max_attempts``.
+
+A queued job's message is published after the commit that queues it, so a publisher that dies in between would leave
+it queued forever. Hence a transactional outbox: that same commit sets ``publish_due_at``, a successful publish clears
+it, and the reaper publishes the queued jobs still flagged after it. A job may thus get two messages; ``claim`` is a
+compare-and-set that runs it once and drops the other.
 """
 
 from __future__ import annotations
@@ -123,7 +128,10 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     tenant_id: str | None = None,
+    publish_grace_seconds: float = 0.0,
 ) -> Job:
+    """A queued job, flagged for publication: the reaper publishes it ``publish_grace_seconds`` from now unless the
+    caller publishes it first and calls ``mark_published`` (0: the caller leaves the publishing to the reaper)."""
     now = utcnow()
     job = Job(
         id=job_id,
@@ -136,6 +144,7 @@ def create_job(
         idempotency_key=None if idempotency_key is None else scoped_idempotency_key(tenant_id, idempotency_key),
         request_hash=request_hash,
         attempts=0,
+        publish_due_at=now + timedelta(seconds=publish_grace_seconds),
         created_at=now,
         updated_at=now,
     )
@@ -233,7 +242,9 @@ def request_cancel(session: Session, job_id: str, tenant_id: TenantScope = ANY_T
     """Idempotent: a queued job is cancelled at once, a running one becomes cancelling (its worker stops it)."""
     job = get_job(session, job_id, tenant_id)
     now = utcnow()
-    if job.status == QUEUED and _cas(session, job_id, [Job.status == QUEUED], status=CANCELLED, finished_at=now, eta_seconds=None):
+    if job.status == QUEUED and _cas(
+        session, job_id, [Job.status == QUEUED], status=CANCELLED, finished_at=now, eta_seconds=None, publish_due_at=None
+    ):
         add_event(session, job_id, "status", status=CANCELLED, message="cancelled while queued")
     elif job.status == RUNNING and _cas(session, job_id, [Job.status == RUNNING], status=CANCELLING):
         add_event(session, job_id, "status", status=CANCELLING, message="cancellation requested")
@@ -272,6 +283,7 @@ def _fail_worker_lost(session: Session, job_id: str, conditions: Sequence[Any], 
         finished_at=now,
         lease_owner=None,
         lease_expires_at=None,
+        publish_due_at=None,
         error_code="worker_lost",
         error_message=f"the job's worker was lost {attempts} times",
     ):
@@ -311,6 +323,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
         attempts=Job.attempts + 1,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
+        publish_due_at=None,  # a message reached a worker: nothing left to publish
         started_at=now,
         finished_at=None,
         error_code=None,
@@ -421,10 +434,12 @@ class ReapResult:
     requeued: list[str]
     failed: list[str]
     cancelled: list[str]
+    published: list[str] = field(default_factory=list)  # filled by the reaper (service.reaper.reap_once)
 
 
-def reap_expired(session: Session, max_attempts: int, now: datetime | None = None) -> ReapResult:
-    """Jobs whose worker stopped renewing its lease: requeue them (the caller re-sends their messages), or end them."""
+def reap_expired(session: Session, max_attempts: int, now: datetime | None = None, publish_grace_seconds: float = 0.0) -> ReapResult:
+    """Jobs whose worker stopped renewing its lease: requeue them (flagged for publication, as ``create_job`` does; the
+    caller re-sends their messages), or end them."""
     now = now or utcnow()
     expired = session.execute(
         select(Job.id, Job.status, Job.attempts, Job.lease_owner).where(
@@ -442,8 +457,49 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
             if _fail_worker_lost(session, job_id, same, attempts, now):
                 result.failed.append(job_id)
         elif _cas(
-            session, job_id, same, status=QUEUED, stage=None, progress=0.0, eta_seconds=None, lease_owner=None, lease_expires_at=None
+            session,
+            job_id,
+            same,
+            status=QUEUED,
+            stage=None,
+            progress=0.0,
+            eta_seconds=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            publish_due_at=now + timedelta(seconds=publish_grace_seconds),
         ):
             add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
             result.requeued.append(job_id)
     return result
+
+
+# ------------------------------------------------------------------------------------------
+# The outbox: queued jobs whose message may not be in the broker yet
+# ------------------------------------------------------------------------------------------
+
+
+def unpublished_jobs(session: Session, *, due_by: datetime, including: Sequence[str] = (), limit: int = 100) -> list[tuple[str, datetime]]:
+    """(job id, its ``publish_due_at``) of the queued jobs to publish: those due by ``due_by``, and the flagged ones among
+    ``including`` (just requeued by this caller, who publishes them at once). Oldest first; a backlog drains over rounds."""
+    due = Job.publish_due_at <= due_by
+    if including:
+        due = or_(due, Job.id.in_(tuple(including)))
+    query = (
+        select(Job.id, Job.publish_due_at)
+        .where(Job.status == QUEUED, Job.publish_due_at.is_not(None), due)
+        .order_by(Job.publish_due_at, Job.id)
+        .limit(limit)
+    )
+    return [(job_id, due_at) for job_id, due_at in session.execute(query).all()]
+
+
+def mark_published(session: Session, job_id: str, publish_due_at: datetime) -> bool:
+    """Clear the flag after a successful publish, only if it is still the one read before publishing: a job requeued
+    meanwhile carries a new flag for a new message, which must stay. ``updated_at`` is left alone (nothing visible changed)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.publish_due_at == publish_due_at)
+        .values(publish_due_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]

@@ -78,6 +78,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The transactional outbox: set in the transaction that makes the job queued, cleared once its message is in the
+    # broker. Still set after this time: the message may be missing (the publisher died), and the reaper publishes it.
+    publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,5 +1,7 @@
-"""The lease reaper: jobs whose worker stopped renewing its lease go back to the queue (or end). The API and every
-worker run it, so that a job never stays ``running`` without a live worker, even when no worker is left."""
+"""The lease reaper and the outbox's publisher. Jobs whose worker stopped renewing its lease go back to the queue (or
+end); queued jobs whose message may be missing (``publish_due_at`` passed: their publisher died after the commit, or the
+broker refused the message) are published. The API and every worker run it, so that a job never stays ``running``
+without a live worker, nor ``queued`` without a message, even when no worker is left."""
 
 from __future__ import annotations
 
@@ -11,39 +13,48 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs as repo
 from service.db import session_scope
-from service.queue import enqueue_job, ping_broker
+from service.models import utcnow
+from service.queue import BrokerUnavailable, enqueue_job, ping_broker
 from service.settings import Settings
 
 log = logging.getLogger("clipforge.reaper")
 
 
-def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery, unpublished: set[str] | None = None) -> repo.ReapResult:
-    """Requeue expired jobs and publish their messages. Nothing is requeued while the broker is down (the jobs stay
-    expired until it is back); a requeued job whose publication still fails is kept in ``unpublished`` and retried."""
-    unpublished = set() if unpublished is None else unpublished
-    ping_broker(celery)
-    for job_id in sorted(unpublished):
-        enqueue_job(celery, settings, job_id)
-        unpublished.discard(job_id)
+def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery) -> repo.ReapResult:
+    """One round: requeue expired jobs, then publish the requeued ones and every queued job whose publication is overdue.
+
+    Raises BrokerUnavailable when the broker is down: nothing is requeued then (the jobs stay expired until it is back),
+    and a failed publication leaves the job's flag set in the database, so that a later round, here or in any other
+    process, publishes it.
+    """
+    try:
+        ping_broker(celery)
+    except Exception as exc:  # kombu's OperationalError, redis' ConnectionError, OSError
+        raise BrokerUnavailable(f"the broker cannot be reached: {exc}") from exc
     with session_scope(factory) as session:
-        result = repo.reap_expired(session, settings.max_attempts)
-    unpublished.update(result.requeued)
+        result = repo.reap_expired(session, settings.max_attempts, publish_grace_seconds=settings.publish_grace_seconds)
     for job_id in result.requeued:
         log.warning("job %s: its worker's lease expired; requeued", job_id)
+    with session_scope(factory) as session:
+        pending = repo.unpublished_jobs(session, due_by=utcnow(), including=result.requeued)
+    for job_id, due_at in pending:
         enqueue_job(celery, settings, job_id)
-        unpublished.discard(job_id)
+        with session_scope(factory) as session:
+            repo.mark_published(session, job_id, due_at)
+        if job_id not in result.requeued:
+            log.warning("job %s: queued with no confirmed message since %s; published", job_id, due_at.isoformat())
+        result.published.append(job_id)
     return result
 
 
 def start_reaper(settings: Settings, factory: sessionmaker[Session], celery: Celery) -> threading.Event:
     """A daemon thread reaping every ``reaper_interval_seconds``; set the returned event to stop it."""
     stop = threading.Event()
-    unpublished: set[str] = set()
 
     def loop() -> None:
         while True:
             try:
-                reap_once(settings, factory, celery, unpublished)
+                reap_once(settings, factory, celery)
             except Exception:  # the database or broker is briefly away: try again next round
                 log.exception("reaper round failed")
             if stop.wait(settings.reaper_interval_seconds):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0
     reaper_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
+    # The reaper publishes a queued job whose message may be missing (its publisher died after the commit) once it is
+    # this late: long enough for the API's own publish right after the commit, so that it rarely sends a duplicate.
+    publish_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     progress_interval_seconds: Annotated[float, Field(ge=0)] = 1.0  # throttle for progress rows and events
     cancel_check_interval_seconds: Annotated[float, Field(ge=0)] = 0.5
     broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600  # Redis: redelivery of unacked messages

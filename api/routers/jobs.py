@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -25,6 +26,7 @@ from service.queue import BrokerUnavailable, enqueue_job
 from service.settings import Settings
 from service.storage import Storage, StorageError, StorageFull, job_prefixes, upload_key
 
+log = logging.getLogger("clipforge.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": schemas.ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503, 507)}
 ERRORS.update({code: {"model": schemas.ErrorBody} for code in (401, 429)})  # a missing or invalid API key; a tenant's quota
@@ -157,7 +159,10 @@ def store_job(
     tenant_id: str | None,
     settings: Settings,
 ) -> tuple[Job, bool]:
-    """Store the uploads, then the job row; (job, created). A replayed key answers the first job (quota or not)."""
+    """Store the uploads, then the job row; (job, created). A replayed key answers the first job (quota or not).
+
+    The row is flagged for publication (the outbox): should this process die before the caller publishes the message,
+    the reaper publishes it after ``publish_grace_seconds``."""
     with session_scope(session_factory) as session:
         if key is not None:
             existing = _replay(session, key, submission.request_hash, tenant_id)
@@ -190,6 +195,7 @@ def store_job(
                 idempotency_key=key,
                 request_hash=submission.request_hash,
                 tenant_id=tenant_id,
+                publish_grace_seconds=settings.publish_grace_seconds,
             )
         return job, True
     except IntegrityError:
@@ -213,6 +219,17 @@ def withdraw_job(job_id: str, session_factory: sessionmaker[Session], storage: S
         prefixes = repo.delete_job(session, job_id)
     for prefix in prefixes:
         storage.delete_prefix(prefix)
+
+
+def confirm_published(job: Job, session_factory: sessionmaker[Session]) -> None:
+    """Clear the job's outbox flag now that its message is in the broker. Best effort: a flag left set only makes the
+    reaper publish a second message later, which the worker's claim drops."""
+    assert job.publish_due_at is not None
+    try:
+        with session_scope(session_factory) as session:
+            repo.mark_published(session, job.id, job.publish_due_at)
+    except Exception:  # the database is briefly away; the job is queued and published all the same
+        log.exception("job %s: published, but its outbox flag could not be cleared", job.id)
 
 
 # The body is read by hand (read_submission), so FastAPI cannot see it: declared here for the schema and its clients.
@@ -264,6 +281,7 @@ async def submit_job(
             # and retries, with the same Idempotency-Key if it sent one.
             await run_in_threadpool(withdraw_job, job.id, factory, storage)
             raise invalid("broker_unavailable", f"the job could not be queued; try again: {exc}", status=503) from None
+        await run_in_threadpool(confirm_published, job, factory)
         request.app.state.metrics.submitted.inc()
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:

@@ -185,3 +185,34 @@ def test_idempotency_key_is_unique(factory):
 
     with pytest.raises(IntegrityError):
         _new(factory, idempotency_key="k1", request_hash="h2")
+
+
+def test_two_messages_for_one_queued_job_run_it_once(factory):
+    """The outbox may publish a job twice (the API's publish and the reaper's): the claim is a compare-and-set, so the
+    workers that receive the two messages at the same moment start it once, and a late duplicate is dropped."""
+    import threading
+
+    job_id = _new(factory)
+    barrier = threading.Barrier(2)
+    claimed: dict[str, bool] = {}
+
+    def deliver(owner: str) -> None:
+        with session_scope(factory) as session:
+            barrier.wait()
+            claimed[owner] = repo.claim(session, job_id, owner, lease_seconds=30, max_attempts=3) is not None
+
+    threads = [threading.Thread(target=deliver, args=(owner,)) for owner in ("w1", "w2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(claimed.values()) == [False, True]
+    [winner] = [owner for owner, won in claimed.items() if won]
+    job = _job(factory, job_id)
+    assert job.attempts == 1 and job.lease_owner == winner and job.publish_due_at is None
+    with session_scope(factory) as session:
+        assert repo.finish(session, job_id, winner, repo.SUCCEEDED)
+        assert repo.claim(session, job_id, "w3", 30, 3) is None  # a duplicate after the run: dropped, the job stays done
+        events, _ = repo.list_events(session, job_id)
+    assert [e.status for e in events if e.kind == "status"] == ["queued", "running", "succeeded"]
+    assert _job(factory, job_id).attempts == 1

@@ -11,7 +11,7 @@ from service.db import downgrade, make_engine, migrate
 from service.models import Base
 
 TABLES = {"jobs", "job_events", "artifacts", "uploads", "tenants", "api_keys"}
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _tables(url: str) -> set[str]:
@@ -137,3 +137,44 @@ def test_tenants_migration_on_sqlite(tmp_path):
 def test_tenants_migration_on_postgresql(postgres_url):
     downgrade(postgres_url, "base")
     _check_tenants_migration_keeps_jobs(postgres_url)
+
+
+def _check_outbox_migration(url: str) -> None:
+    """0002 -> 0003 -> 0002: the queued jobs of before are flagged for the reaper to publish once more (their message
+    may have been lost), finished ones are not; the downgrade drops the column and its index."""
+    downgrade(url, "base")
+    migrate(url, "0002")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            for job_id, status in (("job_queued", "queued"), ("job_done", "succeeded")):
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (id, status, progress, spec, seed, teacher, attempts, created_at, updated_at) "
+                        "VALUES (:id, :status, 0, '{}', 1, 'shapes-mini', 0, '2026-11-28 00:00:00', '2026-11-28 00:00:01')"
+                    ),
+                    {"id": job_id, "status": status},
+                )
+        assert "publish_due_at" not in _jobs_columns(url)
+        migrate(url, "0003")
+        assert "ix_jobs_publish_due_at" in {index["name"] for index in inspect(engine).get_indexes("jobs")}
+        with engine.connect() as connection:
+            rows = dict(connection.execute(text("SELECT id, publish_due_at FROM jobs")).all())
+        assert rows["job_done"] is None and str(rows["job_queued"]).startswith("2026-11-28 00:00:01")
+        engine.dispose()
+        downgrade(url, "0002")
+        assert "publish_due_at" not in _jobs_columns(url)
+        assert "ix_jobs_publish_due_at" not in {index["name"] for index in inspect(engine).get_indexes("jobs")}
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM jobs")).scalar() == 2
+    finally:
+        engine.dispose()
+    downgrade(url, "base")
+
+
+def test_outbox_migration_on_sqlite(tmp_path):
+    _check_outbox_migration(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_outbox_migration_on_postgresql(postgres_url):
+    _check_outbox_migration(postgres_url)

@@ -101,3 +101,19 @@ def test_image_prompts_travel_as_uploads(embedded):
     assert done["status"] == "succeeded", done
     card = embedded.http.get(f"/v1/jobs/{done['id']}/artifacts/model_card.json").json()
     assert card["classes"] == ["donut", "square"] and len(card["spec"]["classes"][0]["images"]) == 2
+
+
+def test_a_duplicate_message_runs_the_job_once(embedded):
+    # The outbox may publish a job twice (the API's publish, then the reaper's when the API's confirmation was lost):
+    # the worker runs the first message and drops the second at its claim.
+    from service.queue import enqueue_job
+
+    job = embedded.submit({**TINY_SPEC, "classes": ["circle", "square"], "seed": 9})
+    enqueue_job(embedded.api.app.state.celery, embedded.api.app.state.settings, job["id"])
+    done = embedded.wait_finished(job["id"], timeout=180)
+    # One worker, one job at a time: the duplicate is consumed before this probe runs.
+    probe = embedded.submit({**TINY_SPEC, "classes": ["heart", "ring"]})
+    assert embedded.wait_finished(probe["id"], timeout=120)["status"] == "succeeded"
+    after = embedded.job(job["id"])
+    assert done["status"] == after["status"] == "succeeded" and after["attempts"] == 1 and after["finished_at"] == done["finished_at"]
+    assert [e["status"] for e in embedded.events(job["id"]) if e["kind"] == "status"] == ["queued", "running", "succeeded"]
