@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # the job runs in the CPU time they leave (a job loses a few percent; without it, p99 of reads triples).
     worker_nice: Annotated[int, Field(ge=0, le=19)] = 10
     migrate_on_start: bool = True
+    # The Bearer token a Prometheus server sends to scrape /metrics from another host. /metrics counts every tenant's
+    # jobs and requests, so without a token it answers loopback clients only.
+    metrics_token: SecretStr | None = None
 
     default_teacher: str = "shapes-mini"
     extra_teachers: list[str] = Field(default_factory=list)  # names the workers can load beyond the bundled and cached ones

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from api import schemas
-from api.deps import QueueDep, SessionDep, StorageDep
+from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import error_response
+from service.auth import is_loopback
 from service.db import ping
-from service.jobs import STATUSES
+from service.jobs import STATUSES, ServiceError
 from service.models import Job
 from service.queue import ping_broker
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -38,8 +42,22 @@ def readyz(request: Request, queue: QueueDep, storage: StorageDep) -> Response:
     return error_response(503, "not_ready", "a dependency is unreachable", checks)
 
 
+def _check_metrics_access(request: Request, settings: Settings) -> None:
+    """The operator's view of every tenant: for the configured scraper's token, or loopback clients without one."""
+    if settings.metrics_token is not None:
+        sent = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}"
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            raise ServiceError("invalid_metrics_token", "send the metrics token: Authorization: Bearer <token>", 401,
+                               headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return
+    if not is_loopback(request.client.host if request.client else ""):
+        raise ServiceError("metrics_loopback_only", "set CLIPFORGE_METRICS_TOKEN to scrape /metrics from another host", 403)
+
+
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request, session: SessionDep) -> Response:
+def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    _check_metrics_access(request, settings)
     counts = {status: count for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status))}
     gauge = request.app.state.metrics.jobs
     for status in STATUSES:

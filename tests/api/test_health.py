@@ -27,3 +27,18 @@ def test_metrics_count_requests_and_jobs(http):
     assert 'clipforge_http_requests_total{method="POST",route="/v1/jobs",status="201"}' in text
     assert "clipforge_jobs_submitted_total" in text
     assert 'clipforge_jobs{status="queued"}' in text
+
+
+def test_metrics_are_for_loopback_or_the_scrapers_token(tmp_path):
+    """/metrics counts every tenant: a remote client (behind a local proxy) is refused unless it sends the token."""
+    remote = {"X-Forwarded-For": "203.0.113.7"}
+    with ApiThread(settings_for(tmp_path / "open")) as server, server.client() as client:
+        assert client.get("/metrics").status_code == 200
+        refused = client.get("/metrics", headers=remote)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "metrics_loopback_only"
+    with ApiThread(settings_for(tmp_path / "token", metrics_token="s3cret-scrape")) as server, server.client() as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {**remote, "Authorization": "Bearer s3cret-scraper"}):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_metrics_token", headers
+        scraped = client.get("/metrics", headers={**remote, "Authorization": "Bearer s3cret-scrape"})
+        assert scraped.status_code == 200 and "clipforge_http_requests_total" in scraped.text
