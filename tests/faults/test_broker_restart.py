@@ -47,3 +47,29 @@ def test_jobs_queued_across_a_redis_restart_all_run_and_submissions_fail_fast_wh
             done = service.wait_finished(job["id"], timeout=180)
             assert done["status"] == "succeeded" and done["attempts"] == 1, done
         assert httpx.get(f"{service.api.url}/readyz", timeout=10).status_code == 200
+
+
+def test_a_hung_redis_is_answered_with_503_in_seconds_and_nothing_is_lost_after_it_recovers(tmp_path):
+    """Redis frozen with SIGSTOP accepts connections and never answers: submissions must still fail fast (socket
+    timeouts, not a hang), reads keep answering, and once it runs again the next submission and the queued job run."""
+    with restartable_redis(tmp_path / "redis") as redis, open_service(tmp_path / "service", broker_url=redis.url) as service:
+        queued = service.submit({**TINY_SPEC, "classes": ["circle", "square"], "seed": 1})
+        redis.freeze()
+        try:
+            began = time.monotonic()
+            refused = service.http.post("/v1/jobs", json={**TINY_SPEC, "classes": ["star", "ring"]})
+            took = elapsed(began)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "broker_unavailable", refused.text
+            assert took < MAX_REFUSAL_SECONDS, f"the refusal took {took:.1f} s"
+            began = time.monotonic()
+            assert service.job(queued["id"])["status"] == "queued"
+            assert elapsed(began) < 1.0, "a status read waited for the broker"
+            assert [j["id"] for j in service.http.get("/v1/jobs").json()["data"]] == [queued["id"]]  # nothing half-created
+        finally:
+            redis.thaw()
+        accepted = service.http.post("/v1/jobs", json={**TINY_SPEC, "classes": ["star", "ring"], "seed": 2})
+        assert accepted.status_code == 201, accepted.text
+        service.start_worker()
+        for job in (queued, accepted.json()):
+            done = service.wait_finished(job["id"], timeout=180)
+            assert done["status"] == "succeeded" and done["attempts"] == 1, done
