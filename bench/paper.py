@@ -26,7 +26,7 @@ import torch
 from bench.evaluate import zero_shot
 from bench.tasks import Split, Task, get_task
 from core.distill import DistillConfig, Distiller
-from core.students import Student, count_flops, count_parameters, create_student
+from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import ClassPrompts, SurrogateSet, SynthesisConfig, build_targets, synthesize
 from core.teachers.base import Teacher
 
@@ -210,13 +210,7 @@ class PaperBenchmark:
             return zero_shot(self.teacher, task, split=self.split, images=self.budget.eval_images).accuracy
         data, classifier = self.reference_set(row, seed) if row.kind != "method" else self.surrogate(row, seed)
         torch.manual_seed(seed)
-        student = create_student(
-            self.budget.student,
-            len(task.classes),
-            self.teacher.image_size,
-            mean=self.teacher.mean.flatten().tolist(),
-            std=self.teacher.std.flatten().tolist(),
-        ).to(self.teacher.device)
+        student = create_student_for(self.teacher, self.budget.student, len(task.classes))
         start = time.monotonic()
         Distiller(student, self.teacher, classifier, self.distill_config(row.method), seed=seed).fit(data)
         self.stage_seconds["distillation"].append(time.monotonic() - start)
@@ -244,7 +238,7 @@ class PaperBenchmark:
 
     def report(self, results: dict[str, list[float]], rows: tuple[Row, ...], seeds: int) -> dict[str, object]:
         teacher_accuracy = {row.task: statistics.mean(results[row.key]) for row in rows if row.kind == "teacher"}
-        student = create_student(self.budget.student, 8, self.teacher.image_size, mean=(0.5,) * 3, std=(0.5,) * 3)
+        student = create_student_for(self.teacher, self.budget.student, 8).cpu()
         return {
             "budget": asdict(self.budget),
             "seeds": seeds,

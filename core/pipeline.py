@@ -21,7 +21,7 @@ from torchvision.utils import make_grid
 from core.distill import DistillConfig, Distiller
 from core.export import export_onnx, export_torchscript
 from core.spec import CustomizeSpec
-from core.students import Student, count_flops, count_parameters, create_student
+from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, synthesize
 from core.teachers.base import Teacher
 
@@ -212,11 +212,7 @@ def customize(
                 seed=spec.seed,
                 on_step=lambda done, total: tracker.update("synthesizing", done / total),
             )
-        image_size = spec.student.image_size or teacher.image_size
-        student = create_student(
-            spec.student.arch, len(spec.classes), image_size, mean=teacher.mean.flatten().tolist(), std=teacher.std.flatten().tolist()
-        )
-        student = student.to(teacher.device)
+        student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
         with tracker.timed("distilling"):
             final_losses = Distiller(student, teacher, targets.classifier, distill_config(spec), seed=spec.seed).fit(
                 surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
@@ -228,7 +224,7 @@ def customize(
                 "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
                 "final_losses": final_losses,
                 "student_parameters": count_parameters(student),
-                "student_flops": count_flops(student, image_size),
+                "student_flops": count_flops(student, student.image_size),
                 "teacher_image_parameters": count_parameters(teacher.model.visual),
                 "teacher_image_flops": count_flops(teacher.model.visual, teacher.image_size),
                 "styles": styles if spec.synthesis.use_styles else [],
@@ -238,10 +234,10 @@ def customize(
             artifacts: dict[str, bytes] = {}
             if "onnx" in spec.export.formats:
                 artifacts[ONNX_FILE] = export_onnx(
-                    student, image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
+                    student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
                 )
             if "torchscript" in spec.export.formats:
-                artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, image_size)
+                artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
             artifacts[SAMPLES_FILE] = samples_grid(surrogate, len(spec.classes))
         metrics["stage_seconds"] = dict(tracker.stage_times)
         card["metrics"] = metrics

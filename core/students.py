@@ -11,6 +11,7 @@ randomly initialised ``nn.Module`` mapping normalised pixels to logits. ``create
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import models
 
 from core.registry import Registry
+
+if TYPE_CHECKING:
+    from core.teachers import Teacher
 
 # Inputs at or below this size get a stem that does not downsample at once: ImageNet stems divide the
 # input by 4 (resnet) or 2 (mobilenet) in the first layer, which leaves a 32 px image almost no
@@ -85,6 +89,12 @@ def create_student(name: str, num_classes: int, image_size: int, *, mean: Sequen
         raise ValueError(f"image_size must be positive; got {image_size}")
     backbone = STUDENTS.create(name, num_classes=num_classes, image_size=image_size)
     return Student(name, backbone, num_classes=num_classes, image_size=image_size, mean=mean, std=std)
+
+
+def create_student_for(teacher: Teacher, name: str, num_classes: int, image_size: int | None = None) -> Student:
+    """A student ``name`` that normalises its pixels as ``teacher`` does (by default at its resolution), on its device."""
+    mean, std = teacher.mean.flatten().tolist(), teacher.std.flatten().tolist()
+    return create_student(name, num_classes, image_size or teacher.image_size, mean=mean, std=std).to(teacher.device)
 
 
 @STUDENTS.register("resnet18")
