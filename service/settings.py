@@ -69,6 +69,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{data_dir / 'broker.db'}"
         if self.storage_dir is None:
             self.storage_dir = data_dir / "storage"
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value().strip():
+            self.metrics_token = None  # CLIPFORGE_METRICS_TOKEN= (compose's empty default) is no token, not the empty one
         return self
 
     @property

@@ -42,3 +42,9 @@ def test_metrics_are_for_loopback_or_the_scrapers_token(tmp_path):
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_metrics_token", headers
         scraped = client.get("/metrics", headers={**remote, "Authorization": "Bearer s3cret-scrape"})
         assert scraped.status_code == 200 and "clipforge_http_requests_total" in scraped.text
+    # An empty variable (compose's `${CLIPFORGE_METRICS_TOKEN:-}`) is no token: "Bearer " must not open /metrics.
+    empty = settings_for(tmp_path / "empty", metrics_token=" ")
+    assert empty.metrics_token is None
+    with ApiThread(empty) as server, server.client() as client:
+        refused = client.get("/metrics", headers={**remote, "Authorization": "Bearer"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "metrics_loopback_only"
