@@ -12,7 +12,7 @@ def test_late_acks_one_at_a_time_on_the_gpu_queue(tmp_path):
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
     assert conf.task_routes[RUN_JOB_TASK] == {"queue": "gpu"}
-    assert conf.broker_transport_options == {"visibility_timeout": 7200, "socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+    assert conf.broker_transport_options == {"visibility_timeout": 7200, "socket_connect_timeout": 1.0, "socket_timeout": 1.0}
     assert conf.task_publish_retry_policy["max_retries"] == 1  # publishing gives up within seconds (tests/faults)
 
 
