@@ -106,18 +106,8 @@ class ApiProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
-    def freeze(self) -> None:
-        """SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing answers, like a hung server."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
     def stop(self) -> None:
         if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
             stop_process(self.process)
 
 
