@@ -10,11 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.jobs import ServiceError
 
 log = logging.getLogger("clipforge.api")
+
+DATABASE_RETRY_AFTER_S = 5  # the Retry-After of a 503 database_unavailable
 
 CODES_BY_STATUS = {
     400: "bad_request",
@@ -53,6 +56,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return error_response(422, "invalid_request", "the request's parameters are invalid", details)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The database is down, unreachable or locked: a client may retry, nothing was half-done (every write is a
+        # transaction, rolled back with the session).
+        log.warning("database unavailable: %s", exc.orig if exc.orig is not None else exc)
+        headers = {"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+        return error_response(503, "database_unavailable", "the database cannot be reached; try again", None, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:

@@ -105,40 +105,67 @@ def _postgres_bin(name: str) -> str:
     raise RuntimeError(f"PostgreSQL's {name} is not installed (apt-get install -y postgresql); the migration tests need it")
 
 
-@contextmanager
-def postgres_server() -> Iterator[str]:
-    """A throwaway cluster in a temp dir on a free port; run as the `postgres` user when we are root (postgres refuses root)."""
-    initdb, postgres = _postgres_bin("initdb"), _postgres_bin("postgres")
-    folder = Path(tempfile.mkdtemp(prefix="clipforge-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    subprocess.run([*run_as, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"], check=True, capture_output=True)
-    port = free_port()
-    process = subprocess.Popen(
-        [*run_as, postgres, "-D", str(data), "-p", str(port), "-k", str(folder), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    try:
+class ThrowawayPostgres:
+    """A cluster in a temp dir on a free port, run as the `postgres` user when we are root (postgres refuses root);
+    stoppable and startable again on the same port and data, so that a service's database URL stays valid."""
+
+    def __init__(self) -> None:
+        initdb, self.binary = _postgres_bin("initdb"), _postgres_bin("postgres")
+        self.folder = Path(tempfile.mkdtemp(prefix="clipforge-pg-"))
+        self.run_as: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.run_as = ["runuser", "-u", "postgres", "--"]
+        self.data = self.folder / "data"
+        initialise = [*self.run_as, initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
+        subprocess.run(initialise, check=True, capture_output=True)
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
         import psycopg
+
+        command = [*self.run_as, self.binary, "-D", str(self.data), "-p", str(self.port), "-k", str(self.folder),
+                   "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def accepting() -> bool:
             try:
-                psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", connect_timeout=1).close()
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=1).close()
                 return True
             except psycopg.OperationalError:
                 return False
 
         wait_until(accepting, 30, interval=0.2, what="postgres accepting connections")
-        yield url
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT to the postmaster itself): it disconnects clients, where SIGTERM would wait for them and
+        runuser would SIGKILL the postmaster 2 s later, leaving its backends and shared memory behind."""
+        if self.process is None:
+            return
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+            wait_until(lambda: not pid_file.exists(), 30, what="postgres shut down")
+        stop_process(self.process)
+        self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway cluster (see ThrowawayPostgres); yields its URL."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        yield server.url
     finally:
-        stop_process(process)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 # ------------------------------------------------------------------------------------------
