@@ -69,6 +69,9 @@ def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
 
 
 def ping_broker(app: Celery, timeout: float = 2.0) -> None:
-    """Raise when the broker cannot be reached within ``timeout`` seconds."""
-    with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=timeout)
+    """BrokerUnavailable when the broker cannot be reached within ``timeout`` seconds."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # kombu's OperationalError, redis' ConnectionError, OSError
+        raise BrokerUnavailable(f"the broker cannot be reached: {exc}") from exc
