@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from cli.serve import _common
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
@@ -16,8 +17,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
     def command(name: str, help_text: str, handler) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", type=Path, default=None, help="settings file (CLIPFORGE_*=VALUE lines)")
-        sub.add_argument("--data-dir", default=None, help="root of the embedded defaults (CLIPFORGE_DATA_DIR)")
+        _common(sub)  # --config and --data-dir, as the service's own commands take them
         sub.set_defaults(handler=handler)
         return sub
 
