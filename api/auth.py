@@ -22,6 +22,11 @@ from service.jobs import ServiceError
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="an API key from `clipforge keys create --tenant NAME`")
 
 
+def client_is_loopback(request: Request) -> bool:
+    """The client's address as uvicorn reports it (X-Forwarded-For applied when a local proxy sent it) is loopback."""
+    return is_loopback(request.client.host if request.client else "")
+
+
 def _unauthorized(code: str, message: str, challenge: str) -> ServiceError:
     return ServiceError(code, message, 401, headers={"WWW-Authenticate": challenge})
 
@@ -35,8 +40,7 @@ async def authenticate(request: Request, credentials: Annotated[HTTPAuthorizatio
                 raise _unauthorized("invalid_api_key", "the API key is unknown, malformed or revoked", 'Bearer error="invalid_token"')
             return principal
         keys_exist = any_active_key(connection)
-    client_host = request.client.host if request.client else ""
-    if keys_exist or not is_loopback(settings.host) or not is_loopback(client_host):
+    if keys_exist or not is_loopback(settings.host) or not client_is_loopback(request):
         raise _unauthorized("missing_api_key", "send an API key: Authorization: Bearer <key>", "Bearer")
     return OPEN_PRINCIPAL
 

@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from api import schemas
+from api.auth import client_is_loopback
 from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import error_response
-from service.auth import is_loopback
 from service.db import ping
 from service.jobs import STATUSES, ServiceError
 from service.models import Job
@@ -51,7 +51,7 @@ def _check_metrics_access(request: Request, settings: Settings) -> None:
             raise ServiceError("invalid_metrics_token", "send the metrics token: Authorization: Bearer <token>", 401,
                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         return
-    if not is_loopback(request.client.host if request.client else ""):
+    if not client_is_loopback(request):
         raise ServiceError("metrics_loopback_only", "set CLIPFORGE_METRICS_TOKEN to scrape /metrics from another host", 403)
 
 
