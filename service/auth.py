@@ -42,10 +42,9 @@ class Principal:
     """Who a request acts for; ``tenant_id`` None is the anonymous tenant of an open (keyless, loopback-only) service."""
 
     tenant_id: str | None
-    key_id: str | None
 
 
-OPEN_PRINCIPAL = Principal(None, None)
+OPEN_PRINCIPAL = Principal(None)
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def verify_key(db: Connection | Session, key: str) -> Principal | None:
     matches = hmac.compare_digest(stored, hash_key(key))
     if row is None or not matches or row.revoked_at is not None:
         return None
-    return Principal(row.tenant_id, key_id)
+    return Principal(row.tenant_id)
 
 
 def is_loopback(host: str) -> bool:
