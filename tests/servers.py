@@ -77,23 +77,57 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+class RestartableRedis:
+    """redis-server on a free port, killable, freezable and restartable on the same port and data folder, so that the
+    service's broker URL stays valid across a restart. ``appendonly``: the production compose file's persistence."""
+
+    def __init__(self, folder: Path, appendonly: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server); the service tests need it")
+        self.binary, self.folder, self.port, self.appendonly = binary, folder, free_port(), appendonly
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                   "--appendonly", "yes" if self.appendonly else "no", "--save", ""]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+        wait_until(lambda: _port_open(self.port), 15, what="redis-server listening")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, only what the append-only file already holds survives."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        wait_until(lambda: not _port_open(self.port), 5, what="redis-server gone")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing answers, like a hung server."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+            stop_process(self.process)
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server); the worker tests need it")
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="clipforge-redis-")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A throwaway redis-server without persistence; yields its URL."""
+    folder = Path(tempfile.mkdtemp(prefix="clipforge-redis-"))
+    redis = RestartableRedis(folder, appendonly=False)
     try:
-        wait_until(lambda: _port_open(port), 15, what="redis-server listening")
-        yield f"redis://127.0.0.1:{port}/0"
+        redis.start()
+        yield redis.url
     finally:
-        stop_process(process)
+        redis.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

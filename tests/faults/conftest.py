@@ -1,9 +1,8 @@
-"""Fault-injection helpers: a Redis that can be killed and restarted on its port with its append-only file, a tmpfs
-mount for the storage folder (disk full, read-only) and `clipforge api` as its own killable process."""
+"""Fault-injection helpers: a persistent Redis to kill and restart (tests.servers.RestartableRedis), a tmpfs mount for
+the storage folder (disk full, read-only) and `clipforge api` as its own killable process."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -13,48 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import _port_open, free_port, service_env, start_cli, stop_process, wait_until
-
-
-class RestartableRedis:
-    """redis-server with the production compose file's persistence (``--appendonly yes``), killable and restartable
-    on the same port and data folder, so that the service's broker URL stays valid across the restart."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server); the fault tests need it")
-        self.binary, self.folder, self.port = binary, folder, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--appendonly", "yes",
-                   "--save", ""]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_until(lambda: _port_open(self.port), 15, what="redis-server listening")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, only what the append-only file already holds survives."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        wait_until(lambda: not _port_open(self.port), 5, what="redis-server gone")
-
-    def freeze(self) -> None:
-        """SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing answers, like a hung server."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
-            stop_process(self.process)
+from tests.servers import RestartableRedis, free_port, service_env, start_cli, stop_process, wait_until
 
 
 @contextmanager

@@ -23,8 +23,7 @@ from service.models import Job, utcnow
 from service.queue import BrokerUnavailable, create_celery, enqueue_job
 from service.reaper import reap_once
 from service.settings import Settings
-from tests.faults.conftest import RestartableRedis
-from tests.servers import settings_for
+from tests.servers import RestartableRedis, settings_for
 
 SPEC = {"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 7}
 GRACE_SECONDS = 10.0
