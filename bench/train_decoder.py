@@ -38,12 +38,12 @@ from bench.tasks import get_task
 from bench.world import render, sample_scenes
 from core.generators.decoder import (
     CONFIG_FILE,
-    PRIOR_FILE,
     WEIGHTS_FILE,
     DecoderConfig,
     LatentDecoder,
     LatentEncoder,
     load_decoder_from,
+    prior_file,
 )
 from core.teachers import Teacher, create_teacher
 
@@ -67,6 +67,8 @@ PRIOR_SEED = 777  # batches for the prior fit come from this seed, apart from tr
 PRIOR_BATCH = 512
 FINETUNE_SEED_OFFSET = 1  # encoder fine-tuning renders batches the training run never saw
 PRIOR_JITTER = 1e-3  # added to the covariance's diagonal; its smallest eigenvalue measured 0.015
+KMEANS_ITERATIONS = 25
+KDE_BANDWIDTH = 0.3  # a kernel density prior's kernel: the global covariance scaled by this squared
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 
 DEFAULT_CONFIG = DecoderConfig(
@@ -352,24 +354,78 @@ def finetune_encoder(encoder: LatentEncoder, decoder: LatentDecoder, args: argpa
 
 
 @torch.no_grad()
-def fit_latent_prior(encoder: LatentEncoder, config: DecoderConfig, out: Path, images: int = PRIOR_IMAGES) -> dict[str, object]:
-    """Fit and save ``latent_prior.safetensors``: mean and Cholesky factor of the posterior means' covariance."""
-    means = torch.cat(
-        [encoder(training_batch(PRIOR_SEED, i, PRIOR_BATCH, config.image_size))[0] for i in range(math.ceil(images / PRIOR_BATCH))]
-    )[:images].flatten(1)
-    mean = means.mean(0)
-    covariance = torch.cov(means.T.double())
-    eigenvalues = torch.linalg.eigvalsh(covariance)
-    scale_tril = torch.linalg.cholesky(covariance + PRIOR_JITTER * torch.eye(len(mean), dtype=torch.float64)).float()
-    save_file({"mean": mean.contiguous(), "scale_tril": scale_tril.contiguous()}, str(out / PRIOR_FILE))
+def unlabelled_codes(encoder: LatentEncoder, config: DecoderConfig, images: int = PRIOR_IMAGES) -> torch.Tensor:
+    """(images, D) encoder posterior means of unlabelled training-distribution images (seed PRIOR_SEED)."""
+    batches = math.ceil(images / PRIOR_BATCH)
+    return torch.cat([encoder(training_batch(PRIOR_SEED, i, PRIOR_BATCH, config.image_size))[0] for i in range(batches)])[:images].flatten(
+        1
+    )
+
+
+def kmeans(points: torch.Tensor, k: int, *, iterations: int, seed: int) -> torch.Tensor:
+    """Cluster index of every row of ``points`` (Lloyd's algorithm from k-means++ seeds)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = points[torch.randint(len(points), (1,), generator=g)]
+    nearest = torch.cdist(points, centres).squeeze(1).square()
+    for _ in range(1, k):
+        pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)
+        centres = torch.cat([centres, points[pick]])
+        nearest = torch.minimum(nearest, torch.cdist(points, points[pick]).squeeze(1).square())
+    for _ in range(iterations):
+        assign = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k).clamp(min=1).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts, centres)
+    return torch.cdist(points, centres).argmin(1)
+
+
+def fit_mixture(
+    codes: torch.Tensor, components: int, *, bandwidth: float = KDE_BANDWIDTH, seed: int = PRIOR_SEED
+) -> dict[str, torch.Tensor]:
+    """A Gaussian mixture with one shared covariance over ``codes`` (N, D).
+
+    components 1: the single full-covariance Gaussian. 1 < components < N: k-means in the global
+    Gaussian's whitened space, and the pooled within-cluster covariance. components >= N: a kernel
+    density estimate, every code a component with the global covariance scaled by ``bandwidth**2``.
+    """
+    codes = codes.double()
+    mean = codes.mean(0)
+    covariance = torch.cov(codes.T)
+    jitter = PRIOR_JITTER * torch.eye(codes.shape[1], dtype=torch.float64)
+    scale_tril = torch.linalg.cholesky(covariance + jitter)
+    if components <= 1:
+        means, within = mean[None], scale_tril
+    elif components >= len(codes):
+        means, within = codes, bandwidth * scale_tril
+    else:
+        whitened = torch.linalg.solve_triangular(scale_tril, (codes - mean).T, upper=False).T
+        assign = kmeans(whitened.float(), components, iterations=KMEANS_ITERATIONS, seed=seed)
+        counts = torch.bincount(assign, minlength=components).double()
+        means = torch.zeros(components, codes.shape[1], dtype=torch.float64).index_add_(0, assign, codes) / counts.clamp(min=1)[:, None]
+        residual = codes - means[assign]
+        within = torch.linalg.cholesky(residual.T @ residual / (len(codes) - components) + jitter)
+    weights = torch.bincount(assign, minlength=components).double() if 1 < components < len(codes) else torch.ones(len(means))
+    return {"means": means.float().contiguous(), "scale_tril": within.float().contiguous(), "weights": (weights / weights.sum()).float()}
+
+
+def fit_latent_prior(
+    encoder: LatentEncoder, config: DecoderConfig, out: Path, *, images: int = PRIOR_IMAGES, components: int = 1, name: str = "fitted"
+) -> dict[str, object]:
+    """Fit and save a latent prior (``prior_file(name)``) over the encoder's posterior means of unlabelled images."""
+    codes = unlabelled_codes(encoder, config, images)
+    tensors = fit_mixture(codes, components)
+    path = out / prior_file(name)
+    save_file(tensors, str(path))
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(codes.T.double()))
     return {
-        "file": PRIOR_FILE,
+        "file": path.name,
         "images": images,
         "seed": PRIOR_SEED,
-        "dimensions": len(mean),
+        "dimensions": codes.shape[1],
+        "components": int(tensors["means"].shape[0]),
         "diagonal_jitter": PRIOR_JITTER,
         "covariance_eigenvalues_min_max": [round(float(eigenvalues[0]), 5), round(float(eigenvalues[-1]), 3)],
-        "bytes": (out / PRIOR_FILE).stat().st_size,
+        "bytes": path.stat().st_size,
     }
 
 
@@ -404,6 +460,9 @@ def main() -> None:
         "--finetune-encoder", type=int, default=0, metavar="STEPS", help="train the kept encoder alone against the shipped decoder"
     )
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--prior-components", type=int, default=1, help="mixture components of the latent prior (1: one Gaussian)")
+    parser.add_argument("--prior-images", type=int, default=PRIOR_IMAGES, help="unlabelled images the prior is fitted on")
+    parser.add_argument("--prior-name", default="fitted", help="'fitted' (the bundle's default prior) or a variant's name")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -414,7 +473,14 @@ def main() -> None:
 
     if args.finetune_encoder:
         decoder = load_decoder_from(out)
-        encoder = load_encoder(encoder_path, decoder.config)
+        if encoder_path.is_file():
+            encoder = load_encoder(encoder_path, decoder.config)
+        else:
+            # A fresh clone has no encoder (it is not bundled): train one from scratch against the frozen decoder.
+            print(f"no encoder at {encoder_path}: training a fresh one against the shipped decoder", flush=True)
+            torch.manual_seed(args.seed)
+            encoder = LatentEncoder(decoder.config)
+            encoder_path.parent.mkdir(parents=True, exist_ok=True)
         card = json.loads((out / "card.json").read_text())
         card["encoder_finetune"] = finetune_encoder(encoder, decoder, args)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(encoder_path))
@@ -426,9 +492,18 @@ def main() -> None:
     if args.fit_prior:
         decoder = load_decoder_from(out)
         card = json.loads((out / "card.json").read_text())
-        card["latent_prior"] = fit_latent_prior(load_encoder(encoder_path, decoder.config), decoder.config, out)
-        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        print("latent prior", json.dumps(card["latent_prior"]), flush=True)
+        fitted = fit_latent_prior(
+            load_encoder(encoder_path, decoder.config),
+            decoder.config,
+            out,
+            images=args.prior_images,
+            components=args.prior_components,
+            name=args.prior_name,
+        )
+        if args.prior_name == "fitted":
+            card["latent_prior"] = fitted
+            (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        print("latent prior", json.dumps(fitted), flush=True)
         return
 
     if args.eval_only:

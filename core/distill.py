@@ -33,6 +33,7 @@ class DistillConfig:
     method: str = "meta_kd"  # ce, kd, ce_kd, meta_kd, meta_ce_kd
     temperature: float = 4.0  # KD temperature T
     epochs: int = 60  # passes over the surrogate set (over X_tr for meta methods)
+    steps: int | None = None  # student updates in total; None: epochs x batches per epoch
     warmup_epochs: int = 10  # plain-KD epochs before meta-KD starts
     optimizer: str = "sgd"  # "sgd" (momentum 0.9, Nesterov) or "adam"
     lr: float = 0.05  # learning rate, cosine-decayed
@@ -41,10 +42,13 @@ class DistillConfig:
     train_style_fraction: float = 0.5  # share of styles in X_tr
     batch_size: int = 64
     mixup: float = 0.0  # share of each batch replaced by mixes of two images (weight ~ U(0, 1)); teacher labels the mix
+    fresh_share: float = 0.0  # share of each (X_tr) batch replaced by fresh images from the sampler (online synthesis)
     augment: AugmentConfig = field(default_factory=lambda: DISTILL_AUGMENT)
 
 
 StepCallback = Callable[[int, int, dict[str, float]], None]  # (done, total, latest losses)
+# (n, rng) -> (n, 3, S, S) new images in [0, 1] on any device, e.g. decoded samples of a generator's prior.
+ImageSampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
 def split_styles(styles: torch.Tensor, train_fraction: float, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,10 +76,22 @@ def make_optimizer(student: nn.Module, config: DistillConfig) -> torch.optim.Opt
 class Distiller:
     """Trains ``student`` against ``teacher`` logits ``tau * E_img(view) . classifier^T``."""
 
-    def __init__(self, student: nn.Module, teacher: Teacher, classifier: torch.Tensor, config: DistillConfig, *, seed: int) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Teacher,
+        classifier: torch.Tensor,
+        config: DistillConfig,
+        *,
+        seed: int,
+        sampler: ImageSampler | None = None,
+    ) -> None:
         if config.method not in PLAIN_METHODS and config.method not in META_METHODS:
             raise ValueError(f"unknown distillation method {config.method!r}")
+        if config.fresh_share > 0 and sampler is None:
+            raise ValueError("fresh_share > 0 needs a sampler of fresh images")
         self.student, self.teacher, self.classifier, self.config = student, teacher, classifier, config
+        self.sampler = sampler
         self.device = teacher.device
         self.rng = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         self.image_size = int(getattr(student, "image_size", teacher.image_size))
@@ -91,19 +107,34 @@ class Distiller:
         views = w * views + (1 - w) * views[partner.to(views.device)]
         return views, torch.where(weight >= 0.5, labels, labels[partner])
 
-    def _views(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _views(self, images: torch.Tensor, labels: torch.Tensor, fresh: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Augmented views, teacher logits and labels; the last ``fresh`` images are unlabelled (-1):
+        they take the teacher's class."""
         views = random_views(images.to(self.device), 1, self.image_size, self.rng, self.config.augment)
         if self.config.mixup > 0:
             views, labels = self._mix(views, labels)
-        if self.config.method == "ce":  # plain cross-entropy never reads the teacher: skip its forward pass
-            return views, views.new_empty(0), labels.to(self.device)
+        labels = labels.to(self.device)
+        if self.config.method == "ce" and not fresh:  # plain cross-entropy never reads the teacher: skip its forward pass
+            return views, views.new_empty(0), labels
         with torch.no_grad():
             teacher_logits = self.teacher.logit_scale * self.teacher.encode_image(views) @ self.classifier.T
-        return views, teacher_logits, labels.to(self.device)
+        labels = torch.where(labels >= 0, labels, teacher_logits.argmax(1))
+        return views, teacher_logits, labels
 
-    def _sample(self, pool: torch.Tensor, data: SurrogateSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pick = pool[torch.randint(len(pool), (min(self.config.batch_size, len(pool)),), generator=self.rng)]
-        return self._views(data.images[pick], data.labels[pick])
+    def _sample(
+        self, pool: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = min(self.config.batch_size, len(pool))
+        fresh = round(size * fresh_share)
+        pick = pool[torch.randint(len(pool), (size - fresh,), generator=self.rng)]
+        images, labels = data.images[pick].to(self.device), data.labels[pick]
+        if fresh:
+            assert self.sampler is not None
+            with torch.no_grad():
+                new = self.sampler(fresh, self.rng)
+            images = torch.cat([images, new.to(self.device, images.dtype)])
+            labels = torch.cat([labels, labels.new_full((fresh,), -1)])
+        return self._views(images, labels, fresh)
 
     def fit(self, data: SurrogateSet, on_step: StepCallback | None = None) -> dict[str, float]:
         config = self.config
@@ -113,8 +144,9 @@ class Distiller:
         everything = torch.arange(len(data))
         train_pool, test_pool = split_styles(data.styles, config.train_style_fraction, self.rng) if meta else (everything, everything)
         steps_per_epoch = max(1, math.ceil(len(train_pool) / config.batch_size))
-        warmup_steps = steps_per_epoch * min(config.warmup_epochs, config.epochs) if meta else 0
-        total_steps = steps_per_epoch * config.epochs
+        total_steps = config.steps or steps_per_epoch * config.epochs
+        warmup_share = min(config.warmup_epochs, config.epochs) / config.epochs if meta else 0.0
+        warmup_steps = round(total_steps * warmup_share)
         optimizer = make_optimizer(self.student, config)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
         test_styles = data.styles[test_pool].unique()
@@ -122,7 +154,7 @@ class Distiller:
         latest: dict[str, float] = {}
         for step in range(total_steps):
             if step < warmup_steps or not meta:
-                x, t, y = self._sample(train_pool if meta else everything, data)
+                x, t, y = self._sample(train_pool if meta else everything, data, fresh_share=config.fresh_share)
                 loss = warmup_objective(self.student(x), t, y, config.temperature)
                 latest = {"loss": loss.item()}
             else:
@@ -132,7 +164,7 @@ class Distiller:
                 loss, loss_tr, loss_te = meta_objective(
                     self.student,
                     objective,
-                    self._sample(train_pool, data),
+                    self._sample(train_pool, data, fresh_share=config.fresh_share),
                     self._sample(pool, data),
                     temperature=config.temperature,
                     inner_lr=config.inner_lr,

@@ -22,7 +22,7 @@ from core.distill import DistillConfig, Distiller
 from core.export import export_onnx, export_torchscript
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
-from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, synthesize
+from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, prior_sampler, synthesize
 from core.teachers.base import Teacher
 
 STAGES = ("preparing", "synthesizing", "distilling", "exporting")
@@ -120,18 +120,19 @@ def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tupl
         return generator, ()
     if decoder is None:
         raise GeneratorUnavailableError(f"teacher {teacher.name!r} has no paired decoder; name one in synthesis.decoder or pick fourier")
-    return generator, (("decoder", decoder),)
+    return generator, (("decoder", decoder), ("prior", s.prior or "fitted"))
 
 
 def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     # The spec and the engine config share field names; a field one lacks fails loudly here.
     generator, options = resolved_generator(spec, teacher)
-    fields = spec.synthesis.model_dump(exclude={"decoder", "generator"})
+    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior"}, exclude_none=True)
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
 def distill_config(spec: CustomizeSpec) -> DistillConfig:
-    return DistillConfig(**spec.distillation.model_dump())
+    # Unset fields (a spec not resolved against a budget) keep the engine's defaults.
+    return DistillConfig(**spec.distillation.model_dump(exclude_none=True))
 
 
 def class_prompts(spec: CustomizeSpec, examples: Mapping[str, torch.Tensor] | None) -> list[ClassPrompts]:
@@ -197,6 +198,7 @@ def customize(
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
     Deterministic for a given spec, seed, teacher and machine.
     """
+    spec = spec.resolved(teacher.device.type)
     tracker = _Tracker(on_progress, should_cancel)
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
@@ -214,12 +216,15 @@ def customize(
             )
         student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
         with tracker.timed("distilling"):
-            final_losses = Distiller(student, teacher, targets.classifier, distill_config(spec), seed=spec.seed).fit(
+            distillation = distill_config(spec)
+            sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
+            final_losses = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler).fit(
                 surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
             )
         student = student.cpu().eval()
         with tracker.timed("exporting"):
             metrics: dict[str, object] = {
+                "budget": spec.budget,
                 "surrogate_images": len(surrogate),
                 "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
                 "final_losses": final_losses,

@@ -82,24 +82,30 @@ class ClassSpec(Strict):
 
 
 class SynthesisSpec(Strict):
-    images_per_class: Annotated[int, Field(ge=1, le=1024)] = 64  # surrogate images synthesized per class
-    steps: Annotated[int, Field(ge=1, le=5000)] = 400  # optimisation steps per image batch
+    # Fields left None take the job's budget (see BUDGETS).
+    images_per_class: Annotated[int | None, Field(ge=1, le=1024)] = None  # surrogate images synthesized per class
+    steps: Annotated[int | None, Field(ge=0, le=5000)] = None  # optimisation steps per image batch (0: prior samples only)
     lr: Annotated[float, Field(gt=0, le=10)] = 0.1  # Adam learning rate on the generator's parameters
     # Image parameterisation (see core.generators). "auto": "decoder" with the teacher's paired decoder when it has
     # one (the benchmark's generator ablation: decoder 0.42, fourier 0.17 on val), else "fourier".
     generator: GeneratorName = "auto"
     decoder: Annotated[str | None, Field(min_length=1, max_length=100)] = None  # for "decoder"; None: the teacher's paired one
+    # The decoder's latent prior: None or "fitted": its bundle's default; "standard": N(0, I); else a variant's name.
+    prior: Annotated[str | None, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")] = None
+    prior_weight: Annotated[float, Field(ge=0, le=100)] = 0.0  # pull of the codes toward the prior (its negative log-likelihood)
+    init_candidates: Annotated[int | None, Field(ge=1, le=64)] = None  # prior starts per image; the teacher keeps the most class-like
     objective: InversionObjective = "matching"  # the method, or the DeepInversion (BatchNorm) baseline
-    cutouts: Annotated[int, Field(ge=1, le=64)] = 8  # random augmented crops per image per step
+    cutouts: Annotated[int | None, Field(ge=1, le=64)] = None  # random augmented crops per image per step
     use_styles: bool = True  # style dictionary diversification (SDD)
     class_consistency_weight: Annotated[float, Field(ge=0, le=100)] = 1.0  # CCM weight; 0 disables it
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64  # images optimised together
+    batch_size: Annotated[int | None, Field(ge=1, le=4096)] = None  # images optimised together
 
 
 class DistillationSpec(Strict):
-    method: DistillMethod = "meta_kd"  # student loss (METHOD.md stage 2)
+    method: DistillMethod | None = None  # student loss (METHOD.md stage 2); None: the budget's
     temperature: Annotated[float, Field(gt=0, le=100)] = 4.0  # KD softmax temperature T
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 60  # passes over the surrogate set
+    steps: Annotated[int | None, Field(ge=1, le=1_000_000)] = None  # student updates; None: epochs, else the budget's
+    epochs: Annotated[int | None, Field(ge=1, le=1000)] = None  # passes over the surrogate set, when steps is not given
     warmup_epochs: Annotated[int, Field(ge=0, le=1000)] = 10  # plain KD epochs before meta-KD starts
     optimizer: Literal["sgd", "adam"] = "sgd"  # student optimiser (SGD: momentum 0.9, Nesterov)
     lr: Annotated[float, Field(gt=0, le=10)] = 0.05  # student learning rate, cosine-decayed
@@ -108,10 +114,11 @@ class DistillationSpec(Strict):
     train_style_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of styles whose images form X_tr
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
     mixup: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of each batch mixed with another image (teacher-labelled)
+    fresh_share: Annotated[float | None, Field(ge=0, lt=1)] = None  # share of each batch drawn fresh from the generator's prior
 
 
 class StudentSpec(Strict):
-    arch: StudentName = "resnet18"  # student architecture (see core.students)
+    arch: StudentName | None = None  # student architecture (see core.students); None: the budget's
     image_size: Annotated[int | None, Field(ge=16, le=1024)] = None  # input size; None: the teacher's
 
 
@@ -120,8 +127,28 @@ class ExportSpec(Strict):
     opset: Annotated[int, Field(ge=17, le=23)] = 17  # ONNX opset
 
 
+# What a spec's unset (None) fields become, by budget. "cpu": a job on the bundled teacher that runs in
+# minutes on 2 CPU cores (bench/results/experiments.md, issue 10); "gpu": the paper's budget (400 inversion
+# steps, 8 cutouts, 64 images per class, a ResNet-18 distilled for 60 epochs with meta-KD).
+BUDGETS: dict[str, dict[str, dict[str, object]]] = {
+    "cpu": {
+        "synthesis": {"images_per_class": 256, "steps": 10, "cutouts": 2, "batch_size": 256, "init_candidates": 4},
+        "distillation": {"method": "kd", "steps": 2000, "fresh_share": 0.0},
+        "student": {"arch": "tiny_cnn"},
+    },
+    "gpu": {
+        "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1},
+        "distillation": {"method": "meta_kd", "epochs": 60, "fresh_share": 0.0},
+        "student": {"arch": "resnet18"},
+    },
+}
+BudgetName = Literal["auto", "cpu", "gpu"]
+
+
 class CustomizeSpec(Strict):
     teacher: Annotated[str, Field(min_length=1, max_length=300)] = "ViT-B-32/openai"  # see core.teachers.create_teacher
+    # Compute for the fields left None: "auto" is "gpu" when the job runs on CUDA, else "cpu" (see BUDGETS).
+    budget: BudgetName = "auto"
     classes: Annotated[list[ClassSpec], Field(min_length=2, max_length=MAX_CLASSES)]
     # The style dictionary; None: the teacher's own (shapes-mini has one), else DEFAULT_STYLES.
     styles: Annotated[list[StyleText] | None, Field(min_length=1, max_length=MAX_STYLES)] = None
@@ -154,3 +181,23 @@ class CustomizeSpec(Strict):
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    def budget_for(self, device_type: str) -> str:
+        """The budget a job of this spec gets on a device of ``device_type`` ("cpu", "cuda", ...)."""
+        if self.budget != "auto":
+            return self.budget
+        return "gpu" if device_type == "cuda" else "cpu"
+
+    def resolved(self, device_type: str) -> CustomizeSpec:
+        """This spec with every unset field taken from its budget on ``device_type``; ``budget`` names it."""
+        budget = self.budget_for(device_type)
+        update: dict[str, object] = {"budget": budget}
+        for section, defaults in BUDGETS[budget].items():
+            current = getattr(self, section)
+            filled = {k: v for k, v in defaults.items() if getattr(current, k) is None}
+            if section == "distillation" and current.epochs is not None:
+                filled.pop("steps", None)  # the user's epochs decide the length
+            if section == "distillation" and current.steps is not None:
+                filled.pop("epochs", None)
+            update[section] = current.model_copy(update=filled)
+        return self.model_copy(update=update)

@@ -89,6 +89,8 @@ class SynthesisConfig:
     class_consistency_weight: float = 1.0  # CCM; 0 disables
     batch_size: int = 64  # images optimised together
     objective: str = "matching"  # "matching" (the method) or "bn_inversion" (DeepInversion baseline)
+    prior_weight: float = 0.0  # weight of the generator's prior term (codes kept where its latent prior has mass)
+    init_candidates: int = 1  # candidate starts per image; the teacher keeps the most class-like one (1: no selection)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -121,15 +123,24 @@ def synthesize(
     done = 0
     for batch_index, (start, stop) in enumerate(batches):
         rng = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
-        generator = create_generator(
-            config.generator, stop - start, teacher.image_size, rng=rng, device=device, **dict(config.generator_options)
-        )
         y = labels[start:stop].to(device)
         s = styles[start:stop].to(device)
+        generator = create_generator(
+            config.generator,
+            (stop - start) * config.init_candidates,
+            teacher.image_size,
+            rng=rng,
+            device=device,
+            **dict(config.generator_options),
+        )
+        if config.init_candidates > 1:
+            generator.keep(select_starts(teacher, targets.classifier, generator, y))
         optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
         for _ in range(config.steps):
             pixels = generator()
             loss = _inversion_loss(teacher, targets, config, pixels, y, s, rng)
+            if config.prior_weight > 0:
+                loss = loss + config.prior_weight * generator.prior_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -139,6 +150,39 @@ def synthesize(
         with torch.no_grad():
             images[start:stop] = generator().float().cpu()
     return SurrogateSet(images, labels, styles)
+
+
+def prior_sampler(config: SynthesisConfig, image_size: int, device: torch.device) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """Fresh images from the generator's initial distribution (its prior), for online synthesis."""
+
+    @torch.no_grad()
+    def sample(n: int, rng: torch.Generator) -> torch.Tensor:
+        return create_generator(config.generator, n, image_size, rng=rng, device=device, **dict(config.generator_options))()
+
+    return sample
+
+
+@torch.no_grad()
+def teacher_probabilities(teacher: Teacher, classifier: torch.Tensor, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N, K) zero-shot class probabilities of the teacher for pixels in [0, 1]."""
+    logits = [teacher.logit_scale * teacher.encode_image(part) @ classifier.T for part in pixels.split(chunk)]
+    return torch.cat(logits).float().softmax(-1)
+
+
+@torch.no_grad()
+def select_starts(teacher: Teacher, classifier: torch.Tensor, generator: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Indices of ``len(labels)`` of the generator's candidate images, one per label: for each class,
+    the candidates the teacher finds most likely to be of that class (each candidate used once)."""
+    probabilities = teacher_probabilities(teacher, classifier, generator())
+    taken = torch.zeros(len(probabilities), dtype=torch.bool, device=probabilities.device)
+    chosen = torch.empty(len(labels), dtype=torch.long, device=probabilities.device)
+    for k in labels.unique():
+        slots = (labels == k).nonzero(as_tuple=True)[0]
+        score = probabilities[:, k].masked_fill(taken, -1.0)
+        best = score.topk(len(slots)).indices
+        chosen[slots] = best
+        taken[best] = True
+    return chosen.cpu()
 
 
 def _inversion_loss(

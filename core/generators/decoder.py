@@ -33,6 +33,7 @@ import copy
 import functools
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 PRIOR_FILE = "latent_prior.safetensors"
 DEFAULT_DECODER = "shapes-vae"
-PRIORS = ("fitted", "standard")  # fitted Gaussian from the bundle, or N(0, I)
+STANDARD_PRIOR = "standard"  # N(0, I); any other prior name is a fitted file in the bundle (see prior_file)
+PRIOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 
 GROUP_NORM_GROUPS = 8  # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of its batch
 LOGVAR_CLAMP = (-20.0, 10.0)  # keeps exp(logvar) finite early in training
@@ -196,24 +198,54 @@ def load_decoder(name: str = DEFAULT_DECODER) -> LatentDecoder:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """A Gaussian over flattened latents: ``z = mean + scale_tril @ u`` with ``u ~ N(0, I)``."""
+    """A Gaussian mixture over flattened latents with one shared covariance.
 
-    mean: torch.Tensor  # (D,)
-    scale_tril: torch.Tensor  # (D, D) lower-triangular Cholesky factor of the covariance
+    Pick component ``c`` with probability ``weights[c]``, then ``z = means[c] + scale_tril @ u`` with
+    ``u ~ N(0, I)``. One component is the single fitted Gaussian. Why a mixture: the aggregate
+    posterior of scenes (one object of a discrete shape over a background) is multi-modal, and one
+    Gaussian's samples decode to blends of shapes and colour soup.
+    """
+
+    means: torch.Tensor  # (K, D) component centres
+    scale_tril: torch.Tensor  # (D, D) lower-triangular Cholesky factor of the shared within-component covariance
+    weights: torch.Tensor | None = None  # (K,) mixing probabilities, summing to 1; None: equal
+
+    def __post_init__(self) -> None:
+        if self.means.dim() == 1:  # a single Gaussian given by its mean
+            object.__setattr__(self, "means", self.means[None])
+        if self.weights is None:
+            object.__setattr__(self, "weights", torch.full((self.means.shape[0],), 1.0 / self.means.shape[0]))
+        if self.weights.numel() != self.means.shape[0]:
+            raise DecoderError(f"latent prior has {self.means.shape[0]} components but {self.weights.numel()} weights")
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def components(self) -> int:
+        return int(self.means.shape[0])
 
 
-def load_latent_prior_from(folder: str | Path) -> LatentPrior:
-    path = Path(folder) / PRIOR_FILE
+def prior_file(prior: str) -> str:
+    """``fitted`` is the bundle's default prior file; any other name a variant beside it."""
+    return PRIOR_FILE if prior == "fitted" else f"latent_prior-{prior}.safetensors"
+
+
+def load_latent_prior_from(folder: str | Path, prior: str = "fitted") -> LatentPrior:
+    path = Path(folder) / prior_file(prior)
     if not path.is_file():
-        raise DecoderError(f"no fitted latent prior at {path}; use prior='standard' or fit one (bench/train_decoder.py --fit-prior)")
-    tensors = load_file(str(path))
-    return LatentPrior(tensors["mean"].float(), tensors["scale_tril"].float())
+        raise DecoderError(f"no latent prior {prior!r} at {path}; use prior='standard' or fit one (bench/train_decoder.py --fit-prior)")
+    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+    means = tensors["means"] if "means" in tensors else tensors["mean"][None]
+    weights = tensors.get("weights", torch.full((len(means),), 1.0 / len(means)))
+    return LatentPrior(means, tensors["scale_tril"], weights / weights.sum())
 
 
 @functools.lru_cache(maxsize=8)
-def load_latent_prior(name: str = DEFAULT_DECODER) -> LatentPrior:
+def load_latent_prior(name: str = DEFAULT_DECODER, prior: str = "fitted") -> LatentPrior:
     """The bundled decoder's fitted prior (read once per process; tensors are never modified in place)."""
-    return load_latent_prior_from(decoder_dir(name))
+    return load_latent_prior_from(decoder_dir(name), prior)
 
 
 def _parameters_to_buffers(module: nn.Module) -> None:
@@ -230,7 +262,8 @@ class DecoderGenerator(ImageGenerator):
     """``n`` images as latent codes (the only parameter) decoded by a frozen pretrained decoder.
 
     Without a prior the codes are the latents ``z`` themselves; with a :class:`LatentPrior` they
-    are whitened codes ``u`` (same shape) and ``z = mean + L u``.
+    are whitened codes ``u`` (same shape) and ``z = means[c] + L u``, with each image's mixture
+    component ``c`` drawn once at initialisation (a buffer: optimisation moves ``u`` only).
     """
 
     def __init__(
@@ -248,21 +281,31 @@ class DecoderGenerator(ImageGenerator):
         self.decoder = decoder.eval()
         shape = (n, *decoder.config.latent_shape)
         self.whitened = prior is not None
-        if prior is not None:
-            dimensions = math.prod(decoder.config.latent_shape)
-            if prior.mean.numel() != dimensions:
-                raise DecoderError(f"latent prior has {prior.mean.numel()} dimensions, the decoder {dimensions}")
-            self.register_buffer("prior_mean", prior.mean.clone())
-            self.register_buffer("prior_scale_tril", prior.scale_tril.clone())
         # Drawn on the rng's own device, so the same seed gives the same z whatever device it moves to.
         z = torch.randn(shape, generator=rng, device=rng.device) * init_scale
+        if prior is not None:
+            dimensions = math.prod(decoder.config.latent_shape)
+            if prior.dimensions != dimensions:
+                raise DecoderError(f"latent prior has {prior.dimensions} dimensions, the decoder {dimensions}")
+            if prior.components > 1:
+                component = torch.multinomial(prior.weights.to(rng.device), n, replacement=True, generator=rng).cpu()
+            else:
+                component = torch.zeros(n, dtype=torch.long)
+            self.register_buffer("prior_means", prior.means.clone())
+            self.register_buffer("prior_scale_tril", prior.scale_tril.clone())
+            self.register_buffer("component", component)
+            self.per_image_buffers = ("component",)
         self.z = nn.Parameter(z)
 
     def latents(self) -> torch.Tensor:
         if not self.whitened:
             return self.z
-        flat = self.prior_mean + self.z.flatten(1) @ self.prior_scale_tril.T
+        flat = self.prior_means[self.component] + self.z.flatten(1) @ self.prior_scale_tril.T
         return flat.view_as(self.z)
+
+    def prior_loss(self) -> torch.Tensor:
+        """Negative log-likelihood of the codes under their component, per element (about 0.5 at a prior sample)."""
+        return 0.5 * self.z.square().mean() if self.whitened else self.z.new_zeros(())
 
     def train(self, mode: bool = True) -> DecoderGenerator:
         super().train(mode)
@@ -293,11 +336,12 @@ def decoder_generator(
 ) -> DecoderGenerator:
     """Codes ``~ N(0, init_scale**2 I)`` for the bundled ``decoder``; ``init_scale`` below 1 starts nearer the mean image.
 
-    ``prior``: "fitted" (the bundle's Gaussian over latents, see the module docstring) or "standard" (N(0, I)).
+    ``prior``: "fitted" (the bundle's latent prior, see the module docstring), another name for a
+    variant file beside it (``latent_prior-<name>.safetensors``), or "standard" (N(0, I)).
     """
     if not math.isfinite(init_scale) or init_scale < 0:
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-    latent_prior = load_latent_prior(decoder) if prior == "fitted" else None
+    if not PRIOR_NAME_PATTERN.match(prior):
+        raise ValueError(f"prior must be 'fitted', 'standard' or a prior file's name, got {prior!r}")
+    latent_prior = None if prior == STANDARD_PRIOR else load_latent_prior(decoder, prior)
     return DecoderGenerator(n, image_size, load_decoder(decoder), rng=rng, init_scale=init_scale, prior=latent_prior).to(device)

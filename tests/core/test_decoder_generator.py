@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from bench.world import render_batch
 from core.generators.base import GENERATORS, ImageGenerator, create_generator
 from core.generators.decoder import (
+    PRIOR_FILE,
     DecoderConfig,
     DecoderError,
     DecoderGenerator,
@@ -145,17 +147,42 @@ def test_architecture_round_trip_without_the_bundle() -> None:
 def test_fitted_prior_decodes_mean_plus_cholesky_times_codes() -> None:
     gen = generator(5, prior="fitted")
     prior = load_latent_prior()
-    expected = (prior.mean + gen.z.flatten(1) @ prior.scale_tril.T).view_as(gen.z)
+    expected = (prior.means[gen.component] + gen.z.flatten(1) @ prior.scale_tril.T).view_as(gen.z)
     assert torch.allclose(gen.latents(), expected)
     assert torch.allclose(gen(), gen.decoder(expected).clamp(0, 1))
     assert torch.equal(generator(5, prior="standard").latents(), generator(5, prior="standard").z)
 
 
-def test_fitted_prior_is_a_valid_gaussian_factor() -> None:
+def test_fitted_prior_is_a_valid_gaussian_mixture_factor() -> None:
     prior = load_latent_prior()
-    assert prior.mean.shape == (math.prod(load_decoder().config.latent_shape),)
+    assert prior.means.shape == (prior.components, math.prod(load_decoder().config.latent_shape))
     assert torch.equal(prior.scale_tril, prior.scale_tril.tril())
     assert bool((prior.scale_tril.diagonal() > 0).all())
+    assert prior.weights.shape == (prior.components,) and math.isclose(float(prior.weights.sum()), 1.0, rel_tol=1e-5)
+
+
+def test_a_mixture_prior_draws_each_image_a_component_by_weight_and_keeps_it(tmp_path) -> None:
+    dimensions = math.prod(load_decoder().config.latent_shape)
+    means = torch.stack([torch.full((dimensions,), -2.0), torch.full((dimensions,), 3.0)])
+    save_file({"means": means, "scale_tril": 0.1 * torch.eye(dimensions), "weights": torch.tensor([1.0, 3.0])}, str(tmp_path / PRIOR_FILE))
+    prior = load_latent_prior_from(tmp_path)
+    assert prior.components == 2 and torch.allclose(prior.weights, torch.tensor([0.25, 0.75]))
+    gen = DecoderGenerator(400, IMAGE_SIZE, load_decoder(), rng=torch.Generator().manual_seed(0), prior=prior)
+    share = float((gen.component == 1).float().mean())
+    assert 0.68 < share < 0.82
+    centred = gen.latents().flatten(1).mean(1)
+    assert torch.allclose(centred, means[gen.component].mean(1), atol=0.05)
+    # The component is fixed at initialisation: optimising moves the whitened codes only.
+    assert [name for name, _ in gen.named_parameters()] == ["z"]
+    gen.keep(torch.tensor([3, 1]))
+    assert gen.n == 2 and gen.z.shape[0] == 2 and gen.component.shape == (2,) and gen().shape[0] == 2
+
+
+def test_the_prior_term_is_half_the_mean_square_of_the_whitened_codes() -> None:
+    gen = generator(0, n=64, prior="fitted")
+    assert torch.isclose(gen.prior_loss(), 0.5 * gen.z.square().mean())
+    assert 0.4 < gen.prior_loss().item() < 0.6  # about 0.5 at a prior sample
+    assert float(generator(0, prior="standard").prior_loss()) == 0.0
 
 
 def test_samples_from_the_fitted_prior_are_smoother_than_from_a_standard_normal() -> None:
@@ -168,6 +195,8 @@ def test_samples_from_the_fitted_prior_are_smoother_than_from_a_standard_normal(
 
 def test_prior_errors_are_clear(tmp_path) -> None:
     with pytest.raises(ValueError, match="prior"):
+        generator(0, prior="../elsewhere")
+    with pytest.raises(DecoderError, match="latent_prior-uniform"):
         generator(0, prior="uniform")
     with pytest.raises(DecoderError, match="fit-prior"):
         load_latent_prior_from(tmp_path)

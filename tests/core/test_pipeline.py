@@ -116,12 +116,12 @@ def test_bn_inversion_baseline_runs(shapes_teacher):
 
 def test_auto_generator_uses_the_teachers_paired_decoder(shapes_teacher):
     assert shapes_teacher.paired_decoder == "shapes-vae"
-    assert resolved_generator(small_spec(), shapes_teacher) == ("decoder", (("decoder", "shapes-vae"),))
+    assert resolved_generator(small_spec(), shapes_teacher) == ("decoder", (("decoder", "shapes-vae"), ("prior", "fitted")))
     assert resolved_generator(small_spec(synthesis={"generator": "fourier"}), shapes_teacher) == ("fourier", ())
     # A teacher without a paired decoder (any open_clip model): auto falls back to Fourier; "decoder" needs a name.
     plain = SimpleNamespace(name="ViT-B-32/openai", paired_decoder=None)
     assert resolved_generator(small_spec(), plain) == ("fourier", ())
     named = small_spec(synthesis={"generator": "decoder", "decoder": "shapes-vae"})
-    assert resolved_generator(named, plain) == ("decoder", (("decoder", "shapes-vae"),))
+    assert resolved_generator(named, plain) == ("decoder", (("decoder", "shapes-vae"), ("prior", "fitted")))
     with pytest.raises(GeneratorUnavailableError, match="no paired decoder"):
         resolved_generator(small_spec(synthesis={"generator": "decoder"}), plain)

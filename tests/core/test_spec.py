@@ -4,16 +4,15 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from core.spec import DEFAULT_STYLES, CustomizeSpec
+from core.spec import BUDGETS, DEFAULT_STYLES, CustomizeSpec
 
 
 def test_the_simplest_body_is_a_complete_spec():
     spec = CustomizeSpec.model_validate({"classes": ["cat", "dog"]})
     assert spec.class_names == ["cat", "dog"]
     assert spec.classes[0].prompt_text == "cat"
-    assert spec.synthesis.images_per_class == 64 and spec.synthesis.steps == 400 and spec.synthesis.lr == 0.1
-    assert spec.synthesis.class_consistency_weight == 1.0
-    assert spec.distillation.method == "meta_kd" and spec.student.arch == "resnet18"
+    assert spec.budget == "auto" and spec.synthesis.steps is None and spec.student.arch is None  # the budget decides
+    assert spec.synthesis.lr == 0.1 and spec.synthesis.class_consistency_weight == 1.0
     assert spec.export.formats == ["onnx", "torchscript"] and spec.export.opset >= 17
     assert len(DEFAULT_STYLES) == 16
 
@@ -38,7 +37,7 @@ def test_text_and_images_combine_and_images_alone_have_no_text():
         {"classes": ["cat", "dog"], "unknown_field": 1},
         {"classes": ["cat", "dog"], "distillation": {"method": "magic"}},
         {"classes": ["cat", "dog"], "device": "tpu"},
-        {"classes": ["cat", "dog"], "synthesis": {"steps": 0}},
+        {"classes": ["cat", "dog"], "synthesis": {"steps": -1}},
         {"classes": [f"c{i}" for i in range(1001)]},
     ],
 )
@@ -50,3 +49,20 @@ def test_bad_specs_are_rejected(body):
 def test_spec_module_does_not_import_torch():
     code = "import sys, core.spec; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unset_fields_take_the_budget_of_the_device_and_set_ones_are_kept():
+    spec = CustomizeSpec.model_validate({"classes": ["cat", "dog"]})
+    cpu, gpu = spec.resolved("cpu"), spec.resolved("cuda")
+    assert cpu.budget == "cpu" and gpu.budget == "gpu"
+    for resolved, budget in ((cpu, BUDGETS["cpu"]), (gpu, BUDGETS["gpu"])):
+        for section, defaults in budget.items():
+            for field, value in defaults.items():
+                assert getattr(getattr(resolved, section), field) == value, (section, field)
+    assert gpu.student.arch == "resnet18" and gpu.synthesis.steps == 400  # the paper's budget on CUDA
+    assert cpu.resolved("cuda") == cpu  # resolving twice changes nothing; the budget is fixed once chosen
+    mine = CustomizeSpec.model_validate(
+        {"classes": ["a", "b"], "budget": "gpu", "student": {"arch": "tiny_cnn"}, "distillation": {"epochs": 3}}
+    ).resolved("cpu")
+    assert mine.budget == "gpu" and mine.student.arch == "tiny_cnn" and mine.synthesis.steps == 400
+    assert mine.distillation.epochs == 3 and mine.distillation.steps is None  # epochs given: the budget's steps do not apply
