@@ -78,7 +78,18 @@ def list_tasks() -> list[str]:
     return TASKS.names()
 
 
+SUBSET_PREFIX = "shapes:"  # "shapes:star,circle,ring": those shapes of shape8, in that order
+
+
 def get_task(name: str) -> Task:
+    """A registered task, or ``shapes:<shape>,<shape>,...``: a subset of shape8's classes in the order given
+    (for checking that settings chosen on shape8 are not tuned to its class list)."""
+    if name.startswith(SUBSET_PREFIX):
+        names = [n.strip() for n in name.removeprefix(SUBSET_PREFIX).split(",")]
+        unknown = [n for n in names if n not in SHAPES]
+        if unknown or len(set(names)) != len(names) or len(names) < 2:
+            raise ValueError(f"task {name!r}: give two or more distinct shapes of {', '.join(SHAPES)}")
+        return Task(name, tuple(TaskClass(n, shape=n) for n in names), f"{len(names)} of the 8 shapes, any colour")
     return TASKS.create(name)
 
 

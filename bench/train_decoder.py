@@ -414,6 +414,8 @@ def fit_latent_prior(
     """Fit and save a latent prior (``prior_file(name)``) over the encoder's posterior means of unlabelled images."""
     codes = unlabelled_codes(encoder, config, images)
     tensors = fit_mixture(codes, components)
+    if components > 1:
+        tensors["means"] = tensors["means"].half()  # fp16 halves a kernel density prior's file; codes are within +-10
     path = out / prior_file(name)
     save_file(tensors, str(path))
     eigenvalues = torch.linalg.eigvalsh(torch.cov(codes.T.double()))

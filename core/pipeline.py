@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 
 from core.distill import DistillConfig, Distiller
 from core.export import export_onnx, export_torchscript
+from core.quality import estimate_quality
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, prior_sampler, synthesize
@@ -223,8 +224,11 @@ def customize(
             )
         student = student.cpu().eval()
         with tracker.timed("exporting"):
+            # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
+            quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
             metrics: dict[str, object] = {
                 "budget": spec.budget,
+                "quality": quality,
                 "surrogate_images": len(surrogate),
                 "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
                 "final_losses": final_losses,

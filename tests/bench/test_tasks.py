@@ -82,3 +82,13 @@ def test_captions_name_the_shape_bind_colour_and_seldom_mention_the_distractor()
     assert sum(bound) / len(captions) > 0.6
     assert 0 < sum(smiley) / len(captions) < 0.1
     assert len(set(captions)) > 500
+
+
+def test_a_subset_of_the_shapes_in_another_order_is_a_task() -> None:
+    task = get_task("shapes:star,circle,ring")
+    assert task.class_texts == ["star", "circle", "ring"]
+    images, labels = task.render("val", 30)
+    assert images.shape == (30, 3, 32, 32) and torch.equal(torch.bincount(labels), torch.tensor([10, 10, 10]))
+    for bad in ("shapes:star", "shapes:star,star", "shapes:star,blob"):
+        with pytest.raises(ValueError, match="distinct shapes"):
+            get_task(bad)

@@ -1,0 +1,103 @@
+"""Issue 10's engine levers: teacher-chosen starts, the prior pull, online fresh images, quality estimates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.distill import DistillConfig, Distiller
+from core.generators import create_generator
+from core.quality import agreement
+from core.students import create_student_for
+from core.synthesis import (
+    ClassPrompts,
+    SurrogateSet,
+    SynthesisConfig,
+    build_targets,
+    prior_sampler,
+    select_starts,
+    synthesize,
+    teacher_probabilities,
+)
+
+CLASSES = ["circle", "star", "ring"]
+
+
+@pytest.fixture(scope="module")
+def targets(shapes_teacher):
+    return build_targets(shapes_teacher, [ClassPrompts(c) for c in CLASSES], [])
+
+
+def test_teacher_chosen_starts_are_more_class_like_and_each_candidate_is_used_once(shapes_teacher, targets) -> None:
+    labels = torch.arange(12) % 3
+    generator = create_generator("decoder", 48, 32, rng=torch.Generator().manual_seed(0))
+    candidates = generator().detach()
+    chosen = select_starts(shapes_teacher, targets.classifier, generator, labels)
+    assert chosen.shape == (12,) and len(chosen.unique()) == 12
+    probabilities = teacher_probabilities(shapes_teacher, targets.classifier, candidates)
+    picked = probabilities[chosen, labels].mean()
+    first = probabilities[torch.arange(12), labels].mean()  # what the first 12 candidates would have given
+    assert picked > first + 0.1
+    generator.keep(chosen)
+    assert torch.allclose(generator(), candidates[chosen], atol=1e-5)
+
+
+def test_synthesis_with_candidates_keeps_balanced_labels(shapes_teacher, targets) -> None:
+    config = SynthesisConfig(
+        images_per_class=4, steps=2, cutouts=1, batch_size=12, generator="decoder", init_candidates=3, prior_weight=0.5
+    )
+    data = synthesize(shapes_teacher, targets, config, seed=0)
+    assert data.images.shape == (12, 3, 32, 32) and torch.equal(torch.bincount(data.labels), torch.tensor([4, 4, 4]))
+    again = synthesize(shapes_teacher, targets, config, seed=0)
+    assert torch.equal(data.images, again.images)  # the choice of starts is seeded too
+
+
+def test_zero_steps_keeps_the_chosen_prior_samples(shapes_teacher, targets) -> None:
+    config = SynthesisConfig(images_per_class=2, steps=0, cutouts=1, batch_size=6, generator="decoder", init_candidates=2)
+    data = synthesize(shapes_teacher, targets, config, seed=1)
+    assert data.images.shape == (6, 3, 32, 32) and bool(((data.images >= 0) & (data.images <= 1)).all())
+
+
+def test_fresh_images_replace_part_of_each_batch_and_take_the_teachers_label(shapes_teacher, targets) -> None:
+    calls: list[int] = []
+    base = prior_sampler(SynthesisConfig(generator="decoder"), 32, shapes_teacher.device)
+
+    def sampler(n: int, rng: torch.Generator) -> torch.Tensor:
+        calls.append(n)
+        return base(n, rng)
+
+    data = SurrogateSet(torch.rand(16, 3, 32, 32), torch.zeros(16, dtype=torch.long), torch.full((16,), -1))
+    student = create_student_for(shapes_teacher, "tiny_cnn", 3)
+    config = DistillConfig(method="ce", steps=3, batch_size=8, fresh_share=0.5)
+    distiller = Distiller(student, shapes_teacher, targets.classifier, config, seed=0, sampler=sampler)
+    views, logits, labels = distiller._sample(torch.arange(16), data, fresh_share=0.5)
+    assert calls == [4] and views.shape[0] == 8
+    assert torch.equal(labels[:4], torch.zeros(4, dtype=torch.long))
+    assert torch.equal(labels[4:], logits[4:].argmax(1))  # fresh images: the teacher's class
+    distiller.fit(data)
+    assert len(calls) == 4  # one more per step
+    with pytest.raises(ValueError, match="sampler"):
+        Distiller(student, shapes_teacher, targets.classifier, config, seed=0)
+
+
+class _TeacherAsStudent(nn.Module):
+    def __init__(self, teacher, classifier: torch.Tensor) -> None:
+        super().__init__()
+        self.teacher, self.classifier = teacher, classifier
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher.encode_image(x) @ self.classifier.T
+
+
+def test_agreement_is_one_for_the_teacher_itself_and_the_top_class_share_for_a_constant(shapes_teacher, targets) -> None:
+    images = create_generator("decoder", 64, 32, rng=torch.Generator().manual_seed(3))().detach()
+    assert agreement(_TeacherAsStudent(shapes_teacher, targets.classifier), shapes_teacher, targets.classifier, images) == 1.0
+    constant = nn.Linear(3 * 32 * 32, 3)
+    nn.init.zeros_(constant.weight)
+    with torch.no_grad():
+        constant.bias.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    flat = nn.Sequential(nn.Flatten(), constant)
+    share = float((teacher_probabilities(shapes_teacher, targets.classifier, images).argmax(1) == 2).float().mean())
+    assert agreement(flat, shapes_teacher, targets.classifier, images) == pytest.approx(share)
