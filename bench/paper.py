@@ -26,9 +26,14 @@ import torch
 from bench.evaluate import zero_shot
 from bench.tasks import Split, Task, get_task
 from core.distill import DistillConfig, Distiller
+from core.quality import estimate_quality
+from core.spec import BUDGETS as SPEC_BUDGETS
 from core.students import Student, count_flops, count_parameters, create_student_for
-from core.synthesis import ClassPrompts, SurrogateSet, SynthesisConfig, build_targets, synthesize
+from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, synthesize
 from core.teachers.base import Teacher
+
+CPU_BUDGET = SPEC_BUDGETS["cpu"]
+QUALITY_ESTIMATES = ("agreement_heldout_synthesized", "agreement_prior_samples")
 
 CONSTRAINT_PHRASE = "a kind of shape"  # Table 6's "+ a constraint phrase"
 EXAMPLES_PER_CLASS = 4  # Table 6's "+ image prompts"
@@ -48,12 +53,37 @@ class Budget:
     student: str
     eval_images: int  # test renders per evaluation
     generator: str = "fourier"
+    distill_steps: int | None = None  # student updates per row; None: epochs x batches per epoch
+    init_candidates: int = 1  # prior starts per image, the most class-like kept by the teacher
+    prior: str = "fitted"  # the decoder's latent prior (decoder rows)
+    default_method: str = "meta_kd"  # the distillation loss of a default job (the "default" row)
+
+
+def default_job_budget(eval_images: int) -> Budget:
+    """Every row trains as a default job does on a CPU (core.spec.BUDGETS["cpu"])."""
+    synthesis, distillation, student = (CPU_BUDGET[k] for k in ("synthesis", "distillation", "student"))
+    return Budget(
+        images_per_class=int(synthesis["images_per_class"]),
+        synth_steps=int(synthesis["steps"]),
+        cutouts=int(synthesis["cutouts"]),
+        synth_batch=int(synthesis["batch_size"]),
+        epochs=1,
+        warmup_epochs=10,  # the spec's default; meta rows warm up for this many epochs' worth of steps
+        distill_batch=64,
+        student=str(student["arch"]),
+        eval_images=eval_images,
+        generator="decoder",
+        distill_steps=int(distillation["steps"]),
+        init_candidates=int(synthesis["init_candidates"]),
+        default_method=str(distillation["method"]),
+    )
 
 
 BUDGETS = {
-    # Sized so that the whole run (10 syntheses and 20 distillations per seed, 3 seeds) fits in 60 minutes on
-    # 2 CPU cores; the paper's 64 images per class, far fewer steps (see bench/results/experiments.md).
-    "full": Budget(
+    # The product's budget: every row as a default job on 2 CPU cores (issue 10), 2,000 test renders per score.
+    "full": default_job_budget(eval_images=2000),
+    # Before issue 10: sized so that 3 seeds fit 60 minutes on 2 CPU cores (bench/results/experiments.md).
+    "small": Budget(
         images_per_class=64,
         synth_steps=10,
         cutouts=1,
@@ -98,6 +128,7 @@ ROWS: tuple[Row, ...] = (
     Row("noise_kd", "references", "noise images + KD (lower bound)", kind="noise", method="kd"),
     Row("real_kd", "references", "real images + KD (same student and budget)", kind="real_kd", method="kd"),
     Row("real_supervised", "references", "real images, supervised (upper bound)", kind="real_supervised", method="ce"),
+    Row("default", "references", "the default job (the spec's defaults)", method="default", paper=64.81),
     Row(
         "inv_baseline",
         "table1_inversion",
@@ -153,10 +184,15 @@ def accuracy(student: Student, task: Task, split: Split, images: int) -> float:
 
 
 class PaperBenchmark:
-    def __init__(self, teacher: Teacher, budget: Budget, *, split: Split = "test", log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, teacher: Teacher, budget: Budget, *, split: Split = "test", log: Callable[[str], None] = print, track_quality: bool = True
+    ) -> None:
+        self.track_quality = track_quality
         # split: where students and the teacher are scored; experiments that choose settings use "val".
         self.teacher, self.budget, self.split, self.log = teacher, budget, split, log
-        self._surrogates: dict[tuple, tuple[SurrogateSet, torch.Tensor, float]] = {}
+        self._surrogates: dict[tuple, tuple[SurrogateSet, InversionTargets, float]] = {}
+        # Method rows: the job's own quality estimates (core.quality), to see how well each tracks real accuracy.
+        self.quality: dict[str, list[dict[str, float | int]]] = {}
         self.stage_seconds: dict[str, list[float]] = {"synthesis": [], "distillation": []}
 
     def synthesis_config(self, row: Row) -> SynthesisConfig:
@@ -167,14 +203,23 @@ class PaperBenchmark:
             cutouts=b.cutouts,
             batch_size=b.synth_batch,
             generator=b.generator,
+            init_candidates=b.init_candidates,
         )
-        return replace(base, **row.synthesis)
+        config = replace(base, **row.synthesis)
+        if config.generator == "decoder" and not config.generator_options:
+            config = replace(config, generator_options=(("decoder", "shapes-vae"), ("prior", b.prior)))
+        if config.generator != "decoder" or config.objective != "matching":
+            config = replace(config, init_candidates=1)  # choosing starts by the teacher is part of the decoder method
+        return config
 
     def distill_config(self, method: str) -> DistillConfig:
         b = self.budget
-        return DistillConfig(method=method, epochs=b.epochs, warmup_epochs=b.warmup_epochs, batch_size=b.distill_batch)
+        method = b.default_method if method == "default" else method
+        return DistillConfig(
+            method=method, epochs=b.epochs, steps=b.distill_steps, warmup_epochs=b.warmup_epochs, batch_size=b.distill_batch
+        )
 
-    def surrogate(self, row: Row, seed: int) -> tuple[SurrogateSet, torch.Tensor]:
+    def surrogate(self, row: Row, seed: int) -> tuple[SurrogateSet, InversionTargets]:
         """The synthesized set and the teacher's classifier for a row (cached: rows share sets)."""
         task = get_task(row.task)
         config = self.synthesis_config(row)
@@ -186,9 +231,9 @@ class PaperBenchmark:
             data = synthesize(self.teacher, targets, config, seed=seed)
             seconds = time.monotonic() - start
             self.stage_seconds["synthesis"].append(seconds)
-            self._surrogates[key] = (data, targets.classifier, seconds)
-        data, classifier, _ = self._surrogates[key]
-        return data, classifier
+            self._surrogates[key] = (data, targets, seconds)
+        data, targets, _ = self._surrogates[key]
+        return data, targets
 
     def reference_set(self, row: Row, seed: int) -> tuple[SurrogateSet, torch.Tensor]:
         task = get_task(row.task)
@@ -208,13 +253,22 @@ class PaperBenchmark:
         task = get_task(row.task)
         if row.kind == "teacher":
             return zero_shot(self.teacher, task, split=self.split, images=self.budget.eval_images).accuracy
-        data, classifier = self.reference_set(row, seed) if row.kind != "method" else self.surrogate(row, seed)
+        targets = None
+        if row.kind == "method":
+            data, targets = self.surrogate(row, seed)
+            classifier = targets.classifier
+        else:
+            data, classifier = self.reference_set(row, seed)
         torch.manual_seed(seed)
         student = create_student_for(self.teacher, self.budget.student, len(task.classes))
         start = time.monotonic()
         Distiller(student, self.teacher, classifier, self.distill_config(row.method), seed=seed).fit(data)
         self.stage_seconds["distillation"].append(time.monotonic() - start)
-        return accuracy(student.cpu(), task, self.split, self.budget.eval_images)
+        student = student.cpu().eval()
+        if targets is not None and self.track_quality:
+            estimate = estimate_quality(student, self.teacher, targets, self.synthesis_config(row), seed=seed)
+            self.quality.setdefault(row.key, []).append(estimate)
+        return accuracy(student, task, self.split, self.budget.eval_images)
 
     def run(
         self, seeds: int, rows: tuple[Row, ...] = ROWS, on_seed_done: Callable[[dict[str, object]], None] | None = None
@@ -263,7 +317,24 @@ class PaperBenchmark:
                 "student_flops": count_flops(student, self.teacher.image_size),
             },
             "seconds_per_stage": {k: (statistics.mean(v) if v else 0.0) for k, v in self.stage_seconds.items()},
+            "quality_tracking": self.quality_tracking(results),
         }
+
+    def quality_tracking(self, results: dict[str, list[float]]) -> dict[str, object]:
+        """Per method row, the mean of each quality estimate beside the real accuracy, and across rows how
+        well each estimate tracks it (Pearson correlation, mean of estimate minus accuracy)."""
+        rows = {key: estimates for key, estimates in self.quality.items() if results.get(key)}
+        out: dict[str, object] = {"rows": {}}
+        for name in QUALITY_ESTIMATES:
+            pairs = [(statistics.mean(e[name] for e in rows[key]), statistics.mean(results[key])) for key in rows]
+            for key, (estimate, _) in zip(rows, pairs, strict=True):
+                out["rows"].setdefault(key, {"accuracy": round(statistics.mean(results[key]), 4)})[name] = round(estimate, 4)
+            if len(pairs) >= 3 and len({a for _, a in pairs}) > 1 and len({e for e, _ in pairs}) > 1:
+                out[name] = {
+                    "pearson_r": round(statistics.correlation([e for e, _ in pairs], [a for _, a in pairs]), 3),
+                    "mean_estimate_minus_accuracy": round(statistics.mean(e - a for e, a in pairs), 4),
+                }
+        return out
 
 
 TABLE_TITLES = {
@@ -313,10 +384,37 @@ def to_markdown(report: dict) -> str:
         f"| student ({size['student']}) | {size['student_parameters']:,} | {size['student_flops']:,} |",
         "",
         "Mean seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds_per_stage"].items()) + ".",
+        "",
+        *quality_markdown(report.get("quality_tracking")),
         f"Total: {report['total_seconds'] / 60:.1f} min." if "total_seconds" in report else "",
         "",
     ]
     return "\n".join(lines)
+
+
+def quality_markdown(tracking: dict | None) -> list[str]:
+    """How well a job's own estimates (agreement with the teacher on unseen images) track real accuracy."""
+    if not tracking or not tracking.get("rows"):
+        return []
+    lines = [
+        "## Does a job's own quality estimate track real accuracy?",
+        "",
+        "Each method row's student, scored as a job scores itself (no real data): its agreement with the teacher on",
+        "held-out synthesized images and on prior samples, beside its real accuracy.",
+        "",
+        "| row | real accuracy | agreement, held-out synthesized | agreement, prior samples |",
+        "|---|---|---|---|",
+    ]
+    for key, row in tracking["rows"].items():
+        held_out, prior = (row.get(name, float("nan")) for name in QUALITY_ESTIMATES)
+        lines.append(f"| {key} | {row['accuracy']:.3f} | {held_out:.3f} | {prior:.3f} |")
+    lines.append("")
+    for name in QUALITY_ESTIMATES:
+        if name in tracking:
+            r, gap = tracking[name]["pearson_r"], tracking[name]["mean_estimate_minus_accuracy"]
+            lines.append(f"- `{name}`: Pearson r {r} with real accuracy across rows; mean estimate minus accuracy {gap}.")
+    lines.append("")
+    return lines
 
 
 def to_chart(report: dict, path: Path) -> None:

@@ -22,7 +22,22 @@ def test_rows_seeds_and_partial_reports(shapes_teacher, tmp_path) -> None:
     # inv_sdd_ccm and dist_kd share one surrogate set per seed: two syntheses in all, not four.
     assert len(bench.stage_seconds["synthesis"]) == 2
     assert final["size"]["student_parameters"] < final["size"]["teacher_image_parameters"]
+    # Method rows carry the job's own quality estimates beside their real accuracy.
+    tracked = final["quality_tracking"]["rows"]
+    assert set(tracked) == {"inv_sdd_ccm", "dist_kd"} and len(bench.quality["dist_kd"]) == 2
+    assert all(0 <= v["agreement_prior_samples"] <= 1 and abs(v["accuracy"] - by_key[k]["mean"]) < 1e-4 for k, v in tracked.items())
+    assert "Does a job's own quality estimate track real accuracy?" in to_markdown(final)
     partial = {**reports[0], "seeds_requested": 3, "total_seconds": 12.0}
     assert "1 seeds of 3 requested (partial" in to_markdown(partial)
     write_report(partial, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"paper.json", "paper.md", "paper.png"}
+
+
+def test_the_full_budget_is_the_default_jobs() -> None:
+    from core.spec import BUDGETS as SPEC_BUDGETS
+
+    full, cpu = BUDGETS["full"], SPEC_BUDGETS["cpu"]
+    assert full.distill_steps == cpu["distillation"]["steps"] and full.student == cpu["student"]["arch"]
+    assert full.images_per_class == cpu["synthesis"]["images_per_class"] and full.synth_steps == cpu["synthesis"]["steps"]
+    assert full.init_candidates == cpu["synthesis"]["init_candidates"] and full.default_method == cpu["distillation"]["method"]
+    assert any(row.key == "default" for row in ROWS)
