@@ -153,6 +153,8 @@ class Probe:
                 batch_size=256,
                 prior_weight=a.prior_weight,
                 init_candidates=a.init_candidates,
+                neighbours=a.neighbours,
+                neighbour_scale=a.neighbour_scale,
             )
             return synthesize(self.teacher, self.targets, config, seed=seed)
         raise SystemExit(f"unknown arm {name!r}")
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cutouts", type=int, default=2)
     parser.add_argument("--prior-weight", type=float, default=0.0)
     parser.add_argument("--init-candidates", type=int, default=1)
+    parser.add_argument("--neighbours", type=int, default=0, help="optimised: pool growth, neighbours per image")
+    parser.add_argument("--neighbour-scale", type=float, default=0.5)
     parser.add_argument(
         "--generator-options", default='{"decoder": "shapes-vae", "prior": "fitted"}', help="decoder factory options (JSON)"
     )

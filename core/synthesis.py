@@ -91,6 +91,8 @@ class SynthesisConfig:
     objective: str = "matching"  # "matching" (the method) or "bn_inversion" (DeepInversion baseline)
     prior_weight: float = 0.0  # weight of the generator's prior term (codes kept where its latent prior has mass)
     init_candidates: int = 1  # candidate starts per image; the teacher keeps the most class-like one (1: no selection)
+    neighbours: int = 0  # pool growth: extra images per optimised one, decoded from its parameters + neighbour_scale * noise
+    neighbour_scale: float = 0.5  # noise on the generator's parameters (whitened codes for the decoder)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -120,6 +122,7 @@ def synthesize(
     batches = [(start, min(start + config.batch_size, total)) for start in range(0, total, config.batch_size)]
     total_steps = len(batches) * config.steps
     images = torch.empty(total, 3, teacher.image_size, teacher.image_size)
+    grown = [torch.empty_like(images) for _ in range(config.neighbours)]
     done = 0
     for batch_index, (start, stop) in enumerate(batches):
         rng = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
@@ -149,7 +152,24 @@ def synthesize(
                 on_step(done, total_steps)
         with torch.no_grad():
             images[start:stop] = generator().float().cpu()
+            for copy in range(config.neighbours):
+                grown[copy][start:stop] = _neighbours(generator, config.neighbour_scale, rng)
+    if config.neighbours:
+        # Pool growth: each image's neighbours keep its label and style; KD takes the teacher's view of them anyway.
+        return SurrogateSet(torch.cat([images, *grown]), labels.repeat(config.neighbours + 1), styles.repeat(config.neighbours + 1))
     return SurrogateSet(images, labels, styles)
+
+
+@torch.no_grad()
+def _neighbours(generator: torch.nn.Module, scale: float, rng: torch.Generator) -> torch.Tensor:
+    """Images decoded from the generator's parameters plus ``scale`` * N(0, I), which are then restored."""
+    saved = [p.detach().clone() for p in generator.parameters()]
+    for p in generator.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=rng).to(p.device, p.dtype))
+    images = generator().float().cpu()
+    for p, original in zip(generator.parameters(), saved, strict=True):
+        p.copy_(original)
+    return images
 
 
 def prior_sampler(config: SynthesisConfig, image_size: int, device: torch.device) -> Callable[[int, torch.Generator], torch.Tensor]:

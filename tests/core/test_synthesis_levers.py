@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +103,14 @@ def test_agreement_is_one_for_the_teacher_itself_and_the_top_class_share_for_a_c
     flat = nn.Sequential(nn.Flatten(), constant)
     share = float((teacher_probabilities(shapes_teacher, targets.classifier, images).argmax(1) == 2).float().mean())
     assert agreement(flat, shapes_teacher, targets.classifier, images) == pytest.approx(share)
+
+
+def test_pool_growth_adds_labelled_neighbours_near_each_image(shapes_teacher, targets) -> None:
+    base = SynthesisConfig(images_per_class=2, steps=1, cutouts=1, batch_size=6, generator="decoder")
+    plain = synthesize(shapes_teacher, targets, base, seed=2)
+    grown = synthesize(shapes_teacher, targets, replace(base, neighbours=2, neighbour_scale=0.3), seed=2)
+    assert len(grown) == 18 and torch.equal(grown.labels, plain.labels.repeat(3))
+    assert torch.equal(grown.images[:6], plain.images)  # the optimised images themselves are unchanged
+    near = (grown.images[6:12] - plain.images).abs().mean()
+    far = (plain.images[torch.tensor([1, 2, 3, 4, 5, 0])] - plain.images).abs().mean()
+    assert 0 < near < far
