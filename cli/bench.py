@@ -25,7 +25,8 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
     student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
     student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
-    student.add_argument("--task", default="shape8")
+    student.add_argument("--task", default="shape8", help="a task, or shapes:<shape>,<shape>,... (a subset of shape8, in that order)")
+    student.add_argument("--split", default="test", choices=("val", "test"), help="val renders to choose settings, test to report")
     student.add_argument("--images", type=int, default=2000)
     student.add_argument("--teacher", default=None, help="default: the teacher named in the model card")
     student.add_argument("--json", action="store_true")
@@ -76,22 +77,28 @@ def run_student(args: argparse.Namespace) -> int:
     from core.export import onnx_metadata, run_onnx
     from core.teachers import create_teacher
 
+    try:
+        task = get_task(args.task)
+    except (ValueError, KeyError) as error:
+        raise CliError("unknown_task", str(error)) from None
+    if not args.onnx.is_file():
+        raise CliError("file_not_found", f"no ONNX student at {args.onnx}")
     model = args.onnx.read_bytes()
     card = json.loads(onnx_metadata(model)["clipforge_model_card"])
-    task = get_task(args.task)
     missing = [text for text in task.class_texts if text not in card["classes"]]
     if missing:
         raise CliError("class_mismatch", f"the student has no output for task classes {missing}; its classes: {card['classes']}")
     # The student's outputs may be in another order than the task's classes.
     order = torch.tensor([card["classes"].index(text) for text in task.class_texts])
     size = card["input"]["shape"][2]
-    pixels, labels = task.render("test", args.images, size=size)
+    pixels, labels = task.render(args.split, args.images, size=size)
     logits = torch.from_numpy(run_onnx(model, pixels.numpy()))[:, order]
     student_accuracy = float((logits.argmax(1) == labels).float().mean())
     teacher = create_teacher(args.teacher or card["teacher"]["name"], device="auto")
-    teacher_accuracy = zero_shot(teacher, task, split="test", images=args.images).accuracy
+    teacher_accuracy = zero_shot(teacher, task, split=args.split, images=args.images).accuracy
     result = {
         "task": task.name,
+        "split": args.split,
         "images": args.images,
         "student_onnx_accuracy": round(student_accuracy, 4),
         "teacher_zero_shot_accuracy": round(teacher_accuracy, 4),
@@ -100,7 +107,7 @@ def run_student(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"task {task.name}, {args.images} held-out test renders")
+        print(f"task {task.name}, {args.images} held-out {args.split} renders")
         print(f"  student (ONNX, onnxruntime)  {student_accuracy:.4f}")
         print(f"  teacher (zero-shot)          {teacher_accuracy:.4f}")
         print(f"  ratio                        {student_accuracy / teacher_accuracy:.3f}")

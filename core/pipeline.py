@@ -131,6 +131,16 @@ def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
+def resolved_spec(spec: CustomizeSpec, teacher: Teacher) -> CustomizeSpec:
+    """The spec with its budget filled in for the teacher's device. Fresh images during distillation are
+    prior samples of a decoder; a budget never asks for them from a generator without a learnt prior
+    (Fourier or pixel noise), though a user may."""
+    resolved = spec.resolved(teacher.device.type)
+    if spec.distillation.fresh_share is None and resolved_generator(spec, teacher)[0] != "decoder":
+        resolved = resolved.model_copy(update={"distillation": resolved.distillation.model_copy(update={"fresh_share": 0.0})})
+    return resolved
+
+
 def distill_config(spec: CustomizeSpec) -> DistillConfig:
     # Unset fields (a spec not resolved against a budget) keep the engine's defaults.
     return DistillConfig(**spec.distillation.model_dump(exclude_none=True))
@@ -199,7 +209,7 @@ def customize(
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
     Deterministic for a given spec, seed, teacher and machine.
     """
-    spec = spec.resolved(teacher.device.type)
+    spec = resolved_spec(spec, teacher)
     tracker = _Tracker(on_progress, should_cancel)
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)

@@ -25,7 +25,7 @@ from core.pipeline import (
     customize,
     resolved_generator,
 )
-from core.spec import CustomizeSpec
+from core.spec import BUDGETS, CustomizeSpec
 
 # Budgets far below the defaults: these tests check the machinery, the benchmark checks quality.
 SMALL = {
@@ -129,3 +129,14 @@ def test_auto_generator_uses_the_teachers_paired_decoder(shapes_teacher):
     assert resolved_generator(named, plain) == ("decoder", (("decoder", "shapes-vae"), ("prior", "fitted")))
     with pytest.raises(GeneratorUnavailableError, match="no paired decoder"):
         resolved_generator(small_spec(synthesis={"generator": "decoder"}), plain)
+
+
+def test_the_budget_asks_fresh_images_only_of_a_decoder(shapes_teacher):
+    from core.pipeline import resolved_spec
+
+    decoder = resolved_spec(small_spec(), shapes_teacher)
+    fourier = resolved_spec(small_spec(synthesis={"generator": "fourier"}), shapes_teacher)
+    mine = resolved_spec(small_spec(synthesis={"generator": "fourier"}, distillation={"fresh_share": 0.25}), shapes_teacher)
+    assert decoder.budget == fourier.budget == "cpu"
+    assert decoder.distillation.fresh_share == BUDGETS["cpu"]["distillation"]["fresh_share"]
+    assert fourier.distillation.fresh_share == 0.0 and mine.distillation.fresh_share == 0.25
