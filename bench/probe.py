@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default="real,real_blur,real_decoded,prior,prior_filtered,optimised")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (one process per seed)")
     parser.add_argument("--task", default="shape8")
     parser.add_argument("--student", default="tiny_cnn")
     parser.add_argument("--steps", type=int, default=2000, help="student KD steps, every arm")
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[float]] = {}
     started = time.monotonic()
     for arm in args.arms.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0 = time.monotonic()
             data = probe.arm(arm, seed)
             t1 = time.monotonic()
