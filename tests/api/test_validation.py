@@ -41,7 +41,7 @@ def _job_count(http) -> int:
         ({"classes": ["cat", {"name": "dog", "images": ["/etc/passwd"]}]}, "images_require_upload"),
         ({"classes": ["cat", "dog"], "teacher": "ViT-H-14/nowhere"}, "unknown_teacher"),
         ({"classes": ["cat", "dog"], "student": {"arch": "vgg16"}}, "unknown_student"),
-        ({"classes": ["cat", "dog"], "synthesis": {"steps": 0}}, "invalid_spec"),
+        ({"classes": ["cat", "dog"], "synthesis": {"steps": -1}}, "invalid_spec"),
         ({"classes": ["cat", "dog"], "colour": "red"}, "unknown_field"),
         ({"classes": ["cat", "dog"], "seed": -1}, "invalid_spec"),
         ([["cat", "dog"]], "invalid_spec"),

@@ -84,8 +84,10 @@ def test_same_seed_same_images_other_seed_other_images() -> None:
 
 def test_init_scale_scales_the_latents() -> None:
     assert torch.allclose(generator(0, init_scale=0.5).z, 0.5 * generator(0).z)
-    flat = generator(0, init_scale=0.0)()
-    assert torch.allclose(flat, flat[:1].expand_as(flat))  # z = 0 everywhere: one image, n times
+    flat = generator(0, init_scale=0.0, prior="gaussian")()
+    assert torch.allclose(flat, flat[:1].expand_as(flat))  # one component and u = 0: one image, n times
+    centres = generator(0, init_scale=0.0)  # the kernel density: each image is its component's code exactly
+    assert torch.allclose(centres.latents().flatten(1), load_latent_prior().means[centres.component])
     with pytest.raises(ValueError):
         generator(0, init_scale=-1.0)
 
@@ -106,7 +108,7 @@ def test_adam_on_z_reduces_the_distance_to_a_target() -> None:
 def test_bundled_decoder_reconstructs_rendered_images() -> None:
     """Fit z from a random start to a few world images: the decoder can draw them (no encoder needed)."""
     targets, _ = render_batch(FIT_IMAGES, seed=11, distractor_prob=0.8)
-    gen = generator(2, n=len(targets))
+    gen = generator(2, n=len(targets), prior="gaussian")  # the bound was measured in this prior's whitened codes
     optimizer = torch.optim.Adam(trainable(gen), lr=FIT_LR)
     for _ in range(FIT_STEPS):
         loss = F.mse_loss(gen(), targets)
