@@ -116,17 +116,10 @@ class Probe:
                 steps = CODE_FIT_STEPS_FROM_ENCODER if encoder is not None else CODE_FIT_STEPS
                 z = fit_codes(decoder, images, steps=steps, lr=CODE_FIT_LR, seed=seed, encoder=encoder)
                 with torch.no_grad():
-                    images = torch.cat([decoder(part) for part in z.split(1024)])
-                print(
-                    json.dumps(
-                        {
-                            "arm": name,
-                            "seed": seed,
-                            "decoded_l1": round(float((images - self.task.render("train", a.real_images)[0]).abs().mean()), 4),
-                        }
-                    ),
-                    file=sys.stderr,
-                )
+                    decoded = torch.cat([decoder(part) for part in z.split(1024)])
+                l1 = round(float((decoded - images).abs().mean()), 4)
+                print(json.dumps({"arm": name, "seed": seed, "decoded_l1": l1}), file=sys.stderr)
+                images = decoded
             return SurrogateSet(images, labels, torch.full((len(images),), -1))
         if name == "unlabelled":  # real world images, all shapes, with the distractor glyph (the decoder's training data)
             g = torch.Generator().manual_seed(1000 + seed)

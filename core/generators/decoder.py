@@ -294,8 +294,10 @@ class DecoderGenerator(ImageGenerator):
                 component = torch.multinomial(prior.weights.to(rng.device), n, replacement=True, generator=rng).cpu()
             else:
                 component = torch.zeros(n, dtype=torch.long)
-            self.register_buffer("prior_means", prior.means.clone())
-            self.register_buffer("prior_scale_tril", prior.scale_tril.clone())
+            # Shared with the cached prior, not copied: a kernel density's means are 16 MB, and online synthesis
+            # builds a generator per batch. Neither tensor is ever modified in place.
+            self.register_buffer("prior_means", prior.means)
+            self.register_buffer("prior_scale_tril", prior.scale_tril)
             self.register_buffer("component", component)
             self.per_image_buffers = ("component",)
         self.z = nn.Parameter(z)
