@@ -31,23 +31,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="budget override")
-    parser.add_argument("--synthesis", default="{}", help="JSON SynthesisConfig overrides applied to every method row")
-    parser.add_argument("--distill", default="{}", help="JSON DistillConfig overrides")
+    parser.add_argument("--synthesis", default="{}", help="JSON spec synthesis overrides applied to every row (core.spec.SynthesisSpec)")
+    parser.add_argument("--distill", default="{}", help="JSON spec distillation overrides (core.spec.DistillationSpec)")
     parser.add_argument("--base", default="full", choices=sorted(BUDGETS))
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--label", default="")
     args = parser.parse_args()
 
-    budget = replace(BUDGETS[args.base], **parse_overrides(args.set, {f.name for f in fields(BUDGETS[args.base])}))
+    base = BUDGETS[args.base]
+    scalar_fields = {f.name for f in fields(base)} - {"synthesis", "distillation"}
+    synthesis_overrides, distill_overrides = json.loads(args.synthesis), json.loads(args.distill)
+    budget = replace(
+        base,
+        **parse_overrides(args.set, scalar_fields),
+        synthesis={**base.synthesis, **synthesis_overrides},
+        distillation={**base.distillation, **distill_overrides},
+    )
     known = {row.key: row for row in ROWS}
-    synthesis_overrides = json.loads(args.synthesis)
-    rows = [replace(known[k], synthesis={**known[k].synthesis, **synthesis_overrides}) for k in args.rows.split(",")]
+    rows = [known[k] for k in args.rows.split(",")]
     teacher = create_teacher("shapes-mini", device="auto")
     bench = PaperBenchmark(teacher, budget, split="val", log=lambda line: print(line, file=sys.stderr, flush=True))
-    distill_overrides = json.loads(args.distill)
-    if distill_overrides:
-        original = bench.distill_config
-        bench.distill_config = lambda method: replace(original(method), **distill_overrides)  # type: ignore[method-assign]
     start = time.monotonic()
     report = bench.run(args.seeds, tuple(rows))
     summary = {
@@ -56,7 +59,7 @@ def main() -> None:
         "synthesis": synthesis_overrides,
         "distill": distill_overrides,
         "seconds": round(time.monotonic() - start),
-        "val": {r["key"]: [round(r["mean"], 4), round(r["std"], 4)] for r in report["rows"]},
+        "val": {r["key"]: [round(r["mean"], 4), round(r["std"], 4)] for r in report["rows"] if r["mean"] is not None},
     }
     print(json.dumps(summary))
 

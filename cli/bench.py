@@ -59,7 +59,6 @@ def run_paper(args: argparse.Namespace) -> int:
     def write(report: dict) -> None:
         # After every seed, so a long run leaves its finished seeds behind even if it is stopped.
         report["total_seconds"] = round(time.monotonic() - start, 1)
-        report["seeds_requested"] = args.seeds
         write_report(report, args.out)
 
     benchmark.run(args.seeds, rows, on_seed_done=write)

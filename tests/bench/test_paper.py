@@ -1,43 +1,77 @@
-"""The benchmark machinery at a toy budget: rows, seeds, partial reports, markdown and chart."""
+"""The benchmark machinery at a toy budget: rows, tiers, seeds, shared students, partial reports, markdown and chart."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from bench.paper import BUDGETS, ROWS, PaperBenchmark, to_markdown, write_report
+from bench.paper import BUDGETS, ROWS, PaperBenchmark, Row, to_markdown, write_report
+from core.pipeline import distill_config, resolved_spec, synthesis_config
+from core.spec import CustomizeSpec
 
-TOY = replace(BUDGETS["quick"], images_per_class=2, synth_steps=2, cutouts=1, synth_batch=16, epochs=1, warmup_epochs=1, eval_images=40)
+TOY = replace(
+    BUDGETS["quick"],
+    eval_images=40,
+    ablation_steps=3,
+    synthesis={"images_per_class": 2, "batch_size": 16, "cutouts": 1, "init_candidates": 2},
+    distillation={"steps": 4},
+)
 
 
-def test_rows_seeds_and_partial_reports(shapes_teacher, tmp_path) -> None:
-    rows = tuple(r for r in ROWS if r.key in ("teacher_shape8", "noise_kd", "inv_sdd_ccm", "dist_kd"))
+def test_rows_tiers_seeds_and_partial_reports(shapes_teacher, tmp_path) -> None:
+    keys = ("teacher_shape8", "noise_kd", "default", "method_vs_bn", "inv_sdd_ccm", "dist_kd")
+    rows = tuple(r for r in ROWS if r.key in keys)
     reports: list[dict] = []
     bench = PaperBenchmark(shapes_teacher, TOY, split="val", log=lambda line: None)
     final = bench.run(2, rows, on_seed_done=reports.append)
-    assert [r["seeds"] for r in reports] == [1, 2] and final is reports[-1]
+    # One report per (tier, seed): the product tier's two seeds come first, then the ablation tier's.
+    assert len(reports) == 4 and final is reports[-1]
+    first = {r["key"]: r for r in reports[0]["rows"]}
+    assert first["default"]["seeds"] == 1 and first["inv_sdd_ccm"]["seeds"] == 0 and first["inv_sdd_ccm"]["mean"] is None
+    assert reports[1]["seeds"] == 0 and "not run" in to_markdown(reports[1])
     by_key = {r["key"]: r for r in final["rows"]}
-    assert set(by_key) == {"teacher_shape8", "noise_kd", "inv_sdd_ccm", "dist_kd"}
-    assert all(len(r["accuracy"]) == 2 and 0.0 <= r["mean"] <= 1.0 for r in final["rows"])
+    assert final["seeds"] == 2 and all(r["seeds"] == 2 and 0.0 <= r["mean"] <= 1.0 for r in final["rows"])
     assert by_key["teacher_shape8"]["ratio_to_teacher"] == 1.0 and by_key["teacher_shape8"]["mean"] > 0.9
-    # inv_sdd_ccm and dist_kd share one surrogate set per seed: two syntheses in all, not four.
-    assert len(bench.stage_seconds["synthesis"]) == 2
+    # The product tier trains as the budget says; the ablation tier for ablation_steps.
+    assert by_key["default"]["student_steps"] == 4 and by_key["dist_kd"]["student_steps"] == 3
+    # "default" and "method_vs_bn" have identical configs: one student per seed, reported under both names.
+    assert by_key["default"]["accuracy"] == by_key["method_vs_bn"]["accuracy"]
+    # Surrogate sets: the default's (0 inversion steps) and the inversion rows' (with steps) per seed; dist_kd reuses
+    # the default's set: four syntheses in all.
+    assert len(bench.stage_seconds["synthesis"]) == 4
+    # Students: noise, default, inv_sdd_ccm and dist_kd per seed (method_vs_bn shares the default's).
+    assert len(bench.stage_seconds["distillation"]) == 8
     assert final["size"]["student_parameters"] < final["size"]["teacher_image_parameters"]
     # Method rows carry the job's own quality estimates beside their real accuracy.
     tracked = final["quality_tracking"]["rows"]
-    assert set(tracked) == {"inv_sdd_ccm", "dist_kd"} and len(bench.quality["dist_kd"]) == 2
+    assert set(tracked) == {"default", "method_vs_bn", "inv_sdd_ccm", "dist_kd"} and len(bench.quality["dist_kd"]) == 2
     assert all(0 <= v["agreement_prior_samples"] <= 1 and abs(v["accuracy"] - by_key[k]["mean"]) < 1e-4 for k, v in tracked.items())
     assert "Does a job's own quality estimate track real accuracy?" in to_markdown(final)
     partial = {**reports[0], "seeds_requested": 3, "total_seconds": 12.0}
-    assert "1 seeds of 3 requested (partial" in to_markdown(partial)
+    assert "1 seeds of 3 requested" not in to_markdown(partial) and "0 seeds of 3 requested for every row (partial" in to_markdown(partial)
     write_report(partial, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"paper.json", "paper.md", "paper.png"}
 
 
-def test_the_full_budget_is_the_default_jobs() -> None:
-    from core.spec import BUDGETS as SPEC_BUDGETS
+def test_the_default_row_is_a_default_job(shapes_teacher) -> None:
+    """The benchmark's configs come from the pipeline's own resolution of a spec with no fields but the classes."""
+    bench = PaperBenchmark(shapes_teacher, BUDGETS["full"], log=lambda line: None)
+    plan = bench.plan(next(r for r in ROWS if r.key == "default"), seed=3)
+    job = resolved_spec(
+        CustomizeSpec(teacher=shapes_teacher.name, classes=[c.text for c in get_shape8_classes()], budget="cpu", seed=3), shapes_teacher
+    )
+    assert plan.synthesis == synthesis_config(job, shapes_teacher) and plan.distillation == distill_config(job)
+    assert plan.distillation.fresh_share > 0 and plan.synthesis.generator == "decoder"
+    # Ablation rows train the same student for fewer steps; a Fourier row samples nothing fresh (as a job would not).
+    fourier = bench.plan(next(r for r in ROWS if r.key == "gen_fourier"))
+    assert fourier.distillation.steps == BUDGETS["full"].ablation_steps and fourier.distillation.fresh_share == 0.0
+    assert fourier.student == plan.student
+    # The BN baseline and the inversion ablation get inversion steps: at the default's 0 they would measure nothing.
+    assert bench.plan(next(r for r in ROWS if r.key == "bn_inversion")).synthesis.steps > 0
+    assert bench.plan(next(r for r in ROWS if r.key == "inv_sdd")).synthesis.steps > 0
+    assert bench.plan(Row("x", "references", "x", tier="product")).distillation.steps == plan.distillation.steps
 
-    full, cpu = BUDGETS["full"], SPEC_BUDGETS["cpu"]
-    assert full.distill_steps == cpu["distillation"]["steps"] and full.student == cpu["student"]["arch"]
-    assert full.images_per_class == cpu["synthesis"]["images_per_class"] and full.synth_steps == cpu["synthesis"]["steps"]
-    assert full.init_candidates == cpu["synthesis"]["init_candidates"] and full.default_method == cpu["distillation"]["method"]
-    assert any(row.key == "default" for row in ROWS)
+
+def get_shape8_classes():
+    from bench.tasks import get_task
+
+    return get_task("shape8").classes
