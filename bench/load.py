@@ -19,8 +19,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.servers import free_port, redis_server, service_env, started, wait_until
+
 SETUPS = ("embedded", "redis")
 # The job the worker runs during the load: long enough to outlast both phases, with tiny artifacts.
 BACKGROUND_SPEC = {
@@ -46,51 +45,9 @@ SUBMITTED_SPEC = {"classes": ["ring", "heart"], "student": {"arch": "tiny_cnn"},
 READ_POOL_SIZE = 20
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout} s")
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextmanager
-def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    handle = log.open("ab")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield process
-    finally:
-        stop(process)
-        handle.close()
-
-
-def service_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPFORGE_")}
-    env.update(CLIPFORGE_DATA_DIR=str(data_dir), CLIPFORGE_HOST="127.0.0.1", CLIPFORGE_PORT=str(port), CLIPFORGE_DEVICE="cpu")
-    env.update(CLIPFORGE_MAX_ACTIVE_JOBS_PER_TENANT="1000000")  # the submissions phase queues far more jobs than a tenant may keep
-    env.update({f"CLIPFORGE_{k.upper()}": v for k, v in settings.items()})
+def load_service_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    env = service_env(data_dir, host="127.0.0.1", port=port, **settings)
+    env["CLIPFORGE_MAX_ACTIVE_JOBS_PER_TENANT"] = "1000000"  # the submissions phase queues far more jobs than a tenant may keep
     env.setdefault("OMP_NUM_THREADS", "1")  # the job's worker takes one core; the API and this generator share the other
     return env
 
@@ -108,22 +65,18 @@ def running_service(setup: str, folder: Path, settings: dict[str, str]) -> Itera
     cli = [sys.executable, "-m", "cli.main"]
     with ExitStack() as stack:
         if setup == "embedded":
-            api = stack.enter_context(started([*cli, "serve"], service_env(folder, port, **settings), folder / "serve.log"))  # API + worker
+            env = load_service_env(folder, port, **settings)
+            api = stack.enter_context(started([*cli, "serve"], env, folder / "serve.log"))  # API + worker
         elif setup == "redis":
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-            redis_port = free_port()
-            redis = [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
-            stack.enter_context(started(redis, dict(os.environ), folder / "redis.log"))
-            wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=0.2).close() or True, 15, "redis listening")
-            env = service_env(folder, port, **{**settings, "broker_url": f"redis://127.0.0.1:{redis_port}/0"})
+            broker = stack.enter_context(redis_server(folder))
+            env = load_service_env(folder, port, **{**settings, "broker_url": broker})
             api = stack.enter_context(started([*cli, "api"], env, folder / "api.log"))
             stack.enter_context(started([*cli, "worker", "--loglevel", "WARNING"], env, folder / "worker.log"))
         else:
             raise ValueError(setup)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 90, f"{setup} service ready")
+        ready = lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200  # noqa: E731
+        wait_until(ready, 90, interval=0.2, what=f"{setup} service ready", ignore=(httpx.HTTPError, OSError))
         yield url, api.pid
 
 
@@ -261,7 +214,13 @@ def measure(setup: str, seconds: float, read_concurrency: int, write_concurrency
             background = http.post("/v1/jobs", json=BACKGROUND_SPEC).json()["id"]
             if wait_for_job:
                 # The worker imports torch and loads the teacher first: the load starts once the job really runs.
-                wait_until(lambda: http.get(f"/v1/jobs/{background}").json()["stage"] == "synthesizing", 120, "background job running")
+                wait_until(
+                    lambda: http.get(f"/v1/jobs/{background}").json()["stage"] == "synthesizing",
+                    120,
+                    interval=0.2,
+                    what="background job running",
+                    ignore=(httpx.HTTPError, OSError),
+                )
             job_ids = [background] + [http.post("/v1/jobs", json=SUBMITTED_SPEC).json()["id"] for _ in range(READ_POOL_SIZE - 1)]
             reads = PhaseResult(setup, "GET /v1/jobs/{id}", read_concurrency, generator)
             writes = PhaseResult(setup, "POST /v1/jobs", write_concurrency, generator)
