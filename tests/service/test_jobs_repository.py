@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from service.db import downgrade, make_engine, make_session_factory, migrate, se
 from service.models import Job, utcnow
 from service.storage import LocalStorage, artifact_key, upload_key
 
+REPO = Path(__file__).resolve().parents[2]
 SPEC = {"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 7}
 
 
@@ -152,6 +154,63 @@ def test_pages_of_jobs_and_events(factory):
         assert [e.status for e in events] == ["queued"] and more
         rest, more = repo.list_events(session, ids[0], after=events[0].id)
         assert [e.status for e in rest] == ["cancelled"] and not more
+
+
+def _all_pages(session, limit: int) -> list[str]:
+    seen, after = [], None
+    while True:
+        page, has_more = repo.list_jobs(session, after=after, limit=limit)
+        seen += [j.id for j in page]
+        if not has_more:
+            return seen
+        after = page[-1].id
+
+
+def test_ids_keep_creation_order_within_a_millisecond_and_when_the_clock_steps_back():
+    times = iter([1.0, 1.0, 1.0, 0.5, 0.5, 2.0])  # seconds: three in one millisecond, then the clock goes back
+    ids = repo.MonotonicIds(clock=lambda: next(times))
+    made = [ids.new("job") for _ in range(6)]
+    assert made == sorted(made) and len(set(made)) == 6
+
+
+def test_jobs_created_in_a_tight_loop_list_newest_first_each_once(factory):
+    ids = [_new(factory) for _ in range(300)]  # many share a millisecond
+    with session_scope(factory) as session:
+        assert _all_pages(session, limit=37) == list(reversed(ids))
+
+
+CREATE_JOBS = """
+import sys
+from service import jobs as repo
+from service.db import make_engine, make_session_factory, session_scope
+factory = make_session_factory(make_engine(sys.argv[1]))
+spec = {"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 7}
+for _ in range(int(sys.argv[2])):
+    job_id = repo.new_id("job")
+    with session_scope(factory) as session:
+        repo.create_job(session, job_id=job_id, spec=spec)
+    print(job_id, flush=True)
+"""
+
+
+def test_jobs_created_by_two_processes_at_once_are_each_listed_once_in_each_processs_order(factory):
+    import subprocess
+    import sys
+
+    url = factory.kw["bind"].url.render_as_string(hide_password=False)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", CREATE_JOBS, url, "150"], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)
+    ]
+    created = []
+    for writer in writers:
+        out, _ = writer.communicate(timeout=240)
+        assert writer.returncode == 0
+        created.append(out.split())
+    with session_scope(factory) as session:
+        listed = _all_pages(session, limit=50)
+    assert sorted(listed) == sorted(created[0] + created[1]) and len(set(listed)) == 300
+    for ids in created:  # newest first within each writer
+        assert [i for i in listed if i in set(ids)] == list(reversed(ids))
 
 
 def test_delete_removes_rows_and_files_but_not_a_running_job(factory, tmp_path):
