@@ -54,7 +54,7 @@ def classify_os_error(exc: OSError, what: str) -> StorageError:
 class Storage(Protocol):
     def put(self, key: str, data: bytes) -> StoredObject: ...
     def read(self, key: str) -> bytes: ...
-    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]: ...
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES, *, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
@@ -103,9 +103,17 @@ class LocalStorage:
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes ``start`` to ``end`` (exclusive; None: to its end), in chunks."""
         with self._path(key).open("rb") as handle:
-            while chunk := handle.read(chunk_bytes):
+            handle.seek(start)
+            left = None if end is None else end - start
+            while left is None or left > 0:
+                chunk = handle.read(chunk_bytes if left is None else min(chunk_bytes, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def size(self, key: str) -> int:

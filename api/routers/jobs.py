@@ -34,6 +34,7 @@ ERRORS.update({code: {"model": schemas.ErrorBody} for code in (401, 429)})  # a 
 MAX_IDEMPOTENCY_KEY = 200
 # Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
 ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+JOB_ID = re.compile(r"job_[0-9a-z]{26}")  # service.jobs.new_id("job"): the only valid job-list cursor
 
 
 def job_out(job: Job) -> schemas.Job:
@@ -319,6 +320,8 @@ def get_jobs(
     after: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> schemas.JobPage:
+    if after is not None and JOB_ID.fullmatch(after) is None:
+        raise invalid("invalid_cursor", f"after={after[:40]!r} is not a cursor: pass a page's next_after (a job id)", status=400)
     page, has_more = repo.list_jobs(session, status=status, after=after, limit=limit, tenant_id=principal.tenant_id)
     return schemas.JobPage(data=[job_out(j) for j in page], has_more=has_more, next_after=page[-1].id if has_more and page else None)
 
@@ -371,11 +374,42 @@ def get_artifacts(job_id: str, session: SessionDep, principal: PrincipalDep) -> 
     return schemas.ArtifactList(data=[artifact_out(a) for a in repo.list_artifacts(session, job_id)])
 
 
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) of a single ``Range: bytes=...`` request, None for the whole object; raises
+    416 ``range_not_satisfiable`` for a range outside the object. Several ranges at once are served whole (RFC 9110
+    lets a server ignore Range)."""
+    if header is None:
+        return None
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None  # unparseable or a multi-range request: the whole object, 200
+    first, last = match.groups()
+    if first == "":  # a suffix: the last N bytes
+        length = int(last)
+        start, end = max(0, size - length), size
+    else:
+        start, end = int(first), size if last == "" else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        message = f"range {header!r} is outside the artifact's {size} bytes"
+        raise repo.ServiceError("range_not_satisfiable", message, 416, headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
 # {name:path}: a name holding (encoded) slashes still reaches the handler, to be refused with a clear code, not a bare 404.
-@router.get("/{job_id}/artifacts/{name:path}", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}})
+ARTIFACT_RESPONSES = {
+    **ERRORS,
+    200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "a single byte range"},
+    416: {"model": schemas.ErrorBody},
+}
+
+
+@router.get("/{job_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES)
+@router.head("/{job_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES, operation_id="head_artifact")
 def download_artifact(
     job_id: str, name: Annotated[str, Path()], session: SessionDep, storage: StorageDep, request: Request, principal: PrincipalDep
 ) -> Response:
+    """The artifact's bytes; ``HEAD`` for its headers alone, ``Range: bytes=a-b`` for part of it (206), to resume."""
     if re.fullmatch(ARTIFACT_NAME, name) is None or ".." in name:
         raise invalid("invalid_artifact_name", f"{name[:100]!r} is not an artifact name (a plain file name)", status=400)
     repo.get_job(session, job_id, principal.tenant_id)
@@ -383,13 +417,26 @@ def download_artifact(
     etag = f'"{artifact.sha256}"'
     headers = {
         "ETag": etag,
+        "Accept-Ranges": "bytes",
         "X-Checksum-Sha256": artifact.sha256,
         "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(artifact.sha256)).decode(),
         "Content-Length": str(artifact.size),
         "Content-Disposition": f'attachment; filename="{artifact.name}"',
     }
     if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
+        return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
     if not storage.exists(artifact.storage_key):
         raise invalid("artifact_missing", f"artifact {name!r} of job {job_id!r} is recorded but its file is missing", status=500)
-    return StreamingResponse(storage.iter_chunks(artifact.storage_key), media_type=artifact.content_type, headers=headers)
+    # If-Range: a range only while the client's copy is this version; otherwise the whole (new) object.
+    if_range = request.headers.get("if-range")
+    span = byte_range(request.headers.get("range"), artifact.size) if if_range in (None, etag) else None
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{artifact.size}"
+        headers["Content-Length"] = str(span[1] - span[0])
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=artifact.content_type)
+    start, end = span if span is not None else (0, None)
+    body = storage.iter_chunks(artifact.storage_key, start=start, end=end)
+    return StreamingResponse(body, status_code=status, media_type=artifact.content_type, headers=headers)

@@ -13,12 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service import jobs as repo
 from service.auth import AuthSetupError, check_exposure, create_key, revoke_key
 from service.db import session_scope
 from service.models import ApiKey, Job
-from service.storage import artifact_key
-from tests.api.conftest import png_bytes
+from tests.api.conftest import finished_job_with_artifact, png_bytes
 from tests.servers import REPO, ApiThread, service_env, settings_for
 
 
@@ -58,20 +56,6 @@ def tenants(server) -> dict[str, str]:
     return keys
 
 
-def _finished_job_with_artifact(server: ApiThread, client: httpx.Client) -> str:
-    """A job of the client's tenant, run to success by a real (in-test) lease holder, with one artifact on disk."""
-    job = client.post(
-        "/v1/jobs", files=[("spec", (None, '{"classes": ["p", "q"]}')), ("images[p]", ("p.png", png_bytes(), "image/png"))]
-    ).json()
-    storage = server.app.state.storage
-    stored = storage.put(artifact_key(job["id"], "metrics.json"), b'{"accuracy": 1}')
-    with session_scope(server.app.state.session_factory) as session:
-        assert repo.claim(session, job["id"], "test-worker", lease_seconds=60, max_attempts=3) is not None
-    with session_scope(server.app.state.session_factory) as session:
-        assert repo.finish(session, job["id"], "test-worker", repo.SUCCEEDED, artifacts=[("metrics.json", "application/json", stored)])
-    return job["id"]
-
-
 def test_missing_and_invalid_keys_answer_401_with_a_bearer_challenge(server, tenants):
     with _client(server, None) as anonymous:
         for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/teachers"), ("GET", "/v1/students")]:
@@ -103,7 +87,7 @@ def test_keys_are_stored_as_sha256_only(server, tenants):
 
 def test_another_tenants_job_is_not_found_anywhere(server, tenants):
     with _client(server, tenants["acme"]) as acme, _client(server, tenants["globex"]) as globex:
-        job_id = _finished_job_with_artifact(server, acme)
+        job_id = finished_job_with_artifact(server, acme)
         assert acme.get(f"/v1/jobs/{job_id}/artifacts/metrics.json").content == b'{"accuracy": 1}'
         assert [a["name"] for a in acme.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]] == ["metrics.json"]
         for method, path in [

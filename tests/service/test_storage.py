@@ -17,6 +17,8 @@ def test_put_records_size_and_sha256_and_reads_back(tmp_path):
     assert stored.size == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
     assert storage.read(stored.key) == data and storage.size(stored.key) == len(data)
     assert b"".join(storage.iter_chunks(stored.key, 1024 * 1024)) == data
+    for start, end in [(0, 1), (1024 * 1024 - 1, 2 * 1024 * 1024 + 5), (len(data) - 3, None), (5, 5)]:
+        assert b"".join(storage.iter_chunks(stored.key, 1024 * 1024, start=start, end=end)) == data[start:end]
     assert [p.name for p in (tmp_path / "artifacts" / "job_1").iterdir()] == ["student.onnx"]  # no temporary files left
 
 
