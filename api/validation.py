@@ -13,6 +13,8 @@ import re
 import secrets
 import unicodedata
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,36 @@ class Submission:
     request_hash: str = ""
 
 
+# Problems check_classes reports: the schema's own complaints about the class list would repeat them.
+CLASS_CODES = {"too_few_classes", "too_many_classes", "class_text_too_long", "control_character", "invalid_class_name", "duplicate_class"}
+
+
+class Problems:
+    """Every problem found in one request body, answered as one error: the first problem's code, message and status,
+    and each problem (``{"code", "message", ...its own details}``) in ``details``, so a client fixes them all at once."""
+
+    def __init__(self) -> None:
+        self.found: list[ServiceError] = []
+
+    def add(self, error: ServiceError) -> None:
+        self.found.append(error)
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        """Run a check that raises at its first problem; record it and go on with the next check."""
+        try:
+            yield
+        except ServiceError as error:
+            self.add(error)
+
+    def raise_any(self) -> None:
+        if not self.found:
+            return
+        first = self.found[0]
+        details = [{"code": e.code, "message": e.message, **(e.details if isinstance(e.details, dict) else {})} for e in self.found]
+        raise ServiceError(first.code, first.message, first.http_status, details)
+
+
 def _class_entries(raw: dict[str, Any]) -> list[dict[str, Any]]:
     classes = raw.get("classes")
     if classes is None:
@@ -73,43 +105,45 @@ def _class_entries(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def check_classes(entries: list[dict[str, Any]], settings: Settings) -> None:
+def check_classes(entries: list[dict[str, Any]], settings: Settings, problems: Problems) -> None:
     if len(entries) < 2:
-        raise invalid("too_few_classes", f"a classifier needs at least 2 classes, got {len(entries)}")
-    if len(entries) > settings.max_classes:
-        raise invalid(
-            "too_many_classes", f"at most {settings.max_classes} classes per job, got {len(entries)}", {"limit": settings.max_classes}
-        )
+        problems.add(invalid("too_few_classes", f"a classifier needs at least 2 classes, got {len(entries)}"))
+    if len(entries) > (limit := settings.max_classes):
+        problems.add(invalid("too_many_classes", f"at most {settings.max_classes} classes per job, got {len(entries)}", {"limit": limit}))
     names: set[str] = set()
     texts: set[str] = set()
     for entry in entries:
         for key in ("name", "text"):
             value = entry.get(key)
             if isinstance(value, str) and len(value) > settings.max_class_text_chars:
-                raise invalid(
-                    "class_text_too_long",
-                    f"class {key} {value[:40]!r}... is {len(value)} characters; at most {settings.max_class_text_chars}",
-                    {"limit": settings.max_class_text_chars},
+                problems.add(
+                    invalid(
+                        "class_text_too_long",
+                        f"class {key} {value[:40]!r}... is {len(value)} characters; at most {settings.max_class_text_chars}",
+                        {"limit": settings.max_class_text_chars},
+                    )
                 )
             # A whitespace-only name (tabs included) is an empty name, below; control characters inside a real one are refused.
             if isinstance(value, str) and normalise_text(value) and any(unicodedata.category(ch) in FORBIDDEN_CATEGORIES for ch in value):
-                raise invalid("control_character", f"class {key} {value[:40]!r} holds a control character", {"field": key})
+                problems.add(invalid("control_character", f"class {key} {value[:40]!r} holds a control character", {"field": key}))
         name = entry.get("name")
         if not isinstance(name, str) or not normalise_text(name):
-            raise invalid("invalid_class_name", "every class needs a non-empty name")
+            problems.add(invalid("invalid_class_name", "every class needs a non-empty name"))
+            continue
         key = normalise_text(name).casefold()
         if key in names:
-            raise invalid("duplicate_class", f"class {name!r} appears more than once", {"class": name})
+            problems.add(invalid("duplicate_class", f"class {name!r} appears more than once", {"class": name}))
+            continue  # one problem per class: its prompt text (the name) is a duplicate too
         names.add(key)
         text = entry.get("text") or (None if entry.get("images") else name)
         if isinstance(text, str):
             text_key = normalise_text(text).casefold()
             if text_key in texts:
-                raise invalid("duplicate_class", f"two classes share the prompt text {text!r}", {"text": text})
+                problems.add(invalid("duplicate_class", f"two classes share the prompt text {text!r}", {"text": text}))
             texts.add(text_key)
 
 
-def fill_defaults(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -> dict[str, Any]:
     raw = dict(raw)
     raw.setdefault("teacher", settings.default_teacher)
     if raw.get("seed") is None:
@@ -117,24 +151,34 @@ def fill_defaults(raw: dict[str, Any], settings: Settings) -> dict[str, Any]:
     teacher = raw["teacher"]
     known = {t.name for t in list_teachers(settings.cache_dir, settings.extra_teachers)}
     if not isinstance(teacher, str) or teacher not in known:
-        raise invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(sorted(known))}", {"known": sorted(known)})
+        names = sorted(known)
+        problems.add(invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(names)}", {"known": names}))
     student = raw.get("student")
     if isinstance(student, dict) and "arch" in student and student["arch"] not in student_names():
-        raise invalid(
-            "unknown_student", f"unknown student {student['arch']!r}; known: {', '.join(student_names())}", {"known": student_names()}
-        )
+        students = list(student_names())
+        problems.add(invalid("unknown_student", f"unknown student {student['arch']!r}; known: {', '.join(students)}", {"known": students}))
     return raw
 
 
-def validate_spec(raw: dict[str, Any]) -> dict[str, Any]:
+def validate_spec(raw: dict[str, Any], problems: Problems, *, classes_checked: bool = False) -> dict[str, Any] | None:
+    """The spec with every default filled in, or None with its problems recorded. ``classes_checked``: problems with
+    the class list were already reported by check_classes, so the schema's own complaints about it are left out."""
     try:
         return CustomizeSpec.model_validate(raw).model_dump(mode="json")
     except ValidationError as exc:
-        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        first = details[0]
-        if first["type"] == "extra_forbidden":
-            raise invalid("unknown_field", f"unknown spec field {'.'.join(str(p) for p in first['loc'])!r}", details) from None
-        raise invalid("invalid_spec", f"{'.'.join(str(p) for p in first['loc']) or 'spec'}: {first['msg']}", details) from None
+        for e in exc.errors():
+            loc = [str(p) if not isinstance(p, int) else p for p in e["loc"]]
+            if classes_checked and (loc[:1] == ["classes"] or not loc):  # the spec-level check is the classes' uniqueness
+                continue
+            if loc == ["student", "arch"] and any(p.code == "unknown_student" for p in problems.found):
+                continue
+            where = ".".join(str(p) for p in loc)
+            details = {"loc": loc, "msg": e["msg"], "type": e["type"]}
+            if e["type"] == "extra_forbidden":
+                problems.add(invalid("unknown_field", f"unknown spec field {where!r}", details))
+            else:
+                problems.add(invalid("invalid_spec", f"{where or 'spec'}: {e['msg']}", details))
+        return None
 
 
 def parse_json_spec(body: bytes, settings: Settings) -> dict[str, Any]:
@@ -149,12 +193,30 @@ def parse_json_spec(body: bytes, settings: Settings) -> dict[str, Any]:
     return raw
 
 
+def _checked_spec(raw: dict[str, Any], entries: list[dict[str, Any]] | None, settings: Settings, problems: Problems) -> dict[str, Any]:
+    """Defaults filled in and the schema applied; raises every problem recorded so far and found here at once."""
+    filled = fill_defaults({**raw, "classes": entries if entries is not None else raw.get("classes")}, settings, problems)
+    spec = validate_spec(filled, problems, classes_checked=entries is None or any(p.code in CLASS_CODES for p in problems.found))
+    problems.raise_any()
+    assert spec is not None  # no problem recorded means the schema accepted it
+    return spec
+
+
+def _checked_entries(raw: dict[str, Any], settings: Settings, problems: Problems) -> list[dict[str, Any]] | None:
+    with problems.collect():
+        entries = _class_entries(raw)
+        check_classes(entries, settings, problems)
+        if any(entry.get("images") for entry in entries):
+            message = "example images are sent as multipart files (images[CLASS]), not named in the spec"
+            problems.add(invalid("images_require_upload", message))
+        return entries
+    return None
+
+
 def submission_from_json(raw: dict[str, Any], settings: Settings) -> Submission:
-    entries = _class_entries(raw)
-    check_classes(entries, settings)
-    if any(entry.get("images") for entry in entries):
-        raise invalid("images_require_upload", "example images are sent as multipart files (images[CLASS]), not named in the spec")
-    spec = validate_spec(fill_defaults({**raw, "classes": entries}, settings))
+    problems = Problems()
+    entries = _checked_entries(raw, settings, problems)
+    spec = _checked_spec(raw, entries, settings, problems)
     return Submission(spec, [], _hash({"spec": raw}))
 
 
@@ -196,9 +258,16 @@ def decode_image(content: bytes, class_name: str, position: int, filename: str |
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise invalid("decompression_bomb", f"image {filename!r}: {exc}", where) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise invalid("invalid_image", f"file {filename!r} is not a decodable image: {exc}", where) from None
+    except UnidentifiedImageError:
+        raise invalid("invalid_image", f"file {filename!r} is not an image in a format Pillow recognises", where) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise invalid("invalid_image", f"file {filename!r} is not a decodable image: {_plain(exc)}", where) from None
     return DecodedImage(class_name, position, filename, content, content_type, width, height)
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception's message without the Python object reprs Pillow puts in some (``<_io.BytesIO object at 0x...>``)."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
 
 
 def _as_rgb_png(image: Image.Image) -> bytes:
@@ -218,36 +287,37 @@ def submission_from_multipart(spec_text: str | None, files: list[tuple[str, str 
     if spec_text is None:
         raise invalid("spec_missing", "a multipart job needs a 'spec' field holding the JSON spec")
     raw = parse_json_spec(spec_text.encode(), settings)
-    entries = _class_entries(raw)
-    check_classes(entries, settings)
-    if any(entry.get("images") for entry in entries):
-        raise invalid("images_require_upload", "example images are sent as multipart files (images[CLASS]), not named in the spec")
-    by_name = {entry["name"]: entry for entry in entries}
+    problems = Problems()
+    entries = _checked_entries(raw, settings, problems)
+    by_name = {entry.get("name"): entry for entry in entries or []}
     images: list[DecodedImage] = []
     counts: dict[str, int] = {}
     for field_name, filename, content in files:
-        match = IMAGE_FIELD.match(field_name)
-        if match is None:
-            raise invalid("unexpected_field", f"unexpected file field {field_name!r}; images go in images[CLASS]", {"field": field_name})
-        class_name = match["name"]
-        if class_name not in by_name:
-            raise invalid(
-                "images_for_unknown_class",
-                f"images given for {class_name!r}, which is not one of the spec's classes",
-                {"class": class_name},
-            )
-        counts[class_name] = counts.get(class_name, 0) + 1
-        if counts[class_name] > settings.max_images_per_class:
-            raise invalid(
-                "too_many_images",
-                f"class {class_name!r} has more than {settings.max_images_per_class} images",
-                {"class": class_name, "limit": settings.max_images_per_class},
-            )
-        images.append(decode_image(content, class_name, counts[class_name] - 1, filename, settings))
+        with problems.collect():
+            match = IMAGE_FIELD.match(field_name)
+            if match is None:
+                message = f"unexpected file field {field_name!r}; images go in images[CLASS]"
+                raise invalid("unexpected_field", message, {"field": field_name})
+            class_name = match["name"]
+            if entries is not None and class_name not in by_name:
+                raise invalid(
+                    "images_for_unknown_class",
+                    f"images given for {class_name!r}, which is not one of the spec's classes",
+                    {"class": class_name},
+                )
+            counts[class_name] = counts.get(class_name, 0) + 1
+            if counts[class_name] > settings.max_images_per_class:
+                raise invalid(
+                    "too_many_images",
+                    f"class {class_name!r} has more than {settings.max_images_per_class} images",
+                    {"class": class_name, "limit": settings.max_images_per_class},
+                )
+            images.append(decode_image(content, class_name, counts[class_name] - 1, filename, settings))
     # Placeholders so that validation sees which classes are given by images; the caller puts upload ids here.
     for name, count in counts.items():
-        by_name[name]["images"] = [f"pending-{i}" for i in range(count)]
-    spec = validate_spec(fill_defaults({**raw, "classes": entries}, settings))
+        if name in by_name:
+            by_name[name]["images"] = [f"pending-{i}" for i in range(count)]
+    spec = _checked_spec(raw, entries, settings, problems)
     digest = _hash({"spec": raw, "files": [[f, hashlib.sha256(c).hexdigest()] for f, _, c in files]})
     return Submission(spec, images, digest)
 

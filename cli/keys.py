@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cli.serve import _common
 
@@ -49,8 +50,8 @@ def run_create(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"id": key_id, "tenant": args.tenant.strip(), "key": key}))
     else:
-        print(key)
-        print(f"key id {key_id} for tenant {args.tenant.strip()!r}; the key is shown only this once: store it now", flush=True)
+        print(key, flush=True)  # alone on stdout: KEY=$(clipforge keys create --tenant acme)
+        print(f"key id {key_id} for tenant {args.tenant.strip()!r}; the key is shown only this once: store it now", file=sys.stderr)
     return 0
 
 

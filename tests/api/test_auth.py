@@ -168,7 +168,8 @@ def test_keys_cli_and_the_start_up_rule(tmp_path):
 
         created = _cli(["keys", "create", "--tenant", "umbrella"], tmp_path)
         assert created.returncode == 0, created.stderr
-        key = created.stdout.splitlines()[0]
+        key = created.stdout.strip()  # the key alone on stdout (KEY=$(clipforge keys create ...)); the notice on stderr
+        assert created.stdout == key + "\n" and key.startswith("cfk.") and "shown only this once" in created.stderr
         key_id = key.split(".")[1]
         assert check_exposure(settings, factory) is None  # a key exists: any address may be bound
         with _client(api, key) as client:

@@ -59,6 +59,38 @@ def test_invalid_spec_details_name_the_field(http):
     assert error["details"][0]["loc"] == ["distillation", "temperature"]
 
 
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        ({"classes": ["x"], "bogus": 1}, ["too_few_classes", "unknown_field"]),
+        (
+            {"classes": ["a", "A"], "teacher": "nope", "student": {"arch": "vgg16"}, "synthesis": {"steps": -1}, "colour": 1},
+            ["duplicate_class", "unknown_teacher", "unknown_student", "invalid_spec", "unknown_field"],
+        ),
+    ],
+)
+def test_every_problem_of_a_body_is_in_details_and_the_first_is_the_code(http, body, codes):
+    error = _error(http.post("/v1/jobs", json=body), 422)
+    assert error["code"] == codes[0] and [d["code"] for d in error["details"]] == codes
+    assert all(d["message"] for d in error["details"])
+
+
+def test_every_problem_of_a_multipart_body_is_in_details(http):
+    images = [
+        ("images[a]", "cat.png", b"not an image"),
+        ("images[zebra]", "z.png", png_bytes()),
+        ("images[b]", "cut.png", png_bytes((64, 64))[:-40]),
+    ]
+    error = _error(_multipart(http, {"classes": ["a", "b"], "bogus": True}, images), 422)
+    assert [d["code"] for d in error["details"]] == ["invalid_image", "images_for_unknown_class", "invalid_image", "unknown_field"]
+
+
+def test_image_errors_read_as_sentences_without_python_reprs(http):
+    for content in (b"not an image", png_bytes((64, 64))[:-40], b""):
+        message = _error(_multipart(http, {"classes": ["a", "b"]}, [("images[a]", "cat.png", content)]), 422)["message"]
+        assert "cat.png" in message and " at 0x" not in message and "<" not in message and "BytesIO" not in message, message
+
+
 def test_json_body_too_large(http):
     body = json.dumps({"classes": ["a", "b"], "styles": ["s" * 90] * 200}).encode()
     assert len(body) > LIMITS["max_json_bytes"]
