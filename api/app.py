@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import schemas
@@ -18,12 +20,25 @@ from api.errors import install_error_handlers
 from api.routers import health, jobs, students, teachers
 from service.auth import check_exposure
 from service.db import make_engine, make_session_factory, migrate
+from service.jobs import COUNTERS
 from service.queue import create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
 
 log = logging.getLogger("clipforge.api")
+
+
+class DatabaseCounters(Collector):
+    """Counters kept in the database (service.jobs.COUNTERS), so that they count for every process of the service;
+    /metrics reads them into ``values`` before each scrape."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, help_text in COUNTERS.items():
+            yield CounterMetricFamily(f"clipforge_{name}", help_text, value=self.values.get(name, 0))
 
 
 @dataclass
@@ -35,17 +50,21 @@ class ApiMetrics:
     latency: Histogram
     submitted: Counter
     jobs: Gauge
+    service_counters: DatabaseCounters
 
     @classmethod
     def create(cls) -> ApiMetrics:
         registry = CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry,
             Counter("clipforge_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
             Histogram("clipforge_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry),
             Counter("clipforge_jobs_submitted", "jobs accepted by POST /v1/jobs", registry=registry),
             Gauge("clipforge_jobs", "jobs by status", ["status"], registry=registry),
+            DatabaseCounters(),
         )
+        registry.register(metrics.service_counters)
+        return metrics
 
 
 def create_app(settings: Settings) -> FastAPI:

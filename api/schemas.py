@@ -30,7 +30,13 @@ class Job(BaseModel):
     status: JobStatus
     stage: str | None = None  # preparing, synthesizing, distilling, exporting while running
     progress: float = Field(ge=0, le=1)
-    eta_seconds: float | None = None
+    eta_seconds: float | None = None  # while running: seconds left, from the measured rate of the current stage
+    # Before it runs: about how long the job takes on a worker of its budget (core.estimate), to decide whether to wait.
+    estimated_seconds: float | None = None
+    # While running: the worker's last sign of life (its claim or latest lease renewal), and when its lease lapses
+    # without one; past that the job goes back to the queue (a lost worker).
+    heartbeat_at: datetime | None = None
+    lease_expires_at: datetime | None = None
     seed: int
     teacher: str
     spec: dict[str, Any]  # the full spec with every default filled in

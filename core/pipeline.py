@@ -19,6 +19,7 @@ import torch
 from torchvision.utils import make_grid
 
 from core.distill import DistillConfig, Distiller
+from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript
 from core.quality import estimate_quality
 from core.spec import CustomizeSpec
@@ -26,9 +27,9 @@ from core.students import Student, count_flops, count_parameters, create_student
 from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, prior_sampler, synthesize
 from core.teachers.base import Teacher
 
-STAGES = ("preparing", "synthesizing", "distilling", "exporting")
-# Rough share of a job's time per stage, for the overall fraction and ETA.
-STAGE_WEIGHTS = {"preparing": 0.02, "synthesizing": 0.58, "distilling": 0.35, "exporting": 0.05}
+# Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
+# matter for the progress fraction, and the ETA replaces them with measured rates as stages finish.
+FALLBACK_STAGE_SECONDS = {"preparing": 12.0, "synthesizing": 350.0, "distilling": 210.0, "exporting": 30.0}
 SAMPLES_PER_CLASS = 8
 SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
 
@@ -68,20 +69,24 @@ CancelCheck = Callable[[], bool]
 
 
 class _Tracker:
-    """Turns per-step callbacks into Progress events (overall fraction, ETA) and cancellation checks."""
+    """Turns per-step callbacks into Progress events and cancellation checks. The overall fraction weighs stages by
+    their estimated seconds (core.estimate); the ETA comes from measured rates (core.estimate.Eta)."""
 
-    def __init__(self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
+    def __init__(
+        self, on_progress: ProgressCallback | None, should_cancel: CancelCheck | None, stage_seconds: dict[str, float] | None = None
+    ) -> None:
         self.on_progress, self.should_cancel = on_progress, should_cancel
-        self.start = time.monotonic()
+        self.estimates = stage_seconds or FALLBACK_STAGE_SECONDS
+        self.total = sum(self.estimates.values())
+        self.eta = Eta(dict(self.estimates))
         self.stage_times: dict[str, float] = {}
 
     def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise CustomizeCancelled(f"cancelled during {stage}")
-        done_before = sum(STAGE_WEIGHTS[s] for s in STAGES[: STAGES.index(stage)])
-        fraction = min(1.0, done_before + STAGE_WEIGHTS[stage] * stage_fraction)
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+        done_before = sum(self.estimates[s] for s in STAGES[: STAGES.index(stage)])
+        fraction = min(1.0, (done_before + self.estimates[stage] * stage_fraction) / self.total)
+        eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
         if self.on_progress is not None:
             self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}))
 
@@ -95,11 +100,13 @@ class _StageTimer:
 
     def __enter__(self) -> _StageTimer:
         self.began = time.monotonic()
+        self.tracker.eta.start_stage(self.stage)
         self.tracker.update(self.stage, 0.0)
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.tracker.stage_times[self.stage] = round(time.monotonic() - self.began, 3)
+        self.tracker.eta.end_stage(self.stage)
         if exc_type is None:
             self.tracker.update(self.stage, 1.0)
 
@@ -210,7 +217,7 @@ def customize(
     Deterministic for a given spec, seed, teacher and machine.
     """
     spec = resolved_spec(spec, teacher)
-    tracker = _Tracker(on_progress, should_cancel)
+    tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(spec.model_dump(mode="json")))
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
         with tracker.timed("preparing"):

@@ -23,7 +23,7 @@ from typing import Any, Final
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import Artifact, Job, JobEvent, Tenant, Upload, utcnow
+from service.models import Artifact, Job, JobEvent, ServiceCounter, Tenant, Upload, utcnow
 from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -152,6 +152,7 @@ def create_job(
     request_hash: str | None = None,
     tenant_id: str | None = None,
     publish_grace_seconds: float = 0.0,
+    estimated_seconds: float | None = None,
 ) -> Job:
     """A queued job, flagged for publication: the reaper publishes it ``publish_grace_seconds`` from now unless the
     caller publishes it first and calls ``mark_published`` (0: the caller leaves the publishing to the reaper)."""
@@ -167,6 +168,7 @@ def create_job(
         idempotency_key=None if idempotency_key is None else scoped_idempotency_key(tenant_id, idempotency_key),
         request_hash=request_hash,
         attempts=0,
+        estimated_seconds=estimated_seconds,
         publish_due_at=now + timedelta(seconds=publish_grace_seconds),
         created_at=now,
         updated_at=now,
@@ -326,13 +328,16 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     now = utcnow()
     lapsed = job.lease_expires_at is None or job.lease_expires_at < now
     if job.status == CANCELLING and lapsed:
-        finish(session, job_id, job.lease_owner, CANCELLED, message="cancelled; its worker was lost")
+        if finish(session, job_id, job.lease_owner, CANCELLED, message="cancelled; its worker was lost"):
+            increment(session, "leases_lost")
         return None
     runnable = or_(Job.status == QUEUED, and_(Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)))
     if job.status not in (QUEUED, RUNNING) or (job.status == RUNNING and not lapsed):
         return None
+    taken_over = job.status == RUNNING  # its lease lapsed: the previous worker is lost (the reaper had not come by yet)
     if job.attempts >= max_attempts:
-        _fail_worker_lost(session, job_id, [runnable], job.attempts, now)
+        if _fail_worker_lost(session, job_id, [runnable], job.attempts, now) and taken_over:
+            increment(session, "leases_lost")
         return None
     claimed = _cas(
         session,
@@ -346,6 +351,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
         attempts=Job.attempts + 1,
         lease_owner=owner,
         lease_expires_at=now + timedelta(seconds=lease_seconds),
+        heartbeat_at=now,
         publish_due_at=None,  # a message reached a worker: nothing left to publish
         started_at=now,
         finished_at=None,
@@ -354,6 +360,8 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     )
     if not claimed:
         return None
+    if taken_over:
+        increment(session, "leases_lost")
     session.refresh(job)
     add_event(session, job_id, "status", status=RUNNING, stage=STAGES[0], progress=0.0, message=f"started (attempt {job.attempts})")
     return job
@@ -365,7 +373,8 @@ def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float)
         session,
         job_id,
         [Job.lease_owner == owner, Job.status.in_((RUNNING, CANCELLING))],
-        lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+        lease_expires_at=(now := utcnow()) + timedelta(seconds=lease_seconds),
+        heartbeat_at=now,
     ):
         return None
     return session.scalar(select(Job.status).where(Job.id == job_id))
@@ -418,7 +427,7 @@ def finish(
     assert status in TERMINAL
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "lease_owner": None, "lease_expires_at": None, "eta_seconds": None}
     if status == SUCCEEDED:
-        values.update(progress=1.0)
+        values.update(progress=1.0, stage=None)  # no stage is under way any more; a failed job keeps the one it failed in
     if metrics is not None:
         values["metrics"] = metrics
     if code is not None:
@@ -471,6 +480,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
     ).all()
     result = ReapResult([], [], [])
     for job_id, status, attempts, owner in expired:
+        lost_before = len(result.requeued) + len(result.failed) + len(result.cancelled)
         same = [Job.status == status, Job.lease_owner == owner, Job.lease_expires_at < now]
         if status == CANCELLING:
             if _cas(session, job_id, same, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
@@ -493,7 +503,30 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
         ):
             add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
             result.requeued.append(job_id)
+            increment(session, "jobs_requeued")
+        if len(result.requeued) + len(result.failed) + len(result.cancelled) > lost_before:
+            increment(session, "leases_lost")
     return result
+
+
+# What /metrics reports from service_counters (name: help text).
+COUNTERS = {
+    "leases_lost": "leases that expired: the job's worker stopped renewing (killed, hung, or cut off from the database)",
+    "jobs_requeued": "jobs put back in the queue after their worker's lease expired",
+}
+
+
+def increment(session: Session, name: str, by: int = 1) -> None:
+    """Add to a counter in the caller's transaction (created at its first use)."""
+    assert name in COUNTERS
+    if session.execute(update(ServiceCounter).where(ServiceCounter.name == name).values(value=ServiceCounter.value + by)).rowcount == 0:  # type: ignore[attr-defined]
+        session.add(ServiceCounter(name=name, value=by))
+        session.flush()
+
+
+def counters(session: Session) -> dict[str, int]:
+    values = dict(session.execute(select(ServiceCounter.name, ServiceCounter.value)).all())
+    return {name: int(values.get(name, 0)) for name in COUNTERS}
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -67,6 +67,7 @@ class Job(Base):
     stage: Mapped[str | None] = mapped_column(String(16))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
+    estimated_seconds: Mapped[float | None] = mapped_column(Float)  # the job's duration as estimated when it was submitted
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(Integer)
     teacher: Mapped[str] = mapped_column(String(300))
@@ -78,6 +79,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the worker's last claim or lease renewal
     # The transactional outbox: set in the transaction that makes the job queued, cleared once its message is in the
     # broker. Still set after this time: the message may be missing (the publisher died), and the reaper publishes it.
     publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -131,3 +133,13 @@ class Upload(Base):
     height: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceCounter(Base):
+    """Monotonic counts of what the reaper did, kept in the database: every process (the API's reaper, each worker's)
+    adds to the same row in the transaction that acts, so /metrics reports the whole service, restarts included."""
+
+    __tablename__ = "service_counters"
+    # Names in service.jobs.COUNTERS.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -14,7 +14,7 @@ from api.auth import client_is_loopback
 from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import error_response
 from service.db import ping
-from service.jobs import STATUSES, ServiceError
+from service.jobs import STATUSES, ServiceError, counters
 from service.models import Job
 from service.queue import ping_broker
 from service.settings import Settings
@@ -62,4 +62,5 @@ def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Res
     gauge = request.app.state.metrics.jobs
     for status in STATUSES:
         gauge.labels(status=status).set(counts.get(status, 0))
+    request.app.state.metrics.service_counters.values = counters(session)
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

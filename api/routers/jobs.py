@@ -6,7 +6,7 @@ import base64
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -20,6 +20,8 @@ from starlette.formparsers import MultiPartParser
 from api import schemas
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.validation import Submission, invalid, parse_json_spec, submission_from_json, submission_from_multipart
+from core.estimate import estimate_seconds
+from core.spec import CustomizeSpec
 from service import jobs as repo
 from service.db import session_scope
 from service.models import Artifact, Job, JobEvent
@@ -37,6 +39,14 @@ ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 JOB_ID = re.compile(r"job_[0-9a-z]{26}")  # service.jobs.new_id("job"): the only valid job-list cursor
 
 
+def estimated_duration(spec: dict[str, Any], settings: Settings) -> float | None:
+    """The job's duration on a worker of the service's device (core.estimate's reference rates; None without one).
+    With ``device: auto`` the API cannot see the workers' hardware and assumes the CPU budget."""
+    device = spec.get("device") if spec.get("device") not in (None, "auto") else settings.device
+    resolved = CustomizeSpec.model_validate(spec).resolved("cuda" if str(device).startswith("cuda") else "cpu")
+    return estimate_seconds(resolved.model_dump(mode="json"))
+
+
 def job_out(job: Job) -> schemas.Job:
     error = schemas.JobError(code=job.error_code, message=job.error_message) if job.error_code else None
     return schemas.Job(
@@ -45,6 +55,9 @@ def job_out(job: Job) -> schemas.Job:
         stage=job.stage,
         progress=job.progress,
         eta_seconds=job.eta_seconds,
+        estimated_seconds=job.estimated_seconds,
+        heartbeat_at=job.heartbeat_at,
+        lease_expires_at=job.lease_expires_at,
         seed=job.seed,
         teacher=job.teacher,
         spec=job.spec,
@@ -198,6 +211,7 @@ def store_job(
                 request_hash=submission.request_hash,
                 tenant_id=tenant_id,
                 publish_grace_seconds=settings.publish_grace_seconds,
+                estimated_seconds=estimated_duration(spec, settings),
             )
         return job, True
     except IntegrityError:

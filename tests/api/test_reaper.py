@@ -8,15 +8,26 @@ from service.models import Job
 from tests.servers import wait_until
 
 
+def _counter(http, name: str) -> float:
+    lines = [line for line in http.get("/metrics").text.splitlines() if line.startswith(f"clipforge_{name}_total ")]
+    return float(lines[0].split()[1])
+
+
 def test_a_lapsed_lease_requeues_the_job_without_any_worker(api, http):
+    requeued, lost = _counter(http, "jobs_requeued"), _counter(http, "leases_lost")
     job_id = http.post("/v1/jobs", json={"classes": ["a", "b"]}).json()["id"]
     with session_scope(api.app.state.session_factory) as session:
         assert repo.claim(session, job_id, "worker-that-dies", lease_seconds=0.5, max_attempts=3) is not None
-    assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    running = http.get(f"/v1/jobs/{job_id}").json()
+    assert running["status"] == "running"
+    # The resource shows the worker's last sign of life and when its lease lapses without another.
+    assert running["heartbeat_at"] is not None and running["lease_expires_at"] > running["heartbeat_at"]
     job = wait_until(lambda: (j := http.get(f"/v1/jobs/{job_id}").json())["status"] == "queued" and j, 10, what="job requeued")
     assert job["attempts"] == 1 and job["stage"] is None and job["progress"] == 0
     warnings = [e for e in http.get(f"/v1/jobs/{job_id}/events").json()["data"] if e["kind"] == "warning"]
     assert "worker-that-dies" in warnings[0]["message"]
+    # /metrics counts it, from the database (every process's reaper adds to the same counters).
+    assert _counter(http, "jobs_requeued") == requeued + 1 and _counter(http, "leases_lost") == lost + 1
 
 
 def test_a_submitted_job_is_unflagged_once_the_api_has_published_it(api, http):

@@ -28,6 +28,8 @@ def test_lifecycle_to_succeeded_with_checksummed_artifacts(embedded):
     done = embedded.wait_finished(job["id"], timeout=180)
     assert done["status"] == "succeeded", done
     assert done["progress"] == 1.0 and done["attempts"] == 1 and done["error"] is None
+    assert done["stage"] is None  # no stage is under way once it succeeded
+    assert done["heartbeat_at"] is not None and done["estimated_seconds"] > 0  # a CPU service estimates at submission
     assert done["created_at"] <= done["started_at"] <= done["finished_at"]
     events = embedded.events(job["id"])
     assert [e["status"] for e in events if e["kind"] == "status"] == ["queued", "running", "succeeded"]

@@ -1,0 +1,120 @@
+"""How long a job takes, per stage, before it runs: a cost model of the engine's work (no torch, so the API can use it).
+
+The job's work is counted in images through each network (decoder, teacher, student) and priced with per-image costs
+measured on the reference machine: 2 CPU cores, the ``shapes-mini`` teacher at 32 px, a default job there (synthesis
+22 s, distillation 325 s for 4,000 steps, 354 s in all; bench/results/experiments.md, 2026-11-29). Other teachers
+scale the teacher's share by their image tower's FLOPs against shapes-mini's; a GPU budget has no reference figures
+here, so its estimate is None. While a job runs, the pipeline replaces these guesses with its measured rates
+(``Eta`` below): the estimate only has to be right within a factor, the ETA from the first minute on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+STAGES = ("preparing", "synthesizing", "distilling", "exporting")
+
+# Seconds per image on the reference machine (2 cores, 32 px), measured with bench-style timing loops (2026-11-29).
+DECODER_FORWARD_S = 1.0e-3  # shapes-vae, 32 images in 31 ms
+TEACHER_FORWARD_S = 0.35e-3  # shapes-mini image tower, 64 images in 22 ms
+BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
+STUDENT_TRAIN_S = {"tiny_cnn": 0.25e-3, "mobilenet_v3_small": 1.5e-3, "resnet18": 12.5e-3}  # forward + backward per image
+DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
+META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
+FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
+# Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
+TEACHER_COST = {
+    "shapes-mini": 1.0,
+    "RN50": 121.0,
+    "ViT-B-32": 130.0,
+    "ViT-B-16": 520.0,
+    "ViT-L-14": 2400.0,
+}
+
+
+def teacher_cost(teacher: str) -> float | None:
+    """The teacher's per-image cost against shapes-mini, from its architecture name (``ViT-B-32/openai`` -> ViT-B-32)."""
+    name = teacher.split("/")[0].removeprefix("hf-hub:")
+    for known, cost in TEACHER_COST.items():
+        if name == known or name.startswith(known + "-") or name.startswith(known + "@"):
+            return cost
+    return None
+
+
+def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | None:
+    """Seconds per stage for a spec resolved against its budget (``CustomizeSpec.resolved(...).model_dump()``) on the
+    reference CPU; None when there is no reference for it (a GPU budget, an unknown teacher or student)."""
+    if spec.get("budget") != "cpu":
+        return None
+    teacher = teacher_cost(str(spec.get("teacher", "")))
+    synthesis, distillation, student = (dict(spec.get(k) or {}) for k in ("synthesis", "distillation", "student"))
+    student_cost = STUDENT_TRAIN_S.get(str(student.get("arch")))
+    if teacher is None or student_cost is None:
+        return None
+    classes = len(spec.get("classes") or [])  # type: ignore[arg-type]
+    images = classes * int(synthesis.get("images_per_class") or 0)
+    decoder = synthesis.get("generator") in ("auto", "decoder")
+    decode = DECODER_FORWARD_S if decoder else 0.0
+    look = TEACHER_FORWARD_S * teacher
+    candidates = int(synthesis.get("init_candidates") or 1)
+    steps = int(synthesis.get("steps") or 0)
+    cutouts = int(synthesis.get("cutouts") or 1)
+    synthesizing = images * candidates * (decode + look) + images * steps * BACKWARD_FACTOR * (decode + cutouts * look)
+    batch = int(distillation.get("batch_size") or 64)
+    updates = distillation.get("steps")
+    if updates is None:
+        updates = int(distillation.get("epochs") or 1) * max(1, math.ceil(images / batch))
+    fresh = float(distillation.get("fresh_share") or 0.0)
+    per_update = batch * (look + student_cost) + round(batch * fresh) * decode
+    if str(distillation.get("method", "")).startswith("meta"):
+        per_update *= META_FACTOR
+    distilling = int(updates) * per_update * DISTILL_OVERHEAD
+    return {"preparing": FIXED_S["preparing"], "synthesizing": synthesizing, "distilling": distilling, "exporting": FIXED_S["exporting"]}
+
+
+def estimate_seconds(spec: Mapping[str, object]) -> float | None:
+    stages = estimate_stage_seconds(spec)
+    return None if stages is None else round(sum(stages.values()), 1)
+
+
+@dataclass
+class Eta:
+    """Seconds left in a running job, from measured rates: the current stage's remaining share at the rate it has
+    run so far, the stages after it at their estimates scaled by how the finished stages compared with theirs.
+
+    Honest from the first minute: the overall fraction is never extrapolated (a short first stage credited at once
+    made the old ``elapsed / fraction`` ETA four times too low, growing as the job went on).
+    """
+
+    estimates: dict[str, float]  # seconds per stage before the job started (estimate_stage_seconds, or equal shares)
+    clock: object = time.monotonic  # injectable for tests
+    finished: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage: (measured, estimated) seconds
+    stage: str | None = None
+    stage_began: float = 0.0
+
+    def start_stage(self, stage: str) -> None:
+        self.stage, self.stage_began = stage, self.clock()  # type: ignore[operator]
+
+    def end_stage(self, stage: str) -> None:
+        self.finished[stage] = (self.clock() - self.stage_began, self.estimates.get(stage, 0.0))  # type: ignore[operator]
+
+    @property
+    def calibration(self) -> float:
+        """Measured over estimated time of the finished stages that took real time (1 until one has)."""
+        measured = sum(m for m, e in self.finished.values() if e > 1.0)
+        estimated = sum(e for m, e in self.finished.values() if e > 1.0)
+        return measured / estimated if estimated > 0 and measured > 0 else 1.0
+
+    def seconds_left(self, stage_fraction: float) -> float:
+        assert self.stage is not None
+        elapsed = self.clock() - self.stage_began  # type: ignore[operator]
+        estimate = self.estimates.get(self.stage, 0.0) * self.calibration
+        if stage_fraction >= 0.05 and elapsed >= 1.0:
+            current = elapsed / stage_fraction * (1.0 - stage_fraction)  # this stage's own measured rate
+        else:
+            current = max(0.0, estimate - elapsed)  # too early to measure: the estimate, less what has passed
+        later = STAGES[STAGES.index(self.stage) + 1 :]
+        return current + sum(self.estimates.get(s, 0.0) for s in later) * self.calibration
