@@ -174,22 +174,34 @@ def resolved_styles(spec: CustomizeSpec, teacher: Teacher) -> list[str]:
     return list(teacher.default_styles)
 
 
-def samples_grid(surrogate: SurrogateSet, num_classes: int) -> bytes:
-    """PNG bytes: one row per class, up to SAMPLES_PER_CLASS synthesized images each."""
-    from PIL import Image
+LABEL_WIDTH = 120  # pixels left of each row of samples.png for its class name
+
+
+def samples_grid(surrogate: SurrogateSet, class_names: list[str]) -> bytes:
+    """PNG bytes: one row per class, labelled with its name, up to SAMPLES_PER_CLASS synthesized images each."""
+    from PIL import Image, ImageDraw
 
     rows = []
-    for k in range(num_classes):
+    for k in range(len(class_names)):
         picked = surrogate.images[surrogate.labels == k][:SAMPLES_PER_CLASS]
         row = torch.zeros(SAMPLES_PER_CLASS, *surrogate.images.shape[1:])
         row[: len(picked)] = picked
         rows.append(row)
-    grid = make_grid(torch.cat(rows), nrow=SAMPLES_PER_CLASS, padding=1, pad_value=1.0)
+    padding = 1
+    grid = make_grid(torch.cat(rows), nrow=SAMPLES_PER_CLASS, padding=padding, pad_value=1.0)
     scale = max(1, SAMPLE_UPSCALE_TO // surrogate.images.shape[-1])
     grid = torch.nn.functional.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    images = Image.fromarray(array)
+    labelled = Image.new("RGB", (LABEL_WIDTH + images.width, images.height), "white")
+    labelled.paste(images, (LABEL_WIDTH, 0))
+    draw = ImageDraw.Draw(labelled)
+    row_height = images.height / len(class_names)
+    for k, name in enumerate(class_names):
+        text = name if len(name) <= 18 else name[:17] + "…"
+        draw.text((4, int((k + 0.5) * row_height)), text, fill="black", anchor="lm")
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    labelled.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -264,7 +276,7 @@ def customize(
                 )
             if "torchscript" in spec.export.formats:
                 artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
-            artifacts[SAMPLES_FILE] = samples_grid(surrogate, len(spec.classes))
+            artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)
         metrics["stage_seconds"] = dict(tracker.stage_times)
         card["metrics"] = metrics
         artifacts[CARD_FILE] = json.dumps(card, indent=2).encode()

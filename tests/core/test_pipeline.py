@@ -140,3 +140,23 @@ def test_the_budget_asks_fresh_images_only_of_a_decoder(shapes_teacher):
     assert decoder.budget == fourier.budget == "cpu"
     assert decoder.distillation.fresh_share == BUDGETS["cpu"]["distillation"]["fresh_share"]
     assert fourier.distillation.fresh_share == 0.0 and mine.distillation.fresh_share == 0.25
+
+
+def test_samples_png_labels_each_row_with_its_class_name():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core.pipeline import LABEL_WIDTH, samples_grid
+    from core.synthesis import SurrogateSet
+
+    images, labels = torch.full((12, 3, 32, 32), 0.5), torch.arange(12) % 3
+    png = samples_grid(SurrogateSet(images, labels, torch.zeros(12, dtype=torch.long)), ["circle", "square", "star"])
+    grid = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    labels_column = grid[:, :LABEL_WIDTH]
+    row_height = grid.shape[0] // 3
+    # Each row's label cell holds dark text; the three names draw differently.
+    cells = [labels_column[k * row_height : (k + 1) * row_height] for k in range(3)]
+    assert all((cell < 128).sum() > 20 for cell in cells)
+    assert not np.array_equal(cells[0], cells[1]) and not np.array_equal(cells[1], cells[2])
