@@ -67,16 +67,20 @@ class ApiMetrics:
         return metrics
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, prepared: bool = False) -> FastAPI:
+    """The app. ``prepared``: the caller (``clipforge api``/``serve``) has already migrated the database and checked
+    the exposure rule before starting anything, so the lifespan does not do it a second time."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.ensure_local_dirs()
-        if settings.migrate_on_start:
-            migrate(settings.database_url)
-        # Refuses to start on a non-loopback address without any API key; says so when it runs open on loopback.
-        open_mode_notice = check_exposure(settings, app.state.session_factory)
-        if open_mode_notice:
-            log.warning(open_mode_notice)
+        if not prepared:
+            settings.ensure_local_dirs()
+            if settings.migrate_on_start:
+                migrate(settings.database_url)
+            # Refuses to start on a non-loopback address without any API key; says so when it runs open on loopback.
+            open_mode_notice = check_exposure(settings, app.state.session_factory)
+            if open_mode_notice:
+                log.warning(open_mode_notice)
         stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery)
         yield
         stop_reaper.set()

@@ -98,7 +98,7 @@ def run_api(args: argparse.Namespace) -> int:
     _logging()
     check_exposure_or_exit(settings, migrate_first=settings.migrate_on_start)
     signal.signal(signal.SIGTERM, _exit_on_signal)  # a graceful shutdown exits 0 (see run_serve)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings, prepared=True), host=settings.host, port=settings.port, log_level="info")
     return 0
 
 
@@ -191,7 +191,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # so that the worker is stopped too instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(create_app(settings, prepared=True), host=settings.host, port=settings.port, log_level="info")
     finally:
         supervisor.stop()
     return 0

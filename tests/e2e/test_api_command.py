@@ -30,5 +30,9 @@ def test_api_command_serves_without_loading_torch(tmp_path):
         assert "libtorch" not in maps and "libc10" not in maps
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+        # Start-up migrates and checks the exposure rule once (the command does it; the app's lifespan does not redo it).
+        log = (tmp_path / "api.log").read_text()
+        assert log.count("Context impl SQLiteImpl") == 1, log  # alembic's line per migration run
+        assert log.count("OPEN") == 1, log  # the open-mode notice (loopback, no API keys)
     finally:
         stop_process(process)
