@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +19,20 @@ from service.queue import enqueue_job, ping_broker
 from service.settings import Settings
 
 log = logging.getLogger("clipforge.reaper")
+
+
+def publish_job(celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, publish_due_at: datetime) -> bool:
+    """The outbox's one publishing step: send the job's message, then clear its flag (only if still the one read,
+    ``publish_due_at``). BrokerUnavailable when the broker cannot take it (the flag stays, for a later round). Clearing
+    is best effort: a flag left set (the database briefly away) makes a later round send a second message, which the
+    worker's claim drops. True when the flag was cleared."""
+    enqueue_job(celery, settings, job_id)
+    try:
+        with session_scope(factory) as session:
+            return repo.mark_published(session, job_id, publish_due_at)
+    except Exception:
+        log.exception("job %s: published, but its outbox flag could not be cleared", job_id)
+        return False
 
 
 def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery) -> repo.ReapResult:
@@ -35,9 +50,7 @@ def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery
     with session_scope(factory) as session:
         pending = repo.unpublished_jobs(session, due_by=utcnow(), including=result.requeued)
     for job_id, due_at in pending:
-        enqueue_job(celery, settings, job_id)
-        with session_scope(factory) as session:
-            repo.mark_published(session, job_id, due_at)
+        publish_job(celery, settings, factory, job_id, due_at)
         if job_id not in result.requeued:
             log.warning("job %s: queued with no confirmed message since %s; published", job_id, due_at.isoformat())
         result.published.append(job_id)

@@ -25,7 +25,8 @@ from core.spec import CustomizeSpec
 from service import jobs as repo
 from service.db import session_scope
 from service.models import Artifact, Job, JobEvent
-from service.queue import BrokerUnavailable, enqueue_job
+from service.queue import BrokerUnavailable
+from service.reaper import publish_job
 from service.settings import Settings
 from service.storage import Storage, StorageError, StorageFull, job_prefixes, upload_key
 
@@ -237,17 +238,6 @@ def withdraw_job(job_id: str, session_factory: sessionmaker[Session], storage: S
         storage.delete_prefix(prefix)
 
 
-def confirm_published(job: Job, session_factory: sessionmaker[Session]) -> None:
-    """Clear the job's outbox flag now that its message is in the broker. Best effort: a flag left set only makes the
-    reaper publish a second message later, which the worker's claim drops."""
-    assert job.publish_due_at is not None
-    try:
-        with session_scope(session_factory) as session:
-            repo.mark_published(session, job.id, job.publish_due_at)
-    except Exception:  # the database is briefly away; the job is queued and published all the same
-        log.exception("job %s: published, but its outbox flag could not be cleared", job.id)
-
-
 def store_and_publish(
     submission: Submission,
     key: str | None,
@@ -264,14 +254,14 @@ def store_and_publish(
         raise invalid(exc.code, f"the uploads could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
     if not created:
         return job, False
+    assert job.publish_due_at is not None  # create_job flags every new job
     try:
-        enqueue_job(queue, settings, job.id)
+        publish_job(queue, settings, session_factory, job.id, job.publish_due_at)
     except BrokerUnavailable as exc:
         # Roll the job back rather than keep a queued row that the client was told failed: it retries (503), with the
         # same Idempotency-Key if it sent one, and that retry creates the job afresh.
         withdraw_job(job.id, session_factory, storage)
         raise invalid("broker_unavailable", f"the job could not be queued; try again: {exc}", status=503) from None
-    confirm_published(job, session_factory)
     return job, True
 
 
