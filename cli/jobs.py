@@ -141,28 +141,10 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def wait_for(client, job_id: str, *, timeout: float | None, quiet: bool) -> int:
-    """A live bar (stage, percent, ETA) until the job ends; 0 when it succeeded, 1 when it failed or was cancelled."""
-    from tqdm import tqdm
+    """A live bar until the job ends (client.progress.follow); 0 when it succeeded, 1 when it failed or was cancelled."""
+    from client.progress import follow
 
-    bar = tqdm(total=100, disable=quiet, bar_format="{desc} {percentage:3.0f}%|{bar}|", file=sys.stderr)
-    shown: dict[str, object] = {}
-
-    def show(job) -> None:
-        # Redraw only on a change of status, stage, whole percent or ETA second: logs stay short off a terminal.
-        eta = "" if job.eta_seconds is None else f"ETA {job.eta_seconds:.0f}s"
-        state = (job.status, job.stage, round(job.progress * 100), eta)
-        if shown.get("state") == state:
-            return
-        shown["state"] = state
-        label = job.stage if job.status == "running" else job.status
-        bar.set_description_str(f"{label:<13}{eta if job.status == 'running' else '':>9}", refresh=False)
-        bar.n = round(job.progress * 100)
-        bar.refresh()
-
-    try:
-        job = client.wait(job_id, timeout=timeout, on_update=show, raise_on_failure=False)
-    finally:
-        bar.close()
+    job = follow(client, job_id, timeout=timeout, quiet=quiet)
     if job.status == "succeeded":
         print(f"job {job.id} succeeded")
         return 0

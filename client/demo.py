@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from client import ClipforgeClient
+from client.progress import follow
 
 SHAPE8 = ["circle", "square", "triangle", "star", "hexagon", "cross", "heart", "ring"]
 CONFIG = Path("bench/configs/demo.json")
@@ -46,8 +47,6 @@ def wait_ready(client: ClipforgeClient, process: subprocess.Popen, log: Path) ->
 
 
 def main() -> int:
-    from cli.jobs import wait_for
-
     Path("runs").mkdir(exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="service-demo-", dir="runs")).resolve()
     port = free_port()
@@ -66,8 +65,11 @@ def main() -> int:
             spec = {**json.loads(CONFIG.read_text()), "classes": SHAPE8}
             began = time.monotonic()
             job = client.submit(spec)
-            print(f"submitted {job.id} over HTTP: teacher {job.teacher}, seed {job.seed}, {len(SHAPE8)} classes", flush=True)
-            if wait_for(client, job.id, timeout=None, quiet=False) != 0:
+            estimate = "" if job.estimated_seconds is None else f"; estimated {job.estimated_seconds / 60:.0f} min"
+            print(f"submitted {job.id} over HTTP: teacher {job.teacher}, seed {job.seed}, {len(SHAPE8)} classes{estimate}", flush=True)
+            job = follow(client, job.id)
+            if job.status != "succeeded":
+                print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
                 return 1
             seconds = time.monotonic() - began
             onnx = client.download(job.id, "student.onnx", data_dir / "student.onnx")
