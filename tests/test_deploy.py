@@ -221,3 +221,11 @@ def test_dockerignore_keeps_the_context_small_but_buildable():
     assert any("__pycache__" in p for p in patterns)
     for needed in ("pyproject.toml", "README.md", "core", "cli", "bench"):
         assert needed not in patterns, needed
+
+
+def test_the_license_is_an_spdx_string():
+    """PEP 639: a plain SPDX expression (a ``{text = ...}`` table makes setuptools warn twice on every install)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
