@@ -325,20 +325,32 @@ class PaperBenchmark:
         }
 
     def quality_tracking(self, results: dict[str, list[float]]) -> dict[str, object]:
-        """Per method row, the mean of each quality estimate beside the real accuracy, and across rows how
-        well each estimate tracks it (Pearson correlation, mean of estimate minus accuracy)."""
-        rows = {key: estimates for key, estimates in self.quality.items() if results.get(key)}
-        out: dict[str, object] = {"rows": {}}
-        for name in QUALITY_ESTIMATES:
-            pairs = [(statistics.mean(e[name] for e in rows[key]), statistics.mean(results[key])) for key in rows]
-            for key, (estimate, _) in zip(rows, pairs, strict=True):
-                out["rows"].setdefault(key, {"accuracy": round(statistics.mean(results[key]), 4)})[name] = round(estimate, 4)
-            if len(pairs) >= 3 and len({a for _, a in pairs}) > 1 and len({e for e, _ in pairs}) > 1:
-                out[name] = {
-                    "pearson_r": round(statistics.correlation([e for e, _ in pairs], [a for _, a in pairs]), 3),
-                    "mean_estimate_minus_accuracy": round(statistics.mean(e - a for e, a in pairs), 4),
-                }
-        return out
+        """Per method row, the mean of each quality estimate beside the real accuracy; across rows, how well each
+        estimate tracks it (tracking_summary)."""
+        rows: dict[str, dict[str, float]] = {}
+        for key, estimates in self.quality.items():
+            if not results.get(key):
+                continue
+            rows[key] = {"accuracy": round(statistics.mean(results[key]), 4)}
+            for name in QUALITY_ESTIMATES:
+                rows[key][name] = round(statistics.mean(e[name] for e in estimates), 4)
+        return {"rows": rows, **tracking_summary(rows)}
+
+
+def tracking_summary(rows: dict[str, dict[str, float]]) -> dict[str, object]:
+    """Pearson correlation of each estimate with real accuracy across rows, and the mean of estimate minus accuracy.
+    Rows that share one student (identical configs, e.g. "default" and "dist_kd") count once."""
+    unique = list({tuple(sorted(row.items())): row for row in rows.values()}.values())
+    out: dict[str, object] = {}
+    for name in QUALITY_ESTIMATES:
+        pairs = [(row[name], row["accuracy"]) for row in unique if name in row]
+        if len(pairs) >= 3 and len({a for _, a in pairs}) > 1 and len({e for e, _ in pairs}) > 1:
+            out[name] = {
+                "pearson_r": round(statistics.correlation([e for e, _ in pairs], [a for _, a in pairs]), 3),
+                "mean_estimate_minus_accuracy": round(statistics.mean(e - a for e, a in pairs), 4),
+                "rows": len(pairs),
+            }
+    return out
 
 
 TABLE_TITLES = {
@@ -425,10 +437,11 @@ def quality_markdown(tracking: dict | None) -> list[str]:
         held_out, prior = (row.get(name, float("nan")) for name in QUALITY_ESTIMATES)
         lines.append(f"| {key} | {row['accuracy']:.3f} | {held_out:.3f} | {prior:.3f} |")
     lines.append("")
+    summary = tracking_summary(tracking["rows"])  # recomputed: rows sharing a student count once
     for name in QUALITY_ESTIMATES:
-        if name in tracking:
-            r, gap = tracking[name]["pearson_r"], tracking[name]["mean_estimate_minus_accuracy"]
-            lines.append(f"- `{name}`: Pearson r {r} with real accuracy across rows; mean estimate minus accuracy {gap}.")
+        if name in summary:
+            r, gap, n = summary[name]["pearson_r"], summary[name]["mean_estimate_minus_accuracy"], summary[name]["rows"]
+            lines.append(f"- `{name}`: Pearson r {r} with real accuracy across {n} distinct students; mean estimate minus accuracy {gap}.")
     lines.append("")
     return lines
 

@@ -75,3 +75,17 @@ def get_shape8_classes():
     from bench.tasks import get_task
 
     return get_task("shape8").classes
+
+
+def test_rows_sharing_a_student_count_once_in_the_quality_tracking():
+    from bench.paper import tracking_summary
+
+    row = {"accuracy": 0.8, "agreement_heldout_synthesized": 0.99, "agreement_prior_samples": 0.7}
+    rows = {
+        "default": row,
+        "dist_kd": dict(row),  # the same student as "default"
+        "noise": {"accuracy": 0.1, "agreement_heldout_synthesized": 0.9, "agreement_prior_samples": 0.1},
+        "fourier": {"accuracy": 0.2, "agreement_heldout_synthesized": 1.0, "agreement_prior_samples": 0.3},
+    }
+    summary = tracking_summary(rows)
+    assert summary["agreement_prior_samples"]["rows"] == 3 and summary["agreement_prior_samples"]["pearson_r"] > 0.9
