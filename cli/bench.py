@@ -21,6 +21,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--device", default="auto")
     paper.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is robust on a shared CPU)")
     paper.add_argument("--out", type=Path, required=True)
+    paper.add_argument("--render", type=Path, default=None, help="only re-render a run's paper.json (markdown, chart) into --out")
     paper.set_defaults(handler=run_paper)
 
     student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
@@ -34,9 +35,18 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
 
 def run_paper(args: argparse.Namespace) -> int:
+    import json
+
     from bench.paper import BUDGETS, ROWS, PaperBenchmark, write_report
     from core.registry import UnknownNameError
     from core.teachers import create_teacher
+
+    if args.render is not None:
+        if not args.render.is_file():
+            raise CliError("file_not_found", f"no report at {args.render}")
+        write_report(json.loads(args.render.read_text()), args.out)
+        print((args.out / "paper.md").read_text())
+        return 0
 
     rows = ROWS
     if args.rows:
