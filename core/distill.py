@@ -116,8 +116,7 @@ class Distiller:
         labels = labels.to(self.device)
         if self.config.method == "ce" and not fresh:  # plain cross-entropy never reads the teacher: skip its forward pass
             return views, views.new_empty(0), labels
-        with torch.no_grad():
-            teacher_logits = self.teacher.logit_scale * self.teacher.encode_image(views) @ self.classifier.T
+        teacher_logits = self.teacher.classify(views, self.classifier, batch_size=len(views))  # no grad: KD targets
         labels = torch.where(labels >= 0, labels, teacher_logits.argmax(1))
         return views, teacher_logits, labels
 

@@ -185,8 +185,7 @@ def prior_sampler(config: SynthesisConfig, image_size: int, device: torch.device
 @torch.no_grad()
 def teacher_probabilities(teacher: Teacher, classifier: torch.Tensor, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """(N, K) zero-shot class probabilities of the teacher for pixels in [0, 1]."""
-    logits = [teacher.logit_scale * teacher.encode_image(part) @ classifier.T for part in pixels.split(chunk)]
-    return torch.cat(logits).float().softmax(-1)
+    return teacher.classify(pixels, classifier, batch_size=chunk).float().softmax(-1)
 
 
 @torch.no_grad()
