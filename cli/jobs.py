@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from cli.errors import CliError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
@@ -159,21 +157,18 @@ def run_wait(args: argparse.Namespace) -> int:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    after = args.after
     with _client(args) as client:
-        while True:
-            for event in client.iter_events(args.job_id, after=after):
-                after = event.id
-                if args.json:
-                    print(event.model_dump_json())
-                else:
-                    progress = "" if event.progress is None else f" {event.progress * 100:5.1f}%"
-                    detail = f" {json.dumps(event.data)}" if event.data else ""
-                    print(f"{event.id:6d} {event.created_at:%H:%M:%S} {event.kind:8s} {event.stage or event.status or ''}{progress} "
-                          f"{event.message or ''}{detail}")  # fmt: skip
-            if not args.follow or client.get_job(args.job_id).status in TERMINAL:
-                return 0
-            time.sleep(1.0)
+        # --follow: the live stream (Server-Sent Events) until the job ends; else the events recorded so far.
+        events = client.follow_events(args.job_id, after=args.after) if args.follow else client.iter_events(args.job_id, after=args.after)
+        for event in events:
+            if args.json:
+                print(event.model_dump_json(), flush=True)
+            else:
+                progress = "" if event.progress is None else f" {event.progress * 100:5.1f}%"
+                detail = f" {json.dumps(event.data)}" if event.data else ""
+                print(f"{event.id:6d} {event.created_at:%H:%M:%S} {event.kind:8s} {event.stage or event.status or ''}{progress} "
+                      f"{event.message or ''}{detail}", flush=True)  # fmt: skip
+    return 0
 
 
 def run_cancel(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from api.schemas import ArtifactList, Event, EventPage, Health, Job, JobPage, StudentList, TeacherList
 
@@ -132,6 +133,32 @@ class ClipforgeClient:
             if not page.has_more:
                 return
             after = page.next_after
+
+    def follow_events(self, job_id: str, *, after: int | None = None, reconnects: int = 5) -> Iterator[Event]:
+        """Every event of the job as it happens (Server-Sent Events), from the first after ``after``, until the job
+        ends. A dropped connection is resumed where it stopped (Last-Event-ID), up to ``reconnects`` times in a row."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(after)} if after is not None else {}
+            try:
+                with connect_sse(self._http, "GET", f"/v1/jobs/{job_id}/events", params={"stream": "true"}, headers=headers,
+                                 timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as source:  # fmt: skip
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        raise _error_from(source.response)
+                    for message in source.iter_sse():
+                        failures = 0
+                        if message.event == "end":
+                            return
+                        event = Event.model_validate_json(message.data)
+                        after = event.id
+                        yield event
+                return  # the server closed the stream without an end event: nothing more will come
+            except (httpx.TransportError, SSEError) as exc:
+                failures += 1
+                if failures > reconnects:
+                    raise ApiError(0, "unreachable", f"the event stream of {job_id} at {self.url} broke: {exc}") from exc
+                time.sleep(min(5.0, 0.5 * 2**failures))
 
     def wait(
         self,

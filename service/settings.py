@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # this late: long enough for the API's own publish right after the commit, so that it rarely sends a duplicate.
     publish_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     progress_interval_seconds: Annotated[float, Field(ge=0)] = 1.0  # throttle for progress rows and events
+    event_stream_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often a live event stream reads new events
     cancel_check_interval_seconds: Annotated[float, Field(ge=0)] = 0.5
     broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600  # Redis: redelivery of unacked messages
     broker_polling_interval_seconds: Annotated[float, Field(gt=0)] = 0.5  # server-less transports poll

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from celery import Celery
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
@@ -37,6 +41,7 @@ ERRORS.update({code: {"model": schemas.ErrorBody} for code in (401, 429)})  # a 
 MAX_IDEMPOTENCY_KEY = 200
 # Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
 ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+EVENT_STREAM_PING_S = 15  # a comment line this often keeps proxies from closing an idle stream
 JOB_ID = re.compile(r"job_[0-9a-z]{26}")  # service.jobs.new_id("job"): the only valid job-list cursor
 
 
@@ -358,18 +363,71 @@ def delete_job(job_id: str, session: SessionDep, storage: StorageDep, principal:
     return Response(status_code=204)
 
 
-@router.get("/{job_id}/events", response_model=schemas.EventPage, responses=ERRORS)
-def get_events(
+EVENT_STREAM_PAGE = 500  # events read per poll of a stream
+
+
+def read_events_page(
+    factory: sessionmaker[Session], job_id: str, tenant_id: str | None, after: int | None, limit: int
+) -> schemas.EventPage:
+    with session_scope(factory) as session:
+        repo.get_job(session, job_id, tenant_id)
+        page, has_more = repo.list_events(session, job_id, after=after, limit=limit)
+        # next_after is set on every non-empty page, so that a follower can poll from it for new events.
+        return schemas.EventPage(data=[event_out(e) for e in page], has_more=has_more, next_after=page[-1].id if page else after)
+
+
+def read_new_events(factory: sessionmaker[Session], job_id: str, after: int | None) -> tuple[str | None, list[schemas.Event]]:
+    """The job's status (None once deleted), then its events after ``after``. Status first: a finished job's last
+    event is committed with its status, so when the status read is final, the events read next include the last."""
+    with session_scope(factory) as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        page, _ = repo.list_events(session, job_id, after=after, limit=EVENT_STREAM_PAGE)
+        return status, [event_out(e) for e in page]
+
+
+async def stream_events(
+    factory: sessionmaker[Session], job_id: str, after: int | None, poll_seconds: float
+) -> AsyncIterator[ServerSentEvent]:
+    """Every event after ``after`` as it is recorded, each with its id (a client resumes with Last-Event-ID); an
+    ``end`` event and the end of the stream once the job is finished (or deleted) and every event was sent."""
+    while True:
+        status, page = await run_in_threadpool(read_new_events, factory, job_id, after)
+        for event in page:
+            yield ServerSentEvent(data=event.model_dump_json(), event=event.kind, id=str(event.id))
+            after = event.id
+        if (status is None or status in repo.TERMINAL) and len(page) < EVENT_STREAM_PAGE:
+            yield ServerSentEvent(data=json.dumps({"status": status}), event="end")
+            return
+        if len(page) < EVENT_STREAM_PAGE:
+            await anyio.sleep(poll_seconds)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=schemas.EventPage,
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "with stream=true: Server-Sent Events"}},
+)
+async def get_events(
     job_id: str,
-    session: SessionDep,
+    request: Request,
     principal: PrincipalDep,
+    settings: SettingsDep,
     after: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> schemas.EventPage:
-    repo.get_job(session, job_id, principal.tenant_id)
-    page, has_more = repo.list_events(session, job_id, after=after, limit=limit)
-    # next_after is set on every non-empty page, so that a follower can poll from it for new events.
-    return schemas.EventPage(data=[event_out(e) for e in page], has_more=has_more, next_after=page[-1].id if page else after)
+    stream: Annotated[bool, Query(description="Server-Sent Events until the job ends")] = False,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+) -> Response:
+    factory = request.app.state.session_factory
+    if not stream:
+        page = await run_in_threadpool(read_events_page, factory, job_id, principal.tenant_id, after, limit)
+        return JSONResponse(page.model_dump(mode="json"))
+    if last_event_id is not None:  # a reconnecting EventSource: resume after the last event it saw
+        if not last_event_id.isdigit():
+            raise invalid("invalid_cursor", f"Last-Event-ID {last_event_id[:20]!r} is not an event id", status=400)
+        after = max(after or 0, int(last_event_id))
+    await run_in_threadpool(read_events_page, factory, job_id, principal.tenant_id, after, 1)  # 404 before streaming
+    events = stream_events(factory, job_id, after, settings.event_stream_poll_seconds)
+    return EventSourceResponse(events, ping=EVENT_STREAM_PING_S, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}/artifacts", response_model=schemas.ArtifactList, responses=ERRORS)
