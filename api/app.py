@@ -25,6 +25,7 @@ from service.queue import create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
+from service.webhooks import start_dispatcher
 
 log = logging.getLogger("clipforge.api")
 
@@ -82,7 +83,9 @@ def create_app(settings: Settings, *, prepared: bool = False) -> FastAPI:
             if open_mode_notice:
                 log.warning(open_mode_notice)
         stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery)
+        stop_webhooks = start_dispatcher(settings, app.state.session_factory)
         yield
+        stop_webhooks.set()
         stop_reaper.set()
         app.state.engine.dispose()
 

@@ -37,6 +37,8 @@ class Job(BaseModel):
     # without one; past that the job goes back to the queue (a lost worker).
     heartbeat_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    webhook_url: str | None = None  # where the job's end is delivered, signed (service.webhooks)
+    webhook_events: list[str] | None = None
     seed: int
     teacher: str
     spec: dict[str, Any]  # the full spec with every default filled in
@@ -114,3 +116,26 @@ class StudentList(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = None  # what the receiver answered; None when it could not be reached
+    error: str | None = None  # None: delivered (2xx)
+    seconds: float
+
+
+class WebhookDelivery(BaseModel):
+    id: str  # the webhook-id header the receiver saw (deduplicate on it: delivery is at least once)
+    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
+    url: str
+    status: Literal["pending", "delivered", "failed"]  # failed: gave up after the service's webhook_max_attempts
+    attempts: list[WebhookAttempt]
+    next_attempt_at: datetime | None = None  # while pending
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class WebhookDeliveryList(BaseModel):
+    data: list[WebhookDelivery]

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 
 from core.spec import CustomizeSpec, normalise_text
+from service import webhooks
 from service.catalog import list_teachers, student_names
 from service.jobs import ServiceError
 from service.settings import Settings
@@ -56,6 +57,32 @@ class Submission:
     spec: dict[str, Any]  # the validated spec with defaults filled in (upload ids added by the caller)
     images: list[DecodedImage] = field(default_factory=list)
     request_hash: str = ""
+    webhook_url: str | None = None  # where the job's end is delivered (service.webhooks); not part of the engine's spec
+    webhook_events: list[str] | None = None
+
+
+WEBHOOK_FIELDS = ("webhook_url", "webhook_events")
+
+
+def _webhook(raw: dict[str, Any], settings: Settings, problems: Problems) -> tuple[str | None, list[str] | None]:
+    """The body's webhook fields, checked (an http(s) URL to a public address, known events); they are the service's,
+    so they are taken out of the body before the spec is validated."""
+    url, events = raw.get("webhook_url"), raw.get("webhook_events")
+    if url is None:
+        if events is not None:
+            problems.add(invalid("invalid_webhook_url", "webhook_events needs a webhook_url"))
+        return None, None
+    if not isinstance(url, str) or (events is not None and not (isinstance(events, list) and all(isinstance(e, str) for e in events))):
+        problems.add(invalid("invalid_webhook_url", "webhook_url is a string and webhook_events a list of event names"))
+        return None, None
+    try:
+        webhooks.check_target(url, settings.webhook_allow_private_targets)
+        return url, (None if events is None else webhooks.check_events(events))
+    except webhooks.WebhookError as error:
+        problems.add(
+            invalid(error.code, str(error), {"field": "webhook_url" if "url" in error.code or "target" in error.code else "webhook_events"})
+        )
+        return None, None
 
 
 # Problems check_classes reports: the schema's own complaints about the class list would repeat them.
@@ -215,9 +242,11 @@ def _checked_entries(raw: dict[str, Any], settings: Settings, problems: Problems
 
 def submission_from_json(raw: dict[str, Any], settings: Settings) -> Submission:
     problems = Problems()
-    entries = _checked_entries(raw, settings, problems)
-    spec = _checked_spec(raw, entries, settings, problems)
-    return Submission(spec, [], _hash({"spec": raw}))
+    webhook_url, webhook_events = _webhook(raw, settings, problems)
+    body = {k: v for k, v in raw.items() if k not in WEBHOOK_FIELDS}
+    entries = _checked_entries(body, settings, problems)
+    spec = _checked_spec(body, entries, settings, problems)
+    return Submission(spec, [], _hash({"spec": raw}), webhook_url, webhook_events)
 
 
 def decode_image(content: bytes, class_name: str, position: int, filename: str | None, settings: Settings) -> DecodedImage:
@@ -286,8 +315,10 @@ def submission_from_multipart(spec_text: str | None, files: list[tuple[str, str 
     """``files``: (form field, file name, content) for every file part; fields are named ``images[CLASS]``."""
     if spec_text is None:
         raise invalid("spec_missing", "a multipart job needs a 'spec' field holding the JSON spec")
-    raw = parse_json_spec(spec_text.encode(), settings)
     problems = Problems()
+    raw_body = parse_json_spec(spec_text.encode(), settings)
+    webhook_url, webhook_events = _webhook(raw_body, settings, problems)
+    raw = {k: v for k, v in raw_body.items() if k not in WEBHOOK_FIELDS}
     entries = _checked_entries(raw, settings, problems)
     by_name = {entry.get("name"): entry for entry in entries or []}
     images: list[DecodedImage] = []
@@ -318,8 +349,8 @@ def submission_from_multipart(spec_text: str | None, files: list[tuple[str, str 
         if name in by_name:
             by_name[name]["images"] = [f"pending-{i}" for i in range(count)]
     spec = _checked_spec(raw, entries, settings, problems)
-    digest = _hash({"spec": raw, "files": [[f, hashlib.sha256(c).hexdigest()] for f, _, c in files]})
-    return Submission(spec, images, digest)
+    digest = _hash({"spec": raw_body, "files": [[f, hashlib.sha256(c).hexdigest()] for f, _, c in files]})
+    return Submission(spec, images, digest, webhook_url, webhook_events)
 
 
 def _hash(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""`clipforge keys create|list|revoke`: API keys for operators, written straight to the service's database.
+"""`clipforge keys create|list|revoke|webhook-secret`: API keys and webhook secrets for operators, written straight to the
+service's database.
 
 A key is printed once, when it is created; the database keeps only its sha256.
 """
@@ -29,6 +30,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true")
     revoke = command("revoke", "revoke a key; it stops working at once", run_revoke)
     revoke.add_argument("key_id")
+    secret = command("webhook-secret", "print the secret that signs a tenant's webhooks (created at first use)", run_webhook_secret)
+    secret.add_argument("--tenant", default=None, help="the tenant's name; none: the secret of open-mode jobs")
+    secret.add_argument("--rotate", action="store_true", help="replace it: deliveries from now on are signed with the new one")
 
 
 def _session_factory(args: argparse.Namespace):  # -> sessionmaker[Session]
@@ -86,4 +90,23 @@ def run_revoke(args: argparse.Namespace) -> int:
     with session_scope(_session_factory(args)) as session:
         info = revoke_key(session, args.key_id)
     print(f"revoked {info.id} (tenant {info.tenant!r})")
+    return 0
+
+
+def run_webhook_secret(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from cli.errors import CliError
+    from service.db import session_scope
+    from service.models import Tenant
+    from service.webhooks import signing_secret
+
+    with session_scope(_session_factory(args)) as session:
+        tenant_id = None
+        if args.tenant is not None:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == args.tenant.strip()))
+            if tenant_id is None:
+                raise CliError("tenant_not_found", f"no tenant {args.tenant!r}; `clipforge keys create --tenant NAME` creates one")
+        secret = signing_secret(session, tenant_id, rotate=args.rotate)
+    print(secret, flush=True)  # alone on stdout, as a key is
     return 0

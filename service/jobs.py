@@ -23,6 +23,7 @@ from typing import Any, Final
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.models import Artifact, Job, JobEvent, ServiceCounter, Tenant, Upload, utcnow
 from service.storage import StoredObject, job_prefixes
 
@@ -140,6 +141,20 @@ def add_event(
     session.add(
         JobEvent(job_id=job_id, created_at=utcnow(), kind=kind, status=status, stage=stage, progress=progress, message=message, data=data)
     )
+    if status in TERMINAL:  # every end of a job passes here: its webhook joins the same transaction (the outbox)
+        _job_ended(session, job_id, status)
+
+
+def _job_ended(session: Session, job_id: str, status: str) -> None:
+    job = session.get(Job, job_id)
+    if job is None or not job.webhook_url:
+        return
+    session.flush()
+    session.refresh(job)  # the values the ending update just wrote
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    data = {"id": job.id, "status": status, "error": error, "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "url": f"/v1/jobs/{job.id}"}  # fmt: skip
+    webhooks.enqueue(session, job, f"job.{status}", data)
 
 
 def create_job(
@@ -153,6 +168,8 @@ def create_job(
     tenant_id: str | None = None,
     publish_grace_seconds: float = 0.0,
     estimated_seconds: float | None = None,
+    webhook_url: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> Job:
     """A queued job, flagged for publication: the reaper publishes it ``publish_grace_seconds`` from now unless the
     caller publishes it first and calls ``mark_published`` (0: the caller leaves the publishing to the reaper)."""
@@ -169,6 +186,8 @@ def create_job(
         request_hash=request_hash,
         attempts=0,
         estimated_seconds=estimated_seconds,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
         publish_due_at=now + timedelta(seconds=publish_grace_seconds),
         created_at=now,
         updated_at=now,

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # this late: long enough for the API's own publish right after the commit, so that it rarely sends a duplicate.
     publish_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     progress_interval_seconds: Annotated[float, Field(ge=0)] = 1.0  # throttle for progress rows and events
+    # Webhooks (service.webhooks): attempts per delivery, the first retry's wait (doubling, with jitter), the POST's
+    # timeout, how often the dispatcher looks for due deliveries, and whether private or loopback targets are allowed.
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    webhook_retry_base_seconds: Annotated[float, Field(gt=0)] = 5.0
+    webhook_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    webhook_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    webhook_allow_private_targets: bool = False  # SSRF guard: only public addresses unless an operator allows these
     event_stream_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often a live event stream reads new events
     cancel_check_interval_seconds: Annotated[float, Field(ge=0)] = 0.5
     broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600  # Redis: redelivery of unacked messages

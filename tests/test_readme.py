@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 # Where the API and the service name an error code.
 CODE_PATTERNS = [
-    r'(?:invalid|ServiceError|error_response|_unauthorized)\(\s*(?:\d+,\s*)?"([a-z][a-z_]+)"',
+    r'(?:invalid|ServiceError|error_response|_unauthorized|WebhookError)\(\s*(?:\d+,\s*)?"([a-z][a-z_]+)"',
     r'^\s+code = "([a-z_]+)"',
     r'^\s+\d{3}: "([a-z_]+)",',  # the framework's codes by status (api/errors.py)
 ]

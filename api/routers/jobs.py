@@ -27,8 +27,9 @@ from api.validation import Submission, invalid, parse_json_spec, submission_from
 from core.estimate import estimate_seconds
 from core.spec import CustomizeSpec
 from service import jobs as repo
+from service import webhooks
 from service.db import session_scope
-from service.models import Artifact, Job, JobEvent
+from service.models import Artifact, Job, JobEvent, WebhookAttempt, WebhookDelivery
 from service.queue import BrokerUnavailable
 from service.reaper import publish_job
 from service.settings import Settings
@@ -64,6 +65,8 @@ def job_out(job: Job) -> schemas.Job:
         estimated_seconds=job.estimated_seconds,
         heartbeat_at=job.heartbeat_at,
         lease_expires_at=job.lease_expires_at,
+        webhook_url=job.webhook_url,
+        webhook_events=(job.webhook_events or list(webhooks.EVENTS)) if job.webhook_url else None,
         seed=job.seed,
         teacher=job.teacher,
         spec=job.spec,
@@ -218,6 +221,8 @@ def store_job(
                 tenant_id=tenant_id,
                 publish_grace_seconds=settings.publish_grace_seconds,
                 estimated_seconds=estimated_duration(spec, settings),
+                webhook_url=submission.webhook_url,
+                webhook_events=submission.webhook_events,
             )
         return job, True
     except IntegrityError:
@@ -428,6 +433,34 @@ async def get_events(
     await run_in_threadpool(read_events_page, factory, job_id, principal.tenant_id, after, 1)  # 404 before streaming
     events = stream_events(factory, job_id, after, settings.event_stream_poll_seconds)
     return EventSourceResponse(events, ping=EVENT_STREAM_PING_S, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{job_id}/webhook-deliveries", response_model=schemas.WebhookDeliveryList, responses=ERRORS)
+def get_webhook_deliveries(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.WebhookDeliveryList:
+    """The job's webhook deliveries, oldest first, each with every attempt (what the receiver answered, or why not)."""
+    repo.get_job(session, job_id, principal.tenant_id)
+    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)).all()
+    attempts: dict[str, list[WebhookAttempt]] = {}
+    ids = [d.id for d in deliveries]
+    if ids:
+        rows = session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)).order_by(WebhookAttempt.id))
+        for attempt in rows:
+            attempts.setdefault(attempt.delivery_id, []).append(attempt)
+    return schemas.WebhookDeliveryList(
+        data=[
+            schemas.WebhookDelivery(
+                id=d.id,
+                event=d.event,
+                url=d.url,
+                status=d.status,  # type: ignore[arg-type]
+                attempts=[schemas.WebhookAttempt.model_validate(a, from_attributes=True) for a in attempts.get(d.id, [])],
+                next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+                created_at=d.created_at,
+                finished_at=d.finished_at,
+            )
+            for d in deliveries
+        ]
+    )
 
 
 @router.get("/{job_id}/artifacts", response_model=schemas.ArtifactList, responses=ERRORS)

@@ -10,8 +10,8 @@ from sqlalchemy import inspect, text
 from service.db import downgrade, make_engine, migrate
 from service.models import Base
 
-TABLES = {"jobs", "job_events", "artifacts", "uploads", "tenants", "api_keys", "service_counters"}
-HEAD = "0004"
+TABLES = {"jobs", "job_events", "artifacts", "uploads", "tenants", "api_keys", "service_counters", "webhook_secrets", "webhook_deliveries", "webhook_attempts"}
+HEAD = "0005"
 
 
 def _tables(url: str) -> set[str]:
