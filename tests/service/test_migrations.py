@@ -10,7 +10,18 @@ from sqlalchemy import inspect, text
 from service.db import downgrade, make_engine, migrate
 from service.models import Base
 
-TABLES = {"jobs", "job_events", "artifacts", "uploads", "tenants", "api_keys", "service_counters", "webhook_secrets", "webhook_deliveries", "webhook_attempts"}
+TABLES = {
+    "jobs",
+    "job_events",
+    "artifacts",
+    "uploads",
+    "tenants",
+    "api_keys",
+    "service_counters",
+    "webhook_secrets",
+    "webhook_deliveries",
+    "webhook_attempts",
+}
 HEAD = "0005"
 
 
