@@ -24,6 +24,16 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--render", type=Path, default=None, help="only re-render a run's paper.json (markdown, chart) into --out")
     paper.set_defaults(handler=run_paper)
 
+    speed = commands.add_parser("speed", help="the exported student's latency against its teacher's, INT8, synthesis throughput")
+    speed.add_argument("--onnx", type=Path, required=True, help="student.onnx written by a job or `clipforge customize`")
+    speed.add_argument("--int8", action="store_true", help="also quantize it to INT8 and compare accuracy on test renders")
+    speed.add_argument("--task", default="shape8", help="the task the INT8 accuracy is measured on")
+    speed.add_argument("--images", type=int, default=2000, help="test renders for the INT8 accuracy")
+    speed.add_argument("--threads", type=int, default=1, help="CPU threads for every model (1: steady on a shared machine)")
+    speed.add_argument("--repeats", type=int, default=50)
+    speed.add_argument("--out", type=Path, default=None, help="write speed.md and speed.json into this folder")
+    speed.set_defaults(handler=run_speed)
+
     student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
     student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
     student.add_argument("--task", default="shape8", help="a task, or shapes:<shape>,<shape>,... (a subset of shape8, in that order)")
@@ -73,6 +83,25 @@ def run_paper(args: argparse.Namespace) -> int:
 
     benchmark.run(args.seeds, rows, on_seed_done=write)
     print((args.out / "paper.md").read_text())
+    return 0
+
+
+def run_speed(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from bench.speed import measure, to_markdown
+
+    if not args.onnx.is_file():
+        raise CliError("file_not_found", f"no ONNX student at {args.onnx}")
+    report = measure(args.onnx, int8=args.int8, threads=args.threads, repeats=args.repeats, task=args.task, eval_images=args.images)
+    command = "clipforge bench speed " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    markdown = to_markdown(report, command)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "speed.md").write_text(markdown)
+    print(markdown)
     return 0
 
 

@@ -20,7 +20,7 @@ from torchvision.utils import make_grid
 
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
-from core.export import export_onnx, export_torchscript
+from core.export import export_onnx, export_torchscript, quantize_onnx_int8
 from core.quality import estimate_quality
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
@@ -34,6 +34,8 @@ SAMPLES_PER_CLASS = 8
 SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
 
 ONNX_FILE = "student.onnx"
+INT8_ONNX_FILE = "student.int8.onnx"
+INT8_CALIBRATION_IMAGES = 256  # synthesized images that calibrate the INT8 student's activation ranges
 TORCHSCRIPT_FILE = "student.torchscript.pt"
 CARD_FILE = "model_card.json"
 SAMPLES_FILE = "samples.png"
@@ -270,10 +272,17 @@ def customize(
             }
             card = model_card(spec, teacher, student, metrics)
             artifacts: dict[str, bytes] = {}
-            if "onnx" in spec.export.formats:
-                artifacts[ONNX_FILE] = export_onnx(
+            onnx_bytes = None
+            if {"onnx", "onnx_int8"} & set(spec.export.formats):
+                onnx_bytes = export_onnx(
                     student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
                 )
+            if "onnx" in spec.export.formats:
+                artifacts[ONNX_FILE] = onnx_bytes  # type: ignore[assignment]
+            if "onnx_int8" in spec.export.formats:
+                assert onnx_bytes is not None
+                calibration = torch.nn.functional.interpolate(surrogate.images[:INT8_CALIBRATION_IMAGES], size=student.image_size)
+                artifacts[INT8_ONNX_FILE] = quantize_onnx_int8(onnx_bytes, calibration.numpy())
             if "torchscript" in spec.export.formats:
                 artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
             artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)

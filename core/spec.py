@@ -41,7 +41,7 @@ DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
 GeneratorName = Literal["auto", "fourier", "pixel", "decoder"]
 InversionObjective = Literal["matching", "bn_inversion"]
 StudentName = Literal["resnet18", "mobilenet_v3_small", "tiny_cnn"]
-ExportFormat = Literal["onnx", "torchscript"]
+ExportFormat = Literal["onnx", "torchscript", "onnx_int8"]  # onnx_int8: statically quantized, calibrated on synthesized images
 
 
 StyleText = Annotated[str, Field(min_length=1, max_length=MAX_STYLE_CHARS)]

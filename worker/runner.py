@@ -22,7 +22,17 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.images import to_pixels
-from core.pipeline import CARD_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE, CustomizeCancelled, Progress, customize
+from core.pipeline import (
+    CARD_FILE,
+    INT8_ONNX_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    SAMPLES_FILE,
+    TORCHSCRIPT_FILE,
+    CustomizeCancelled,
+    Progress,
+    customize,
+)
 from core.spec import CustomizeSpec
 from service import jobs as repo
 from service.db import session_scope
@@ -34,6 +44,7 @@ log = logging.getLogger("clipforge.worker")
 
 CONTENT_TYPES = {
     ONNX_FILE: "application/onnx",
+    INT8_ONNX_FILE: "application/onnx",
     TORCHSCRIPT_FILE: "application/octet-stream",
     CARD_FILE: "application/json",
     METRICS_FILE: "application/json",

@@ -153,3 +153,19 @@ def test_opsets_above_the_legacy_exporter_use_dynamo() -> None:
     assert onnx_metadata(onnx_bytes) == {"arch": "tiny_cnn"}
     pixels = np.random.default_rng(3).random((5, 3, SIZE, SIZE), dtype=np.float32)
     np.testing.assert_allclose(run_onnx(onnx_bytes, pixels), reference(student, pixels), atol=1e-4)
+
+
+def test_an_int8_copy_keeps_the_model_card_and_the_fp32_predictions(tiny_onnx):
+    from core.export import quantize_onnx_int8
+
+    _, onnx_bytes = tiny_onnx
+    generator = torch.Generator().manual_seed(3)
+    calibration = torch.rand(96, 3, 32, 32, generator=generator).numpy()
+    int8 = quantize_onnx_int8(onnx_bytes, calibration, max_disagreement=1.0)
+    assert onnx_metadata(int8) == onnx_metadata(onnx_bytes)
+    ops = {node.op_type for node in onnx.load_model_from_string(int8).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # quantized (QDQ), not a copy
+    fp32_logits, int8_logits = run_onnx(onnx_bytes, calibration), run_onnx(int8, calibration)
+    assert int8_logits.shape == fp32_logits.shape and np.corrcoef(fp32_logits.ravel(), int8_logits.ravel())[0, 1] > 0.95
+    with pytest.raises(ExportError):
+        quantize_onnx_int8(onnx_bytes[:100], calibration)  # not a model
