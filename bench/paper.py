@@ -261,19 +261,24 @@ class PaperBenchmark:
         return accuracy(student, task, self.split, self.budget.eval_images), estimate
 
     def run(
-        self, seeds: int, rows: tuple[Row, ...] = ROWS, on_seed_done: Callable[[dict[str, object]], None] | None = None
+        self,
+        seeds: int,
+        rows: tuple[Row, ...] = ROWS,
+        on_seed_done: Callable[[dict[str, object]], None] | None = None,
+        first_seed: int = 0,
     ) -> dict[str, object]:
-        """All rows for seeds 0..seeds-1, the product tier's every seed before the ablation tier's;
-        ``on_seed_done`` gets the report over what has finished after each (tier, seed)."""
+        """All rows for seeds first_seed .. first_seed + seeds - 1, the product tier's every seed before the ablation
+        tier's; ``on_seed_done`` gets the report over what has finished after each (tier, seed). Runs of disjoint seeds
+        (one process each) are combined with ``merge_reports``."""
         results: dict[str, list[float]] = {row.key: [] for row in rows}
         report: dict[str, object] = {}
         for tier in TIERS:
             tier_rows = [row for row in rows if row.tier == tier]
             if not tier_rows:
                 continue
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 for row in tier_rows:
-                    if row.kind == "teacher" and seed > 0:
+                    if row.kind == "teacher" and results[row.key]:
                         results[row.key].append(results[row.key][0])  # deterministic: evaluate once
                         continue
                     start = time.monotonic()
@@ -335,6 +340,33 @@ class PaperBenchmark:
             for name in QUALITY_ESTIMATES:
                 rows[key][name] = round(statistics.mean(e[name] for e in estimates), 4)
         return {"rows": rows, **tracking_summary(rows)}
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from runs of the same budget and rows over disjoint seeds: per row the accuracies concatenated and the
+    statistics recomputed; quality estimates averaged with the runs' seed counts as weights."""
+    first = reports[0]
+    merged = {**first, "rows": [], "seeds_requested": sum(r.get("seeds_requested", r["seeds"]) for r in reports)}
+    by_key = [{row["key"]: row for row in r["rows"]} for r in reports]
+    for row in first["rows"]:
+        values = [v for rows in by_key for v in rows.get(row["key"], {}).get("accuracy", [])]
+        mean = statistics.mean(values) if values else None
+        merged["rows"].append(
+            {**row, "accuracy": values, "seeds": len(values), "mean": mean, "std": statistics.pstdev(values) if values else None}
+        )
+    teacher = {r["task"]: r["mean"] for r in merged["rows"] if r["kind"] == "teacher" and r["mean"] is not None}
+    for r in merged["rows"]:
+        r["ratio_to_teacher"] = r["mean"] / teacher[r["task"]] if r["mean"] is not None and r["task"] in teacher else None
+    merged["seeds"] = min(r["seeds"] for r in merged["rows"])
+    quality: dict[str, dict[str, float]] = {}
+    for key in {k for r in reports for k in r.get("quality_tracking", {}).get("rows", {})}:
+        parts = [(r["quality_tracking"]["rows"][key], len(rows[key]["accuracy"])) for r, rows in zip(reports, by_key, strict=True)
+                 if key in r.get("quality_tracking", {}).get("rows", {})]  # fmt: skip
+        weight = sum(n for _, n in parts)
+        quality[key] = {name: round(sum(p[name] * n for p, n in parts) / weight, 4) for name in parts[0][0]}
+    merged["quality_tracking"] = {"rows": quality, **tracking_summary(quality)}
+    merged["total_seconds"] = max(r.get("total_seconds", 0.0) for r in reports)
+    return merged
 
 
 def tracking_summary(rows: dict[str, dict[str, float]]) -> dict[str, object]:

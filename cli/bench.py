@@ -21,7 +21,10 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--device", default="auto")
     paper.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is robust on a shared CPU)")
     paper.add_argument("--out", type=Path, required=True)
-    paper.add_argument("--render", type=Path, default=None, help="only re-render a run's paper.json (markdown, chart) into --out")
+    paper.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (one process per seed)")
+    paper.add_argument(
+        "--render", type=Path, nargs="+", default=None, help="only re-render runs' paper.json into --out (several: merged over their seeds)"
+    )
     paper.set_defaults(handler=run_paper)
 
     speed = commands.add_parser("speed", help="the exported student's latency against its teacher's, INT8, synthesis throughput")
@@ -52,9 +55,13 @@ def run_paper(args: argparse.Namespace) -> int:
     from core.teachers import create_teacher
 
     if args.render is not None:
-        if not args.render.is_file():
-            raise CliError("file_not_found", f"no report at {args.render}")
-        write_report(json.loads(args.render.read_text()), args.out)
+        from bench.paper import merge_reports
+
+        for path in args.render:
+            if not path.is_file():
+                raise CliError("file_not_found", f"no report at {path}")
+        reports = [json.loads(path.read_text()) for path in args.render]
+        write_report(merge_reports(reports) if len(reports) > 1 else reports[0], args.out)
         print((args.out / "paper.md").read_text())
         return 0
 
@@ -81,7 +88,7 @@ def run_paper(args: argparse.Namespace) -> int:
         report["total_seconds"] = round(time.monotonic() - start, 1)
         write_report(report, args.out)
 
-    benchmark.run(args.seeds, rows, on_seed_done=write)
+    benchmark.run(args.seeds, rows, on_seed_done=write, first_seed=args.first_seed)
     print((args.out / "paper.md").read_text())
     return 0
 

@@ -89,3 +89,21 @@ def test_rows_sharing_a_student_count_once_in_the_quality_tracking():
     }
     summary = tracking_summary(rows)
     assert summary["agreement_prior_samples"]["rows"] == 3 and summary["agreement_prior_samples"]["pearson_r"] > 0.9
+
+
+def test_runs_over_disjoint_seeds_merge_into_one_report():
+    from bench.paper import merge_reports
+
+    def run(values: dict[str, list[float]], estimate: float) -> dict:
+        rows = [
+            {"key": k, "task": "shape8", "kind": "teacher" if k == "teacher" else "method", "accuracy": v, "seeds": len(v)}
+            for k, v in values.items()
+        ]
+        quality = {"default": {"accuracy": 0.8, "agreement_heldout_synthesized": 1.0, "agreement_prior_samples": estimate}}
+        return {"seeds": 1, "seeds_requested": len(values["default"]), "rows": rows, "quality_tracking": {"rows": quality}}
+
+    merged = merge_reports([run({"teacher": [0.9, 0.9], "default": [0.7, 0.8]}, 0.6), run({"teacher": [0.9], "default": [0.9]}, 0.9)])
+    default = next(r for r in merged["rows"] if r["key"] == "default")
+    assert default["accuracy"] == [0.7, 0.8, 0.9] and abs(default["mean"] - 0.8) < 1e-9 and abs(default["ratio_to_teacher"] - 0.8 / 0.9) < 1e-9
+    assert merged["seeds"] == 3 and merged["seeds_requested"] == 3
+    assert abs(merged["quality_tracking"]["rows"]["default"]["agreement_prior_samples"] - 0.7) < 1e-9  # weighted by seeds
