@@ -396,9 +396,14 @@ TABLE_TITLES = {
 
 
 def seeds_text(report: dict) -> str:
+    """Seeds done per tier (a run stopped early, or one whose ablation tier was not reached, says so)."""
     requested = report.get("seeds_requested", report["seeds"])
-    partial = f" of {requested} requested for every row (partial: the run was stopped)" if requested > report["seeds"] else ""
-    return f"{report['seeds']} seeds{partial}"
+    parts = []
+    for tier in TIERS:
+        done = [r["seeds"] for r in report["rows"] if r.get("tier", "product") == tier and "seeds" in r]
+        if done:
+            parts.append(f"{tier} tier {min(done)} of {requested} seeds" + ("" if min(done) >= requested else " (partial)"))
+    return "; ".join(parts) if parts else f"{report['seeds']} seeds"
 
 
 def _percent(value: float | None) -> str:

@@ -47,7 +47,7 @@ def test_rows_tiers_seeds_and_partial_reports(shapes_teacher, tmp_path) -> None:
     assert all(0 <= v["agreement_prior_samples"] <= 1 and abs(v["accuracy"] - by_key[k]["mean"]) < 1e-4 for k, v in tracked.items())
     assert "Does a job's own quality estimate track real accuracy?" in to_markdown(final)
     partial = {**reports[0], "seeds_requested": 3, "total_seconds": 12.0}
-    assert "1 seeds of 3 requested" not in to_markdown(partial) and "0 seeds of 3 requested for every row (partial" in to_markdown(partial)
+    assert "product tier 1 of 3 seeds (partial); ablation tier 0 of 3 seeds (partial)" in to_markdown(partial)
     write_report(partial, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"paper.json", "paper.md", "paper.png"}
 
