@@ -25,6 +25,7 @@ STUDENT_TRAIN_S = {"tiny_cnn": 0.25e-3, "mobilenet_v3_small": 1.5e-3, "resnet18"
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
 FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
+CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
 TEACHER_COST = {
     "shapes-mini": 1.0,
@@ -103,9 +104,11 @@ class Eta:
 
     @property
     def calibration(self) -> float:
-        """Measured over estimated time of the finished stages that took real time (1 until one has)."""
-        measured = sum(m for m, e in self.finished.values() if e > 1.0)
-        estimated = sum(e for m, e in self.finished.values() if e > 1.0)
+        """Measured over estimated time of the finished stages long enough to say something about this machine's
+        speed (1 until one has): a stage of fixed costs (preparing: 0.1 s measured against 2 s estimated) would
+        scale every later estimate by its error."""
+        measured = sum(m for m, e in self.finished.values() if e >= CALIBRATION_MIN_S)
+        estimated = sum(e for m, e in self.finished.values() if e >= CALIBRATION_MIN_S)
         return measured / estimated if estimated > 0 and measured > 0 else 1.0
 
     def seconds_left(self, stage_fraction: float) -> float:

@@ -60,3 +60,15 @@ def test_the_eta_is_honest_from_the_first_minute_when_the_estimates_are_off():
     assert all(0.45 < r < 2.2 for r in first_minute), first_minute
     later = [ratio for stage, fraction, ratio in errors if stage == "distilling" and fraction < 0.9]
     assert all(0.9 < r < 1.1 for r in later), later  # calibrated by the finished synthesis stage
+
+
+def test_a_short_fixed_cost_stage_does_not_scale_the_later_estimates():
+    """Preparing took 0.1 s against its 2 s estimate: the long stages' estimates must not shrink 20-fold."""
+    clock = Clock()
+    eta = Eta({"preparing": 2.0, "synthesizing": 20.0, "distilling": 300.0, "exporting": 6.0}, clock=clock)
+    eta.start_stage("preparing")
+    clock.now += 0.1
+    eta.end_stage("preparing")
+    eta.start_stage("synthesizing")
+    clock.now += 0.5
+    assert eta.seconds_left(0.01) > 300  # the estimates as they are: 19.5 + 300 + 6
