@@ -1,0 +1,96 @@
+"""A GPU check, ready to run when a CUDA machine is lent (issue 13): one job end to end on a random-weight ViT-B-32
+teacher at 224 px (no download needed), then its synthesis throughput, the TFLOP/s the teacher's forward and backward
+passes achieved, and peak memory. It fails clearly, with exit status 2 and no traceback, when CUDA was asked for and
+is absent or was not used.
+
+    python -m bench.gpu_check                 # CUDA, a budget of a few minutes on one GPU
+    python -m bench.gpu_check --device cpu --images-per-class 2 --steps 2 --distill-steps 4   # a smoke run of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import open_clip
+import torch
+
+from core.devices import DeviceUnavailableError, resolve_device
+from core.pipeline import customize
+from core.spec import CustomizeSpec
+from core.students import count_flops
+from core.teachers.base import Teacher
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+CLASSES = ["a dog", "a cat", "a car", "a tree"]
+BACKWARD_FLOPS_FACTOR = 3  # a forward and a backward pass cost about three forwards
+
+
+def random_vit_b32(device: torch.device) -> Teacher:
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    teacher = Teacher("ViT-B-32@random", model, open_clip.get_tokenizer("ViT-B-32"), image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD)
+    return teacher.to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--images-per-class", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100, help="inversion steps")
+    parser.add_argument("--cutouts", type=int, default=8)
+    parser.add_argument("--distill-steps", type=int, default=300)
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailableError as exc:
+        print(f"error [device_unavailable]: {exc}", file=sys.stderr)
+        return 2
+    teacher = random_vit_b32(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    spec = CustomizeSpec(
+        teacher=teacher.name,
+        classes=CLASSES,
+        budget="gpu",
+        synthesis={"images_per_class": args.images_per_class, "steps": args.steps, "cutouts": args.cutouts, "generator": "fourier"},
+        distillation={"method": "meta_kd", "steps": args.distill_steps},
+        student={"arch": "resnet18"},
+        export={"formats": ["onnx"]},
+        device=args.device if args.device != "auto" else "auto",
+        seed=0,
+    )
+    began = time.monotonic()
+    result = customize(spec, teacher)
+    total = time.monotonic() - began
+    used = next(teacher.parameters()).device
+    if device.type == "cuda" and (used.type != "cuda" or torch.cuda.max_memory_allocated(device) == 0):
+        print(f"error [cuda_not_used]: CUDA was asked for, but the teacher ran on {used}", file=sys.stderr)
+        return 2
+    stages = result.metrics["stage_seconds"]
+    images = args.images_per_class * len(CLASSES)
+    image_steps = images * args.steps
+    teacher_flops = count_flops(teacher.model.visual, teacher.image_size)
+    achieved = image_steps * args.cutouts * teacher_flops * BACKWARD_FLOPS_FACTOR / max(stages["synthesizing"], 1e-9)
+    report = {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "teacher": teacher.name,
+        "image_size": teacher.image_size,
+        "stage_seconds": stages,
+        "total_seconds": round(total, 1),
+        "synthesis_images_x_steps_per_second": round(image_steps / max(stages["synthesizing"], 1e-9), 1),
+        "teacher_forward_gflops_per_image": round(teacher_flops / 1e9, 2),
+        "achieved_teacher_tflops": round(achieved / 1e12, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "bf16_autocast": device.type == "cuda",
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
