@@ -9,5 +9,6 @@ from tests.servers import REPO
 
 
 def test_the_gpu_check_fails_clearly_without_the_cuda_device_it_was_asked_for():
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cuda:99"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "bench.gpu_check", "--device", "cuda:99"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "error [device_unavailable]" in done.stderr and "Traceback" not in done.stderr
