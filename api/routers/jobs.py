@@ -121,7 +121,10 @@ async def read_submission(request: Request, settings: SettingsDep) -> Submission
         if declared > settings.max_json_bytes:
             raise invalid("request_too_large", f"the JSON body is {declared} bytes; at most {settings.max_json_bytes}", status=413)
         body = await read_body(request, settings.max_json_bytes, "request_too_large")
-        return submission_from_json(parse_json_spec(body, settings), settings)
+        raw = parse_json_spec(body, settings)
+        if raw.get("webhook_url") is not None:  # its host is resolved (SSRF check): a blocking call, off the event loop
+            return await run_in_threadpool(submission_from_json, raw, settings)
+        return submission_from_json(raw, settings)
     if content_type == "multipart/form-data":
         if declared > settings.max_request_bytes:
             raise invalid("upload_too_large", f"the upload is {declared} bytes; at most {settings.max_request_bytes}", status=413)
