@@ -346,7 +346,7 @@ def merge_reports(reports: list[dict]) -> dict:
     """One report from runs of the same budget and rows over disjoint seeds: per row the accuracies concatenated and the
     statistics recomputed; quality estimates averaged with the runs' seed counts as weights."""
     first = reports[0]
-    merged = {**first, "rows": [], "seeds_requested": sum(r.get("seeds_requested", r["seeds"]) for r in reports)}
+    merged = {**first, "rows": []}
     by_key = [{row["key"]: row for row in r["rows"]} for r in reports]
     for row in first["rows"]:
         values = [v for rows in by_key for v in rows.get(row["key"], {}).get("accuracy", [])]
@@ -358,6 +358,9 @@ def merge_reports(reports: list[dict]) -> dict:
     for r in merged["rows"]:
         r["ratio_to_teacher"] = r["mean"] / teacher[r["task"]] if r["mean"] is not None and r["task"] in teacher else None
     merged["seeds"] = min(r["seeds"] for r in merged["rows"])
+    # Runs may overlap in the seeds they asked for (a run stopped once another took its last seeds): what was asked
+    # for is at least what any run asked for and what any row got.
+    merged["seeds_requested"] = max(max(r.get("seeds_requested", r["seeds"]) for r in reports), max(r["seeds"] for r in merged["rows"]))
     quality: dict[str, dict[str, float]] = {}
     for key in {k for r in reports for k in r.get("quality_tracking", {}).get("rows", {})}:
         parts = [(r["quality_tracking"]["rows"][key], len(rows[key]["accuracy"])) for r, rows in zip(reports, by_key, strict=True)

@@ -106,5 +106,5 @@ def test_runs_over_disjoint_seeds_merge_into_one_report():
     default = next(r for r in merged["rows"] if r["key"] == "default")
     assert default["accuracy"] == [0.7, 0.8, 0.9] and abs(default["mean"] - 0.8) < 1e-9
     assert abs(default["ratio_to_teacher"] - 0.8 / 0.9) < 1e-9
-    assert merged["seeds"] == 3 and merged["seeds_requested"] == 3
+    assert merged["seeds"] == 3 and merged["seeds_requested"] == 3  # 2 asked for, then 1 more
     assert abs(merged["quality_tracking"]["rows"]["default"]["agreement_prior_samples"] - 0.7) < 1e-9  # weighted by seeds
