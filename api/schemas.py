@@ -128,7 +128,7 @@ class WebhookAttempt(BaseModel):
 
 class WebhookDelivery(BaseModel):
     id: str  # the webhook-id header the receiver saw (deduplicate on it: delivery is at least once)
-    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
+    event: Literal["job.succeeded", "job.failed", "job.cancelled", "evaluation.succeeded"]
     url: str
     status: Literal["pending", "delivered", "failed"]  # failed: gave up after the service's webhook_max_attempts
     attempts: list[WebhookAttempt]
@@ -139,3 +139,43 @@ class WebhookDelivery(BaseModel):
 
 class WebhookDeliveryList(BaseModel):
     data: list[WebhookDelivery]
+
+
+EvaluationStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class ModelScores(BaseModel):
+    accuracy: float  # over every image sent
+    per_class: dict[str, float | None]  # None for a class without images
+    confusion: list[list[int]]  # rows: true class, columns: predicted class, in the job's class order
+
+
+class EvaluationResult(BaseModel):
+    images: int
+    classes: list[str]  # the job's classes, the order of the confusion matrices
+    student: ModelScores  # the exported ONNX student (the file users download), run by onnxruntime
+    teacher: ModelScores  # the teacher's zero-shot head that taught it
+    agreement: float  # share of images on which the student's top class is the teacher's
+    student_mistakes: int
+
+
+class Evaluation(BaseModel):
+    id: str
+    job_id: str
+    status: EvaluationStatus
+    error: JobError | None = None
+    counts: dict[str, int]  # images per class
+    result: EvaluationResult | None = None
+    artifacts: list[Artifact]  # confusion.png, mistakes.png and evaluation.json once succeeded
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+
+class EvaluationList(BaseModel):
+    data: list[Evaluation]  # newest first

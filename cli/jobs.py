@@ -1,4 +1,4 @@
-"""`clipforge jobs submit|list|status|wait|events|cancel|download|delete`: the service's client on the command line."""
+"""`clipforge jobs submit|list|status|wait|events|cancel|download|delete|evaluate`: the service's client on the command line."""
 
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     download.add_argument("--name", action="append", default=None, help="one artifact (repeatable); default: all")
 
     command("delete", "delete a finished or queued job and its files", run_delete)
+
+    evaluate = command("evaluate", "score a succeeded job's student and teacher on your labelled images", run_evaluate)
+    evaluate.add_argument("--images", action="append", default=[], metavar="CLASS=DIR", help="labelled images of a class (repeatable)")
+    evaluate.add_argument("--archive", type=Path, default=None, help="a zip with one folder of images per class")
+    evaluate.add_argument("--out", type=Path, default=None, help="also download confusion.png, mistakes.png and evaluation.json here")
+    evaluate.add_argument("--timeout", type=float, default=None)
+    evaluate.add_argument("--json", action="store_true")
 
 
 def _client(args: argparse.Namespace):
@@ -186,6 +193,55 @@ def run_download(args: argparse.Namespace) -> int:
             raise CliError("no_artifacts", f"job {args.job_id} has no artifacts (yet)")
         for name in names:
             print(client.download(args.job_id, name, args.out / name))
+    return 0
+
+
+def evaluation_images(items: list[str]) -> dict[str, list[Path]]:
+    images: dict[str, list[Path]] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise CliError("invalid_images", f"--images takes CLASS=DIR, not {item!r}")
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(folder).is_dir() else []
+        if not files:
+            raise CliError("invalid_images", f"no image files in {folder}")
+        images.setdefault(name, []).extend(files)
+    return images
+
+
+def evaluation_table(evaluation) -> str:
+    """Accuracy per class of the student and the teacher, then the totals."""
+    result = evaluation.result
+    width = max([len("class"), *(len(name) for name in result.classes)])
+    lines = [f"{'class':{width}s}  {'images':>6s}  {'student':>7s}  {'teacher':>7s}"]
+    for name in result.classes:
+        count = evaluation.counts.get(name, 0)
+        student, teacher = result.student.per_class.get(name), result.teacher.per_class.get(name)
+        cells = [f"{v:7.3f}" if v is not None else f"{'-':>7s}" for v in (student, teacher)]
+        lines.append(f"{name:{width}s}  {count:6d}  {cells[0]}  {cells[1]}")
+    lines.append(f"{'all':{width}s}  {result.images:6d}  {result.student.accuracy:7.3f}  {result.teacher.accuracy:7.3f}")
+    lines.append(f"student agrees with the teacher on {result.agreement:.1%} of the images; {result.student_mistakes} student mistakes")
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    images = evaluation_images(args.images)
+    if not images and args.archive is None:
+        raise CliError("invalid_images", "pass --images CLASS=DIR (repeatable) or --archive ZIP")
+    with _client(args) as client:
+        evaluation = client.evaluate(args.job_id, images=images, archive=args.archive)
+        print(f"evaluation {evaluation.id}: {sum(evaluation.counts.values())} images, {evaluation.status}", file=sys.stderr)
+        evaluation = client.wait_evaluation(args.job_id, evaluation.id, timeout=args.timeout)
+        if evaluation.status != "succeeded":
+            detail = f": [{evaluation.error.code}] {evaluation.error.message}" if evaluation.error else ""
+            print(f"evaluation {evaluation.id} {evaluation.status}{detail}", file=sys.stderr)
+            return 1
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for artifact in evaluation.artifacts:
+                saved = client.download_evaluation_artifact(args.job_id, evaluation.id, artifact.name, args.out / artifact.name)
+                print(saved, file=sys.stderr)
+    print(evaluation.model_dump_json(indent=2) if args.json else evaluation_table(evaluation))
     return 0
 
 

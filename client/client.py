@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from api.schemas import ArtifactList, Event, EventPage, Health, Job, JobPage, StudentList, TeacherList
+from api.schemas import ArtifactList, Evaluation, EvaluationList, Event, EventPage, Health, Job, JobPage, StudentList, TeacherList
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ImageInput = str | Path | bytes
@@ -83,14 +83,7 @@ class ClipforgeClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if not images:
             return Job.model_validate(self._request("POST", "/v1/jobs", json=dict(spec), headers=headers).json())
-        files = []
-        for class_name, items in images.items():
-            for index, item in enumerate(items):
-                if isinstance(item, bytes):
-                    files.append((f"images[{class_name}]", (f"{index}", item, "application/octet-stream")))
-                else:
-                    path = Path(item)
-                    files.append((f"images[{class_name}]", (path.name, path.read_bytes(), "application/octet-stream")))
+        files = _image_parts(images)
         response = self._request("POST", "/v1/jobs", data={"spec": json.dumps(dict(spec))}, files=files, headers=headers)
         return Job.model_validate(response.json())
 
@@ -183,6 +176,44 @@ class ClipforgeClient:
                 raise ApiError(0, "wait_timeout", f"job {job_id} still {job.status} after {timeout} s")
             time.sleep(poll_seconds)
 
+    # -- evaluations ---------------------------------------------------------------------
+
+    def evaluate(
+        self, job_id: str, *, images: Mapping[str, Sequence[ImageInput]] | None = None, archive: str | Path | bytes | None = None
+    ) -> Evaluation:
+        """Score a succeeded job's student and teacher on labelled images: ``images`` maps class names to images (paths
+        or bytes), ``archive`` is a zip with a folder per class; either or both."""
+        files = _image_parts(images or {})
+        if archive is not None:
+            content = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
+            files.append(("archive", ("images.zip", content, "application/zip")))
+        if not files:
+            raise ValueError("pass images or an archive")
+        return Evaluation.model_validate(self._request("POST", f"/v1/jobs/{job_id}/evaluations", files=files).json())
+
+    def evaluations(self, job_id: str) -> EvaluationList:
+        return EvaluationList.model_validate(self._request("GET", f"/v1/jobs/{job_id}/evaluations").json())
+
+    def get_evaluation(self, job_id: str, evaluation_id: str) -> Evaluation:
+        return Evaluation.model_validate(self._request("GET", f"/v1/jobs/{job_id}/evaluations/{evaluation_id}").json())
+
+    def wait_evaluation(self, job_id: str, evaluation_id: str, *, poll_seconds: float = 0.5, timeout: float | None = None) -> Evaluation:
+        """Poll until the evaluation ends (succeeded or failed: look at ``status`` and ``error``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            evaluation = self.get_evaluation(job_id, evaluation_id)
+            if evaluation.finished:
+                return evaluation
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "wait_timeout", f"evaluation {evaluation_id} still {evaluation.status} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    def delete_evaluation(self, job_id: str, evaluation_id: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}/evaluations/{evaluation_id}")
+
+    def download_evaluation_artifact(self, job_id: str, evaluation_id: str, name: str, dest: str | Path) -> Path:
+        return self._download(f"/v1/jobs/{job_id}/evaluations/{evaluation_id}/artifacts/{name}", name, dest)
+
     # -- artifacts -----------------------------------------------------------------------
 
     def artifacts(self, job_id: str) -> ArtifactList:
@@ -190,13 +221,16 @@ class ClipforgeClient:
 
     def download(self, job_id: str, name: str, dest: str | Path) -> Path:
         """Stream an artifact to ``dest`` (a file, or a folder for it), checking length and sha256; written whole or not at all."""
+        return self._download(f"/v1/jobs/{job_id}/artifacts/{name}", name, dest)
+
+    def _download(self, path: str, name: str, dest: str | Path) -> Path:
         dest = Path(dest)
         target = dest / name if dest.is_dir() else dest
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.part")
         digest, size = hashlib.sha256(), 0
         try:
-            with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+            with self._http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
@@ -233,6 +267,19 @@ class ClipforgeClient:
 
     def ready(self) -> Health:
         return Health.model_validate(self._request("GET", "/readyz").json())
+
+
+def _image_parts(images: Mapping[str, Sequence[ImageInput]]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart file parts named ``images[CLASS]``."""
+    files = []
+    for class_name, items in images.items():
+        for index, item in enumerate(items):
+            if isinstance(item, bytes):
+                files.append((f"images[{class_name}]", (f"{index}", item, "application/octet-stream")))
+            else:
+                path = Path(item)
+                files.append((f"images[{class_name}]", (path.name, path.read_bytes(), "application/octet-stream")))
+    return files
 
 
 def _error_from(response: httpx.Response) -> ApiError:

@@ -18,6 +18,7 @@ from importlib import metadata
 import torch
 from torchvision.utils import make_grid
 
+from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
@@ -33,13 +34,7 @@ FALLBACK_STAGE_SECONDS = {"preparing": 12.0, "synthesizing": 350.0, "distilling"
 SAMPLES_PER_CLASS = 8
 SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
 
-ONNX_FILE = "student.onnx"
-INT8_ONNX_FILE = "student.int8.onnx"
 INT8_CALIBRATION_IMAGES = 256  # synthesized images that calibrate the INT8 student's activation ranges
-TORCHSCRIPT_FILE = "student.torchscript.pt"
-CARD_FILE = "model_card.json"
-SAMPLES_FILE = "samples.png"
-METRICS_FILE = "metrics.json"
 
 
 class CustomizeCancelled(Exception):

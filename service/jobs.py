@@ -24,7 +24,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import webhooks
-from service.models import Artifact, Job, JobEvent, ServiceCounter, Tenant, Upload, utcnow
+from service.models import Artifact, Evaluation, Job, JobEvent, ServiceCounter, Tenant, Upload, utcnow
 from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -305,6 +305,9 @@ def delete_job(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENAN
     job = get_job(session, job_id, tenant_id)
     if job.status in (RUNNING, CANCELLING):
         raise ServiceError("job_active", f"job {job_id!r} is {job.status}; cancel it and wait for it to stop first", 409)
+    if session.scalar(select(Evaluation.id).where(Evaluation.job_id == job_id, Evaluation.status == RUNNING).limit(1)):
+        raise ServiceError("evaluation_active", f"an evaluation of job {job_id!r} is running; delete the job once it ends", 409)
+    # Its evaluations (and their images and artifacts) go by the foreign keys' ON DELETE CASCADE.
     for table in (JobEvent, Artifact, Upload):
         session.execute(delete(table).where(table.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))

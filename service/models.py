@@ -188,3 +188,60 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float] = mapped_column(Float)
+
+
+class Evaluation(Base):
+    """A succeeded job's exported student (and its teacher) scored on labelled images a user sent (service.evaluations).
+
+    queued -> running -> succeeded | failed; a lease and an outbox flag as jobs have, so that none is lost or stuck."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # images per class, in the job's class order
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # accuracies and counts once succeeded
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # the outbox flag, as on jobs
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EvaluationImage(Base):
+    """One labelled image of an evaluation, stored as sent (decoded and checked first)."""
+
+    __tablename__ = "evaluation_images"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    class_name: Mapped[str] = mapped_column(String(300))
+    position: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str | None] = mapped_column(String(300))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EvaluationArtifact(Base):
+    """A file an evaluation produced (confusion matrix, mistakes grid, the full result)."""
+
+    __tablename__ = "evaluation_artifacts"
+    __table_args__ = (UniqueConstraint("evaluation_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(100))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

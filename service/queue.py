@@ -10,6 +10,7 @@ from celery import Celery
 from service.settings import Settings
 
 RUN_JOB_TASK = "clipforge.run_job"
+RUN_EVALUATION_TASK = "clipforge.run_evaluation"
 
 # Publishing never hangs on a broker that is down or stalled: a refused or silent connection fails within a few
 # seconds (connect 1 s, each reply 1 s, one retry), and the API answers 503 instead of holding the request.
@@ -32,7 +33,7 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one job per device at a time, none reserved behind it
         worker_concurrency=1,
-        task_routes={RUN_JOB_TASK: {"queue": settings.queue}},
+        task_routes={RUN_JOB_TASK: {"queue": settings.queue}, RUN_EVALUATION_TASK: {"queue": settings.queue}},
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
@@ -66,6 +67,14 @@ def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
         app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue)
     except Exception as exc:  # kombu's OperationalError, redis' ConnectionError and TimeoutError, OSError
         raise BrokerUnavailable(f"the broker did not take the job's message: {exc}") from exc
+
+
+def enqueue_evaluation(app: Celery, settings: Settings, evaluation_id: str) -> None:
+    """Publish an evaluation's message (its id only); BrokerUnavailable when the broker cannot take it."""
+    try:
+        app.send_task(RUN_EVALUATION_TASK, args=[evaluation_id], queue=settings.queue)
+    except Exception as exc:  # as enqueue_job
+        raise BrokerUnavailable(f"the broker did not take the evaluation's message: {exc}") from exc
 
 
 def ping_broker(app: Celery, timeout: float = 2.0) -> None:

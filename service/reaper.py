@@ -12,10 +12,11 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import evaluations
 from service import jobs as repo
 from service.db import session_scope
 from service.models import utcnow
-from service.queue import enqueue_job, ping_broker
+from service.queue import enqueue_evaluation, enqueue_job, ping_broker
 from service.settings import Settings
 
 log = logging.getLogger("clipforge.reaper")
@@ -32,6 +33,19 @@ def publish_job(celery: Celery, settings: Settings, factory: sessionmaker[Sessio
             return repo.mark_published(session, job_id, publish_due_at)
     except Exception:
         log.exception("job %s: published, but its outbox flag could not be cleared", job_id)
+        return False
+
+
+def publish_evaluation(
+    celery: Celery, settings: Settings, factory: sessionmaker[Session], evaluation_id: str, publish_due_at: datetime
+) -> bool:
+    """``publish_job`` for an evaluation: send its message, then clear its outbox flag if still the one read."""
+    enqueue_evaluation(celery, settings, evaluation_id)
+    try:
+        with session_scope(factory) as session:
+            return evaluations.mark_published(session, evaluation_id, publish_due_at)
+    except Exception:
+        log.exception("evaluation %s: published, but its outbox flag could not be cleared", evaluation_id)
         return False
 
 
@@ -54,6 +68,15 @@ def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery
         if job_id not in result.requeued:
             log.warning("job %s: queued with no confirmed message since %s; published", job_id, due_at.isoformat())
         result.published.append(job_id)
+    # Evaluations the same way: a lapsed lease queues them again; a flag past its time is published.
+    with session_scope(factory) as session:
+        requeued = evaluations.reap_expired(session, settings.max_attempts, publish_grace_seconds=settings.publish_grace_seconds)
+    with session_scope(factory) as session:
+        pending = evaluations.unpublished(session, due_by=utcnow(), including=requeued)
+    for evaluation_id, due_at in pending:
+        publish_evaluation(celery, settings, factory, evaluation_id, due_at)
+        log.warning("evaluation %s: %s; published", evaluation_id, "requeued" if evaluation_id in requeued else "no confirmed message")
+        result.published.append(evaluation_id)
     return result
 
 

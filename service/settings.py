@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_json_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096  # decompression-bomb guard (Pillow's MAX_IMAGE_PIXELS)
     max_image_side: Annotated[int, Field(ge=1)] = 8192  # longest side of an upload, whatever its pixel count
+    # Evaluations (POST /v1/jobs/{id}/evaluations): labelled images per request, and a zip's total uncompressed size
+    # and per-entry compression ratio (zip bombs). The request's bytes are bounded by max_request_bytes.
+    max_evaluation_images: Annotated[int, Field(ge=1)] = 5000
+    max_archive_uncompressed_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    max_archive_compression_ratio: Annotated[float, Field(gt=1)] = 100.0
 
     # Quotas per tenant (the anonymous tenant of an open service included): queued, running and cancelling jobs.
     max_active_jobs_per_tenant: Annotated[int, Field(ge=1)] = 50

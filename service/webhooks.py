@@ -38,7 +38,7 @@ from service.settings import Settings
 
 log = logging.getLogger("clipforge.webhooks")
 
-EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
+EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "evaluation.succeeded")
 MAX_URL_CHARS = 2000
 OPEN_MODE_OWNER = "open"  # the secret of jobs submitted while the service runs open (no tenant)
 SECRET_PREFIX = "whsec_"

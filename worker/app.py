@@ -12,10 +12,11 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_session_factory, migrate
-from service.queue import RUN_JOB_TASK, create_celery
+from service.queue import RUN_EVALUATION_TASK, RUN_JOB_TASK, create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import create_storage
+from worker.evaluation import EvaluationRunner
 from worker.runner import JobRunner
 
 log = logging.getLogger("clipforge.worker")
@@ -32,11 +33,17 @@ class WorkerContext:
 def create_worker_app(settings: Settings) -> WorkerContext:
     celery = create_celery(settings)
     factory = make_session_factory(make_engine(settings.database_url))
-    runner = JobRunner(settings, factory, create_storage(settings.storage_root))
+    storage = create_storage(settings.storage_root)
+    runner = JobRunner(settings, factory, storage)
+    evaluator = EvaluationRunner(settings, factory, storage)
 
     @celery.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(job_id: str) -> str:
         return runner.run(job_id).status
+
+    @celery.task(name=RUN_EVALUATION_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def run_evaluation(evaluation_id: str) -> str:
+        return evaluator.run(evaluation_id)
 
     return WorkerContext(settings, celery, factory, runner)
 

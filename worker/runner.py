@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,19 @@ class RunOutcome:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the job's lease every third of its length; notes when the lease is lost."""
+    """Renews a lease (a job's, or through ``renew`` an evaluation's) every third of its length; notes when it is lost."""
 
-    def __init__(self, factory: sessionmaker[Session], job_id: str, owner: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        job_id: str,
+        owner: str,
+        lease_seconds: float,
+        renew: Callable[[Session, str, str, float], object] = repo.renew_lease,
+    ) -> None:
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.factory, self.job_id, self.owner, self.lease_seconds = factory, job_id, owner, lease_seconds
+        self.renew = renew  # falsy result: the lease is no longer this owner's
         self.stopped = threading.Event()
         self.lost = False
 
@@ -75,7 +84,7 @@ class LeaseKeeper(threading.Thread):
         while not self.stopped.wait(self.lease_seconds / 3):
             try:
                 with session_scope(self.factory) as session:
-                    if repo.renew_lease(session, self.job_id, self.owner, self.lease_seconds) is None:
+                    if not self.renew(session, self.job_id, self.owner, self.lease_seconds):
                         self.lost = True
                         return
             except Exception:  # a database hiccup: try again at the next beat, the lease has slack

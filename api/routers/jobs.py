@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio
 from celery import Celery
@@ -18,11 +18,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartParser
 
 from api import schemas
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
+from api.multipart import read_body, read_form
 from api.validation import Submission, invalid, parse_json_spec, submission_from_json, submission_from_multipart
 from core.estimate import estimate_seconds
 from core.spec import CustomizeSpec
@@ -95,24 +94,6 @@ def artifact_out(artifact: Artifact) -> schemas.Artifact:
     )
 
 
-async def read_body(request: Request, limit: int, code: str) -> bytes:
-    """The whole body, refused (413) as soon as it passes ``limit``: a chunked body declares no length up front."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise invalid(code, f"the body is over {limit} bytes", {"limit": limit}, status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _ends_with_closing_boundary(body: bytes, content_type: str) -> bool:
-    """A body cut off mid-upload parses 'fine' without its last part; its missing closing boundary gives it away."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    return match is not None and body.rstrip(b"\r\n").endswith(b"--" + match[1].encode("latin-1") + b"--")
-
-
 async def read_submission(request: Request, settings: SettingsDep) -> Submission:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     declared_text = request.headers.get("content-length") or "0"
@@ -126,33 +107,15 @@ async def read_submission(request: Request, settings: SettingsDep) -> Submission
             return await run_in_threadpool(submission_from_json, raw, settings)
         return submission_from_json(raw, settings)
     if content_type == "multipart/form-data":
-        if declared > settings.max_request_bytes:
-            raise invalid("upload_too_large", f"the upload is {declared} bytes; at most {settings.max_request_bytes}", status=413)
-        body = await read_body(request, settings.max_request_bytes, "upload_too_large")
-        if not _ends_with_closing_boundary(body, request.headers.get("content-type", "")):
-            raise invalid("invalid_multipart", "the multipart body has no boundary, or is cut off before its closing boundary", status=400)
-        max_files = settings.max_classes * settings.max_images_per_class
-
-        async def replay() -> AsyncIterator[bytes]:
-            yield body
-
-        parser = MultiPartParser(request.headers, replay(), max_files=max_files, max_fields=16, max_part_size=settings.max_json_bytes)
-        try:
-            form = await parser.parse()
-        except Exception as exc:  # starlette's MultiPartException: too many files, a field too large, a malformed body
-            raise invalid("invalid_multipart", f"cannot read the multipart body: {exc}", status=400) from None
-        try:
-            spec_text: str | None = None
-            files: list[tuple[str, str | None, bytes]] = []
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    files.append((key, value.filename, await value.read(settings.max_image_bytes + 1)))
-                elif key == "spec":
-                    spec_text = value
-                else:
-                    raise invalid("unexpected_field", f"unexpected form field {key!r}; send 'spec' and images[CLASS] files", {"field": key})
-        finally:
-            await form.close()
+        fields, files = await read_form(
+            request,
+            settings,
+            max_files=settings.max_classes * settings.max_images_per_class,
+            text_fields=("spec",),
+            file_limit=lambda _: settings.max_image_bytes,
+            hint="send 'spec' and images[CLASS] files",
+        )
+        spec_text = fields.get("spec")
         return await run_in_threadpool(submission_from_multipart, spec_text, files, settings)
     raise invalid("unsupported_media_type", f"send application/json or multipart/form-data, not {content_type!r}", status=415)
 
@@ -508,10 +471,27 @@ def download_artifact(
     job_id: str, name: Annotated[str, Path()], session: SessionDep, storage: StorageDep, request: Request, principal: PrincipalDep
 ) -> Response:
     """The artifact's bytes; ``HEAD`` for its headers alone, ``Range: bytes=a-b`` for part of it (206), to resume."""
-    if re.fullmatch(ARTIFACT_NAME, name) is None or ".." in name:
-        raise invalid("invalid_artifact_name", f"{name[:100]!r} is not an artifact name (a plain file name)", status=400)
+    check_artifact_name(name)
     repo.get_job(session, job_id, principal.tenant_id)
     artifact = repo.get_artifact(session, job_id, name)
+    return stored_file_response(request, storage, artifact, f"artifact {name!r} of job {job_id!r}")
+
+
+def check_artifact_name(name: str) -> None:
+    if re.fullmatch(ARTIFACT_NAME, name) is None or ".." in name:
+        raise invalid("invalid_artifact_name", f"{name[:100]!r} is not an artifact name (a plain file name)", status=400)
+
+
+class StoredFile(Protocol):
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    storage_key: str
+
+
+def stored_file_response(request: Request, storage: Storage, artifact: StoredFile, what: str) -> Response:
+    """An artifact row's file: ETag and checksums, 304 on If-None-Match, HEAD, a single Range (206) with If-Range."""
     etag = f'"{artifact.sha256}"'
     headers = {
         "ETag": etag,
@@ -524,7 +504,7 @@ def download_artifact(
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
     if not storage.exists(artifact.storage_key):
-        raise invalid("artifact_missing", f"artifact {name!r} of job {job_id!r} is recorded but its file is missing", status=500)
+        raise invalid("artifact_missing", f"{what} is recorded but its file is missing", status=500)
     # If-Range: a range only while the client's copy is this version; otherwise the whole (new) object.
     if_range = request.headers.get("if-range")
     span = byte_range(request.headers.get("range"), artifact.size) if if_range in (None, etag) else None

@@ -21,8 +21,11 @@ TABLES = {
     "webhook_secrets",
     "webhook_deliveries",
     "webhook_attempts",
+    "evaluations",
+    "evaluation_images",
+    "evaluation_artifacts",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _tables(url: str) -> set[str]:

@@ -1,0 +1,203 @@
+"""Evaluations of a succeeded job's student on the user's own labelled images: submit, list, read, delete, artifacts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from api import schemas
+from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
+from api.evaluation_input import ARCHIVE_FIELD, EvaluationInput, evaluation_input
+from api.multipart import read_form
+from api.routers.jobs import ERRORS, check_artifact_name, stored_file_response
+from api.validation import invalid
+from core.artifacts import ONNX_FILE
+from service import evaluations as repo
+from service import jobs
+from service.db import session_scope
+from service.models import Evaluation, EvaluationArtifact
+from service.queue import BrokerUnavailable
+from service.reaper import publish_evaluation
+from service.settings import Settings
+from service.storage import Storage, StorageError, StorageFull
+
+log = logging.getLogger("clipforge.api")
+router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"])
+
+SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    ARCHIVE_FIELD: {"type": "string", "format": "binary", "description": "a zip with one folder of images per class"}
+                },
+                "description": "labelled images as files named images[CLASS], and/or one zip named 'archive'",
+            }
+        }
+    },
+}
+
+
+def artifact_out(evaluation: Evaluation, artifact: EvaluationArtifact) -> schemas.Artifact:
+    return schemas.Artifact(
+        name=artifact.name,
+        size=artifact.size,
+        sha256=artifact.sha256,
+        content_type=artifact.content_type,
+        url=f"/v1/jobs/{evaluation.job_id}/evaluations/{evaluation.id}/artifacts/{artifact.name}",
+        created_at=artifact.created_at,
+    )
+
+
+def evaluation_out(evaluation: Evaluation, artifacts: list[EvaluationArtifact]) -> schemas.Evaluation:
+    error = schemas.JobError(code=evaluation.error_code, message=evaluation.error_message) if evaluation.error_code else None
+    return schemas.Evaluation(
+        id=evaluation.id,
+        job_id=evaluation.job_id,
+        status=evaluation.status,  # type: ignore[arg-type]
+        error=error,
+        counts=evaluation.counts,
+        result=schemas.EvaluationResult.model_validate(evaluation.result) if evaluation.result else None,
+        artifacts=[artifact_out(evaluation, a) for a in artifacts],
+        attempts=evaluation.attempts,
+        created_at=evaluation.created_at,
+        started_at=evaluation.started_at,
+        finished_at=evaluation.finished_at,
+    )
+
+
+def job_classes(factory: sessionmaker[Session], job_id: str, tenant_id: str | None) -> list[str]:
+    """The job's class names; 404 for another tenant's job, 409 unless it succeeded with an ONNX student."""
+    with session_scope(factory) as session:
+        job = repo.evaluable_job(session, job_id, tenant_id)
+        names = [c["name"] for c in job.spec["classes"]]
+        if not any(a.name == ONNX_FILE for a in jobs.list_artifacts(session, job_id)):
+            message = f"job {job_id!r} exported no {ONNX_FILE} (its spec's export.formats); evaluations score the ONNX student"
+            raise invalid("no_onnx_student", message, status=409)
+        return names
+
+
+def store_and_publish(
+    job_id: str, checked: EvaluationInput, factory: sessionmaker[Session], storage: Storage, queue: QueueDep, settings: Settings
+) -> Evaluation:
+    """Store the images, then the rows (flagged for publication), then publish; on any failure nothing is left behind."""
+    evaluation_id = repo.new_evaluation_id()
+    try:
+        stored = []
+        for image in checked.images:
+            image_id = repo.new_image_id()
+            stored.append(
+                repo.NewImage(
+                    image.class_name,
+                    image.position,
+                    image.filename,
+                    image.content_type,
+                    storage.put(repo.image_key(job_id, evaluation_id, image_id), image.content),
+                    image_id,
+                )
+            )
+        with session_scope(factory) as session:
+            repo.evaluable_job(session, job_id, jobs.ANY_TENANT)  # the job may have gone meanwhile
+            evaluation = repo.create(
+                session,
+                evaluation_id=evaluation_id,
+                job_id=job_id,
+                counts=checked.counts,
+                images=stored,
+                publish_grace_seconds=settings.publish_grace_seconds,
+            )
+            due_at = evaluation.publish_due_at
+    except StorageError as exc:
+        for prefix in repo.prefixes(job_id, evaluation_id):
+            storage.delete_prefix(prefix)
+        raise invalid(exc.code, f"the images could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
+    except BaseException:
+        for prefix in repo.prefixes(job_id, evaluation_id):
+            storage.delete_prefix(prefix)
+        raise
+    assert due_at is not None
+    try:
+        publish_evaluation(queue, settings, factory, evaluation_id, due_at)
+    except BrokerUnavailable as exc:
+        with session_scope(factory) as session:  # as a job: rolled back, so that the client's retry starts afresh
+            repo.delete_rows(session, job_id, evaluation_id)
+        for prefix in repo.prefixes(job_id, evaluation_id):
+            storage.delete_prefix(prefix)
+        raise invalid("broker_unavailable", f"the evaluation could not be queued; try again: {exc}", status=503) from None
+    with session_scope(factory) as session:
+        return session.get_one(Evaluation, evaluation_id)
+
+
+@router.post("", status_code=201, response_model=schemas.Evaluation, responses=ERRORS, openapi_extra={"requestBody": SUBMIT_BODY})
+async def submit_evaluation(
+    job_id: str, request: Request, settings: SettingsDep, storage: StorageDep, queue: QueueDep, principal: PrincipalDep
+) -> JSONResponse:
+    """Score the job's exported student (and its teacher) on labelled images: ``images[CLASS]`` files or one zip."""
+    factory = request.app.state.session_factory
+    class_names = await run_in_threadpool(job_classes, factory, job_id, principal.tenant_id)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise invalid("unsupported_media_type", f"send multipart/form-data, not {content_type!r}", status=415)
+    _, files = await read_form(
+        request,
+        settings,
+        max_files=settings.max_evaluation_images,
+        text_fields=(),
+        file_limit=lambda field: settings.max_request_bytes if field == ARCHIVE_FIELD else settings.max_image_bytes,
+        hint="send images[CLASS] files or one 'archive' zip",
+    )
+    checked = await run_in_threadpool(evaluation_input, files, class_names, settings)
+    evaluation = await run_in_threadpool(store_and_publish, job_id, checked, factory, storage, queue, settings)
+    headers = {"Location": f"/v1/jobs/{job_id}/evaluations/{evaluation.id}"}
+    return JSONResponse(evaluation_out(evaluation, []).model_dump(mode="json"), status_code=201, headers=headers)
+
+
+@router.get("", response_model=schemas.EvaluationList, responses=ERRORS)
+def list_evaluations(job_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.EvaluationList:
+    jobs.get_job(session, job_id, principal.tenant_id)
+    found = repo.list_for_job(session, job_id)
+    artifacts = repo.artifacts(session, [e.id for e in found])
+    return schemas.EvaluationList(data=[evaluation_out(e, artifacts[e.id]) for e in found])
+
+
+@router.get("/{evaluation_id}", response_model=schemas.Evaluation, responses=ERRORS)
+def get_evaluation(job_id: str, evaluation_id: str, session: SessionDep, principal: PrincipalDep) -> schemas.Evaluation:
+    evaluation = repo.get(session, job_id, evaluation_id, principal.tenant_id)
+    return evaluation_out(evaluation, repo.artifacts(session, [evaluation.id])[evaluation.id])
+
+
+@router.delete("/{evaluation_id}", status_code=204, responses=ERRORS)
+def delete_evaluation(job_id: str, evaluation_id: str, session: SessionDep, storage: StorageDep, principal: PrincipalDep) -> Response:
+    prefixes = repo.delete_one(session, job_id, evaluation_id, principal.tenant_id)
+    session.commit()  # before the files go: a failed commit loses none
+    for prefix in prefixes:
+        storage.delete_prefix(prefix)
+    return Response(status_code=204)
+
+
+ARTIFACT_RESPONSES = {**ERRORS, 200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a single byte range"}}
+
+
+@router.get("/{evaluation_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES)
+@router.head("/{evaluation_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES, operation_id="head_evaluation_artifact")
+def download_evaluation_artifact(
+    job_id: str,
+    evaluation_id: str,
+    name: Annotated[str, Path()],
+    session: SessionDep,
+    storage: StorageDep,
+    request: Request,
+    principal: PrincipalDep,
+) -> Response:
+    """An evaluation's file (``confusion.png``, ``mistakes.png``, ``evaluation.json``); HEAD and Range as job artifacts."""
+    check_artifact_name(name)
+    repo.get(session, job_id, evaluation_id, principal.tenant_id)
+    artifact = repo.get_artifact(session, evaluation_id, name)
+    return stored_file_response(request, storage, artifact, f"artifact {name!r} of evaluation {evaluation_id!r}")
