@@ -43,6 +43,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     student.add_argument("--split", default="test", choices=("val", "test"), help="val renders to choose settings, test to report")
     student.add_argument("--images", type=int, default=2000)
     student.add_argument("--teacher", default=None, help="default: the teacher named in the model card")
+    student.add_argument(
+        "--images-dir",
+        type=Path,
+        default=None,
+        help="score image files instead of renders: a folder per task class (as `clipforge jobs evaluate` sends them)",
+    )
     student.add_argument("--json", action="store_true")
     student.set_defaults(handler=run_student)
 
@@ -120,6 +126,7 @@ def run_student(args: argparse.Namespace) -> int:
     from bench.evaluate import zero_shot
     from bench.tasks import get_task
     from core.export import onnx_metadata, run_onnx
+    from core.images import load_folder
     from core.teachers import create_teacher
 
     try:
@@ -136,15 +143,29 @@ def run_student(args: argparse.Namespace) -> int:
     # The student's outputs may be in another order than the task's classes.
     order = torch.tensor([card["classes"].index(text) for text in task.class_texts])
     size = card["input"]["shape"][2]
-    pixels, labels = task.render(args.split, args.images, size=size)
+    teacher = create_teacher(args.teacher or card["teacher"]["name"], device="auto")
+    if args.images_dir is None:
+        pixels, labels = task.render(args.split, args.images, size=size)
+        teacher_accuracy = zero_shot(teacher, task, split=args.split, images=args.images).accuracy
+        source = f"{args.images} held-out {args.split} renders"
+    else:
+        # Files decoded as the service's evaluations decode them (core.images.to_pixels), for the same answer.
+        folders = [args.images_dir / text for text in task.class_texts]
+        if not all(folder.is_dir() for folder in folders):
+            raise CliError("file_not_found", f"{args.images_dir} needs a folder per class: {list(task.class_texts)}")
+        per_class = [load_folder(folder, size) for folder in folders]
+        pixels = torch.cat(per_class)
+        labels = torch.cat([torch.full((len(images),), k) for k, images in enumerate(per_class)])
+        weights = teacher.class_embeddings(task.class_texts)
+        teacher_pixels = pixels if teacher.image_size == size else torch.cat([load_folder(f, teacher.image_size) for f in folders])
+        teacher_accuracy = float((teacher.classify(teacher_pixels, weights).argmax(1).cpu() == labels).float().mean())
+        source = f"{len(labels)} images in {args.images_dir}"
     logits = torch.from_numpy(run_onnx(model, pixels.numpy()))[:, order]
     student_accuracy = float((logits.argmax(1) == labels).float().mean())
-    teacher = create_teacher(args.teacher or card["teacher"]["name"], device="auto")
-    teacher_accuracy = zero_shot(teacher, task, split=args.split, images=args.images).accuracy
     result = {
         "task": task.name,
-        "split": args.split,
-        "images": args.images,
+        "split": args.split if args.images_dir is None else str(args.images_dir),
+        "images": len(labels),
         "student_onnx_accuracy": round(student_accuracy, 4),
         "teacher_zero_shot_accuracy": round(teacher_accuracy, 4),
         "ratio": round(student_accuracy / teacher_accuracy, 4),
@@ -152,7 +173,7 @@ def run_student(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"task {task.name}, {args.images} held-out {args.split} renders")
+        print(f"task {task.name}, {source}")
         print(f"  student (ONNX, onnxruntime)  {student_accuracy:.4f}")
         print(f"  teacher (zero-shot)          {teacher_accuracy:.4f}")
         print(f"  ratio                        {student_accuracy / teacher_accuracy:.3f}")

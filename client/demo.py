@@ -3,8 +3,10 @@
 Starts `clipforge serve` (API + one worker, SQLite, server-less broker, local storage) on a free port
 with a fresh data dir under runs/, submits the shapes-world job of bench/configs/demo.json (a default
 job: no fields but the classes, the teacher and a seed) over HTTP with the client, waits with a
-progress bar, downloads the ONNX student, evaluates it with onnxruntime on rendered test images beside
-the teacher (student, teacher, ratio), and stops the service.
+progress bar, downloads the ONNX student, writes 200 held-out test renders per class as PNG folders and
+evaluates the student on them through the service (POST /v1/jobs/{id}/evaluations), stops the service,
+then scores the same PNG files and 2,000 test renders locally with onnxruntime beside the teacher
+(student, teacher, ratio): the service's evaluation and the local one must agree.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ from client.progress import follow
 SHAPE8 = ["circle", "square", "triangle", "star", "hexagon", "cross", "heart", "ring"]
 CONFIG = Path("bench/configs/demo.json")
 READY_TIMEOUT_S = 120
+EVAL_PER_CLASS = 200  # test renders per class written as PNG files for the evaluation
+
+
+def write_test_pngs(folder: Path, per_class: int = EVAL_PER_CLASS) -> dict[str, list[Path]]:
+    """Held-out shape8 test renders, ``per_class`` of each class, as PNG files in a folder per class."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.tasks import get_task
+
+    task = get_task("shape8")
+    pixels, labels = task.render("test", per_class * len(SHAPE8) * 2)
+    files: dict[str, list[Path]] = {}
+    for k, name in enumerate(task.class_texts):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i, index in enumerate(np.flatnonzero(labels.numpy() == k)[:per_class]):
+            path = folder / name / f"{i:04d}.png"
+            Image.fromarray((pixels[index].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+            files.setdefault(name, []).append(path)
+    return files
 
 
 def free_port() -> int:
@@ -77,6 +99,16 @@ def main() -> int:
             metrics = client.get_job(job.id).metrics or {}
             print(f"budget {metrics.get('budget')}; the job's own estimate (agreement with the teacher on unseen images): "
                   f"{json.dumps(metrics.get('quality'))}", flush=True)  # fmt: skip
+            images_dir = data_dir / "evaluation-images"
+            files = write_test_pngs(images_dir)
+            evaluation = client.evaluate(job.id, images=files)
+            evaluation = client.wait_evaluation(job.id, evaluation.id, timeout=600)
+            if evaluation.status != "succeeded" or evaluation.result is None:
+                print(f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}", file=sys.stderr)
+                return 1
+            served = evaluation.result
+            print(f"evaluation {evaluation.id} through the service on {served.images} PNG test images: student "
+                  f"{served.student.accuracy:.4f}, teacher {served.teacher.accuracy:.4f}", flush=True)  # fmt: skip
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -85,8 +117,15 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         print("service stopped", flush=True)
-    print("evaluating the ONNX student with onnxruntime beside the teacher:", flush=True)
-    return subprocess.call([sys.executable, "-m", "cli.main", "bench", "student", "--onnx", str(onnx), "--task", "shape8"])
+    bench = [sys.executable, "-m", "cli.main", "bench", "student", "--onnx", str(onnx), "--task", "shape8"]
+    local = json.loads(subprocess.run([*bench, "--images-dir", str(images_dir), "--json"], check=True, capture_output=True).stdout)
+    same = abs(local["student_onnx_accuracy"] - served.student.accuracy) < 1e-4
+    print(f"the same {local['images']} PNG files scored here with onnxruntime: student {local['student_onnx_accuracy']:.4f}, "
+          f"teacher {local['teacher_zero_shot_accuracy']:.4f}: {'the same as' if same else 'DIFFERENT FROM'} the service's evaluation",
+          flush=True)  # fmt: skip
+    print("evaluating the ONNX student with onnxruntime beside the teacher on 2,000 test renders:", flush=True)
+    status = subprocess.call(bench)
+    return status if same else 1
 
 
 if __name__ == "__main__":
