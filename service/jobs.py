@@ -12,6 +12,7 @@ compare-and-set that runs it once and drops the other.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -113,6 +114,11 @@ _IDS = MonotonicIds()  # one sequence per process: no settings involved
 def new_id(prefix: str) -> str:
     """A new time-ordered id (see MonotonicIds): listings sort by id, newest first."""
     return _IDS.new(prefix)
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether ``value`` has the form of ``new_id(prefix)`` (a cursor must be one)."""
+    return re.fullmatch(f"{re.escape(prefix)}_[{_CROCKFORD}]{{26}}", value) is not None
 
 
 @dataclass

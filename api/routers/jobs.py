@@ -42,7 +42,6 @@ MAX_IDEMPOTENCY_KEY = 200
 # Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
 ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 EVENT_STREAM_PING_S = 15  # a comment line this often keeps proxies from closing an idle stream
-JOB_ID = re.compile(r"job_[0-9a-z]{26}")  # service.jobs.new_id("job"): the only valid job-list cursor
 
 
 def estimated_duration(spec: dict[str, Any], settings: Settings) -> float | None:
@@ -300,7 +299,7 @@ def get_jobs(
     after: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> schemas.JobPage:
-    if after is not None and JOB_ID.fullmatch(after) is None:
+    if after is not None and not repo.is_id(after, "job"):  # a job id is the only valid job-list cursor
         raise invalid("invalid_cursor", f"after={after[:40]!r} is not a cursor: pass a page's next_after (a job id)", status=400)
     page, has_more = repo.list_jobs(session, status=status, after=after, limit=limit, tenant_id=principal.tenant_id)
     return schemas.JobPage(data=[job_out(j) for j in page], has_more=has_more, next_after=page[-1].id if has_more and page else None)
@@ -396,7 +395,7 @@ async def get_events(
         if not last_event_id.isdigit():
             raise invalid("invalid_cursor", f"Last-Event-ID {last_event_id[:20]!r} is not an event id", status=400)
         after = max(after or 0, int(last_event_id))
-    await run_in_threadpool(read_events_page, factory, job_id, principal.tenant_id, after, 1)  # 404 before streaming
+    await run_in_threadpool(read_job, factory, job_id, principal.tenant_id)  # 404 before streaming
     events = stream_events(factory, job_id, after, settings.event_stream_poll_seconds)
     return EventSourceResponse(events, ping=EVENT_STREAM_PING_S, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
