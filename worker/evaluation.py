@@ -188,7 +188,7 @@ def confusion_png(student: Scores, teacher: Scores, names: list[str]) -> bytes:
 
 
 def mistakes_png(pixels: torch.Tensor, labels: np.ndarray, predictions: np.ndarray, picked: np.ndarray, names: list[str]) -> bytes:
-    """Up to MAX_MISTAKES images the student got wrong, each captioned "true → predicted"; a note when there are none."""
+    """Up to MAX_MISTAKES images the student got wrong, each captioned "true -> predicted"; a note when there are none."""
     columns = MISTAKES_PER_ROW
     rows = max(1, -(-len(picked) // columns))
     canvas = Image.new("RGB", (columns * MISTAKE_TILE, rows * (MISTAKE_TILE + MISTAKE_CAPTION)), "white")
@@ -200,7 +200,7 @@ def mistakes_png(pixels: torch.Tensor, labels: np.ndarray, predictions: np.ndarr
         tile = Image.fromarray(array).resize((MISTAKE_TILE, MISTAKE_TILE), Image.Resampling.NEAREST)
         x, y = (slot % columns) * MISTAKE_TILE, (slot // columns) * (MISTAKE_TILE + MISTAKE_CAPTION)
         canvas.paste(tile, (x, y))
-        caption = f"{names[labels[i]][:12]} → {names[predictions[i]][:12]}"
+        caption = f"{names[labels[i]][:12]} -> {names[predictions[i]][:12]}"  # ASCII: PIL's default font has no arrow
         draw.text((x + 2, y + MISTAKE_TILE + 2), caption, fill="black")
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
