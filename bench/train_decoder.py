@@ -20,11 +20,21 @@ full-covariance Gaussian's samples decode to colour soup and a student distilled
 0.33 on val; the kernel density's reach 0.75). ``--prior-components K`` fits a K-component mixture
 instead (1: the single Gaussian). ``--fit-prior`` refits it alone from the kept encoder, which a
 fresh clone does not have: ``--finetune-encoder N`` trains one against the shipped decoder first.
+
+``--adversarial-steps N`` adds VQGAN's second stage (issue 10: a sharper decoder raises the ceiling
+of what inversion can draw): after the reconstruction steps, the decoder and encoder go on with a
+PatchGAN discriminator under the hinge loss, its weight set by VQGAN's adaptive rule (the ratio of
+the reconstruction and adversarial gradient norms at the decoder's last layer), plus a perceptual
+term: the cosine distance between the teacher's image embeddings of the reconstruction and the
+original (the one pretrained image network this offline world has; LPIPS plays this part for VQGAN).
+``--resume-from DIR`` starts that stage from a saved decoder (and the kept encoder) instead of
+training the first stage again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -36,11 +46,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from bench.tasks import get_task
 from bench.world import render, sample_scenes
 from core.generators.decoder import (
     CONFIG_FILE,
+    GROUP_NORM_GROUPS,
     WEIGHTS_FILE,
     DecoderConfig,
     LatentDecoder,
@@ -73,6 +85,9 @@ PRIOR_JITTER = 1e-3  # added to the covariance's diagonal; its smallest eigenval
 KMEANS_ITERATIONS = 25
 KDE_BANDWIDTH = 0.3  # a kernel density prior's kernel: the global covariance scaled by this squared
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
+DISC_WIDTH = 64  # first layer of the PatchGAN discriminator; it doubles per downsampling
+ADAPTIVE_WEIGHT_MAX = 1e4  # VQGAN's clamp on the adaptive adversarial weight
+ADAPTIVE_WEIGHT_EPS = 1e-4
 
 DEFAULT_CONFIG = DecoderConfig(
     name="shapes-vae",
@@ -165,6 +180,114 @@ def train(args: argparse.Namespace, config: DecoderConfig) -> tuple[LatentEncode
         step = args.steps
     info = {"steps_done": step, "stopped_by": stopped_by, "seconds": round(time.time() - start, 1), "history": history}
     return encoder.eval().requires_grad_(False), decoder.eval().requires_grad_(False), info
+
+
+class PatchDiscriminator(nn.Module):
+    """VQGAN's NLayerDiscriminator scaled to 32 px: a 6x6 map of real/fake logits, one per patch.
+
+    GroupNorm instead of BatchNorm, so that real and fake batches are judged independently.
+    """
+
+    def __init__(self, width: int = DISC_WIDTH) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, width, 4, stride=2, padding=1),  # 16 x 16
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),  # 8 x 8
+            nn.GroupNorm(GROUP_NORM_GROUPS, 2 * width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=1, padding=0),  # 6 x 6
+            nn.GroupNorm(GROUP_NORM_GROUPS, 4 * width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 1, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images * 2 - 1)
+
+
+def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, generator_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """VQGAN's rule: scale the adversarial term so its gradient at the last layer matches the reconstruction's."""
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0]
+    weight = rec_grad.norm() / (gan_grad.norm() + ADAPTIVE_WEIGHT_EPS)
+    return weight.clamp(0.0, ADAPTIVE_WEIGHT_MAX).detach()
+
+
+def perceptual_distance(teacher: Teacher, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - cosine of the teacher's image embeddings: what the teacher sees should survive the decoder."""
+    with torch.no_grad():
+        target_features = teacher.encode_image(target)
+    return (1.0 - (teacher.encode_image(output) * target_features).sum(-1)).mean()
+
+
+def train_adversarial(
+    encoder: LatentEncoder, decoder: LatentDecoder, teacher: Teacher, args: argparse.Namespace, *, first_step: int
+) -> dict[str, object]:
+    """VQGAN's second stage: reconstruction + perceptual + adaptive-weighted hinge GAN, alternating D and G steps.
+
+    Batches continue the first stage's sequence (``training_batch(seed, first_step + step)``), so no image repeats.
+    """
+    torch.manual_seed(args.seed + 1)
+    discriminator = PatchDiscriminator().train()
+    encoder.train().requires_grad_(True)
+    decoder.train().requires_grad_(True)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    # VQGAN's Adam betas (0.5, 0.9) for both players; the generator at a fine-tuning rate.
+    g_optimizer = torch.optim.Adam(params, lr=args.adversarial_lr, betas=(0.5, 0.9))
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.adversarial_lr, betas=(0.5, 0.9))
+    last_layer = decoder.net[-1].weight
+    size = decoder.config.image_size
+    start, history = time.time(), []
+    sums: dict[str, float] = {}
+    stopped_by, done = "steps", 0
+    for step in range(args.adversarial_steps):
+        if time.time() - start > args.adversarial_minutes * 60:
+            stopped_by = "time"
+            break
+        images = training_batch(args.seed, first_step + step, args.batch, size)
+        mean, logvar = encoder(images)
+        output = decoder(mean + torch.randn_like(mean) * (0.5 * logvar).exp())
+        reconstruction = (
+            F.l1_loss(output, images)
+            + args.edge_weight * edge_l1(output, images)
+            + args.perceptual_weight * perceptual_distance(teacher, output, images)
+        )
+        generator_loss = -discriminator(output).mean()
+        weight = adaptive_adversarial_weight(reconstruction, generator_loss, last_layer) * args.adversarial_weight
+        loss = reconstruction + weight * generator_loss + args.kl_weight * kl_per_element(mean, logvar)
+        g_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        g_optimizer.step()
+        d_optimizer.zero_grad(set_to_none=True)  # the generator's backward left gradients on D
+        d_loss = hinge_discriminator_loss(discriminator(images), discriminator(output.detach()))
+        d_loss.backward()
+        d_optimizer.step()
+        for key, value in (("l1", F.l1_loss(output, images)), ("g", generator_loss), ("d", d_loss), ("weight", weight)):
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        done = step + 1
+        if done % LOG_EVERY == 0:
+            entry = {"step": done, **{k: round(v / LOG_EVERY, 5) for k, v in sums.items()}, "seconds": round(time.time() - start, 1)}
+            history.append(entry)
+            print("adversarial", json.dumps(entry), flush=True)
+            sums = {}
+    encoder.eval().requires_grad_(False)
+    decoder.eval().requires_grad_(False)
+    return {
+        "steps_done": done,
+        "stopped_by": stopped_by,
+        "seconds": round(time.time() - start, 1),
+        "lr": args.adversarial_lr,
+        "adversarial_weight": args.adversarial_weight,
+        "perceptual_weight": args.perceptual_weight,
+        "discriminator": f"PatchGAN, width {DISC_WIDTH}, GroupNorm, hinge loss",
+        "history": history,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -474,6 +597,16 @@ def main() -> None:
     )
     parser.add_argument("--prior-images", type=int, default=PRIOR_IMAGES, help="unlabelled images the prior is fitted on")
     parser.add_argument("--prior-name", default="fitted", help="'fitted' (the bundle's default prior) or a variant's name")
+    parser.add_argument("--name", default=None, help="the decoder's name in its config (default: the config's)")
+    parser.add_argument("--adversarial-steps", type=int, default=0, help="VQGAN's second stage: steps with the discriminator")
+    parser.add_argument("--adversarial-minutes", type=float, default=30.0, help="safety cap on the second stage's time")
+    parser.add_argument("--adversarial-lr", type=float, default=2e-4, help="Adam rate of both players in the second stage")
+    parser.add_argument("--adversarial-weight", type=float, default=0.8, help="VQGAN's disc_weight, times the adaptive weight")
+    parser.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the teacher-embedding distance")
+    parser.add_argument(
+        "--resume-from", default=None, metavar="DIR", help="second stage only: start from this saved decoder and --resume-encoder"
+    )
+    parser.add_argument("--resume-encoder", default=None, help="the encoder kept with --resume-from's decoder")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -525,9 +658,24 @@ def main() -> None:
         (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         return
 
+    if args.name:
+        config = dataclasses.replace(config, name=args.name)
     print("config", json.dumps(config.to_dict()), flush=True)
-    encoder, decoder, info = train(args, config)
-    print(f"trained {info['steps_done']} steps in {info['seconds'] / 60:.1f} min (stopped by {info['stopped_by']})", flush=True)
+    if args.resume_from:
+        resumed = Path(args.resume_from)
+        decoder = load_decoder_from(resumed)
+        config = dataclasses.replace(decoder.config, name=args.name or decoder.config.name)
+        decoder.config = config
+        encoder = load_encoder(Path(args.resume_encoder or f"runs/{decoder.config.name}-encoder.safetensors"), decoder.config)
+        first_stage = json.loads((resumed / "card.json").read_text())["training"]
+        info = {"resumed_from": str(resumed), "first_stage": first_stage, "steps_done": first_stage["steps_done"], "history": []}
+    else:
+        encoder, decoder, info = train(args, config)
+        print(f"trained {info['steps_done']} steps in {info['seconds'] / 60:.1f} min (stopped by {info['stopped_by']})", flush=True)
+    if args.adversarial_steps:
+        teacher = create_teacher(args.teacher, device="cpu")
+        info["adversarial"] = train_adversarial(encoder, decoder, teacher, args, first_step=int(info["steps_done"]))
+        print(f"adversarial stage: {info['adversarial']['steps_done']} steps in {info['adversarial']['seconds'] / 60:.1f} min", flush=True)
     size = save_bundle(decoder, out)
     encoder_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(encoder_path))
@@ -542,6 +690,10 @@ def main() -> None:
         },
         "training": {
             **{k: v for k, v in vars(args).items() if k not in ("skip_eval", "eval_only", "fit_prior", "finetune_encoder", "finetune_lr")},
+            "loss_second_stage": "L1 + edge L1 + perceptual_weight * (1 - cos of teacher image embeddings) + kl_weight * KL "
+            "+ adversarial_weight * adaptive weight * hinge generator loss (PatchGAN)"
+            if args.adversarial_steps
+            else None,
             "distractor_prob": DISTRACTOR_PROB,
             "data": "freshly rendered shapes-world images, no labels, batch rendered from (seed, step)",
             "loss": "L1 + edge_weight * L1 of pixel differences + kl_weight * KL per latent element (reparameterised sample)",
