@@ -31,8 +31,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CLIPFORGE_PORT=8000 \
     XDG_CACHE_HOME=/cache
 
-# One fixed numeric UID/GID (10001) in both images, so that the shared /data volume is writable by
-# api and worker, and so that runtimes that check runAsNonRoot can see it is not root.
+# One fixed numeric UID/GID (10001) in both images, so that a /data volume (the embedded default's files) is writable
+# by api and worker, and so that runtimes that check runAsNonRoot can see it is not root.
 RUN groupadd --system --gid 10001 clipforge \
     && useradd --system --uid 10001 --gid clipforge --home-dir /home/clipforge --create-home \
        --shell /usr/sbin/nologin clipforge \

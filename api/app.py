@@ -94,7 +94,7 @@ def create_app(settings: Settings, *, prepared: bool = False) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.storage = create_storage(settings.storage_root)
+    app.state.storage = create_storage(settings)
     app.state.celery = create_celery(settings)
     app.state.metrics = ApiMetrics.create()
 

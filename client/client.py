@@ -230,11 +230,15 @@ class ClipforgeClient:
         partial = target.with_name(f".{target.name}.part")
         digest, size = hashlib.sha256(), 0
         try:
-            with self._http.stream("GET", path) as response:
+            # The API may redirect to its object store (presigned downloads): httpx drops the API key on the way
+            # there, and the sha256 comes from the API's redirect, since the store's answer does not carry it.
+            with self._http.stream("GET", path, follow_redirects=True) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
-                expected_sha = response.headers.get("x-checksum-sha256")
+                expected_sha = next(
+                    (hop.headers["x-checksum-sha256"] for hop in (response, *response.history) if "x-checksum-sha256" in hop.headers), None
+                )
                 expected_size = int(response.headers.get("content-length", -1))
                 with partial.open("wb") as handle:
                     for chunk in response.iter_bytes():

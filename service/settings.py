@@ -9,6 +9,10 @@ from typing import Annotated
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.storage import parse_storage_url
+
+PRESIGNED_URL_MAX_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPFORGE_", env_file=".env", extra="ignore")
@@ -17,7 +21,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path("clipforge-data")
     database_url: str = ""  # default: sqlite:///<data_dir>/clipforge.db
     broker_url: str = ""  # default: sqla+sqlite:///<data_dir>/broker.db (kombu's SQLAlchemy transport, no server)
-    storage_dir: Path | None = None  # default: <data_dir>/storage
+    storage_dir: Path | None = None  # default: <data_dir>/storage; unused with storage_url
+    # Object storage instead of the folder: ``s3://bucket/prefix`` on any S3-compatible store (endpoint, credentials and
+    # region from the usual AWS variables, which boto3 reads itself); empty: the local folder above.
+    storage_url: str = ""
+    # GET of an artifact (a job's or an evaluation's) answers 307 to a presigned URL of the store instead of streaming
+    # it through the API; HEAD and Range requests still go through the API. Object storage only.
+    storage_presigned_downloads: bool = False
+    storage_presigned_expiry_seconds: Annotated[int, Field(ge=1, le=PRESIGNED_URL_MAX_SECONDS)] = 300
+    # Where clients reach the store, when not where the service does (compose: http://minio:9000 inside, a public
+    # address outside); presigned URLs are signed for this endpoint. Empty: the service's own endpoint.
+    storage_presigned_endpoint_url: str = ""
     cache_dir: Path | None = None  # teacher cache; default ~/.cache/clipforge
     host: str = "127.0.0.1"
     port: int = 8000
@@ -82,6 +96,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{data_dir / 'broker.db'}"
         if self.storage_dir is None:
             self.storage_dir = data_dir / "storage"
+        if self.storage_url:
+            parse_storage_url(self.storage_url)  # a malformed URL stops the service at start-up, not at its first upload
         if self.metrics_token is not None and not self.metrics_token.get_secret_value().strip():
             self.metrics_token = None  # CLIPFORGE_METRICS_TOKEN= (compose's empty default) is no token, not the empty one
         return self
@@ -91,12 +107,17 @@ class Settings(BaseSettings):
         assert self.storage_dir is not None
         return self.storage_dir
 
+    @property
+    def uses_object_storage(self) -> bool:
+        return bool(self.storage_url)
+
     def ensure_local_dirs(self) -> None:
-        """Create the folders that SQLite files and local storage need."""
+        """Create the folders that SQLite files and local storage need (none for storage in an object store)."""
         for url in (self.database_url, self.broker_url):
             if "sqlite:///" in url:
                 Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-        self.storage_root.mkdir(parents=True, exist_ok=True)
+        if not self.uses_object_storage:
+            self.storage_root.mkdir(parents=True, exist_ok=True)
 
 
 @lru_cache

@@ -1,7 +1,8 @@
-"""Blob storage for uploads and artifacts behind a small interface; a local directory by default.
+"""Blob storage for uploads and artifacts behind a small interface; a local directory by default, any S3-compatible
+object store with ``CLIPFORGE_STORAGE_URL=s3://bucket/prefix`` (service.object_storage).
 
-Writes are atomic (temporary file in the same folder, fsync, rename, fsync of the folder), so a
-reader sees a whole object or none, and every write reports the sha256 it recorded.
+Writes are atomic (locally: temporary file in the same folder, fsync, rename, fsync of the folder; in a store: one
+PUT), so a reader sees a whole object or none, and every write reports the sha256 it recorded.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 CHUNK_BYTES = 1024 * 1024
+OBJECT_STORAGE_SCHEME = "s3"  # CLIPFORGE_STORAGE_URL=s3://bucket/prefix
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class StorageFull(StorageError):
 
 
 class StorageUnavailable(StorageError):
-    """The storage folder cannot be written (read-only, permissions, gone, I/O error): nothing was written."""
+    """The storage cannot be written or reached (a read-only, gone or failing folder; an unreachable store, a missing
+    bucket, refused credentials): nothing was written."""
 
     code = "storage_unavailable"
 
@@ -59,10 +66,33 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def check(self) -> None: ...
+    def download_url(self, key: str, *, filename: str, content_type: str, expires_seconds: int) -> str | None: ...
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def check_key(key: str) -> list[str]:
+    """The parts of a valid key (a relative POSIX path, no ``..``, ``.`` or empty part); StorageError otherwise."""
+    parts = key.split("/")
+    if not key or any(p in ("..", ".", "") for p in parts) or "\\" in key or "\x00" in key:
+        raise StorageError(f"invalid storage key {key!r}")
+    return parts
+
+
+def parse_storage_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix); the prefix, which may be empty, is a key like any other."""
+    parsed = urlsplit(url)
+    if parsed.scheme != OBJECT_STORAGE_SCHEME or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ValueError(f"a storage URL is {OBJECT_STORAGE_SCHEME}://bucket or {OBJECT_STORAGE_SCHEME}://bucket/prefix, not {url!r}")
+    prefix = parsed.path.strip("/")
+    if prefix:
+        try:
+            check_key(prefix)
+        except StorageError as exc:
+            raise ValueError(f"the storage URL {url!r} has an invalid prefix: {exc}") from None
+    return parsed.netloc, prefix
 
 
 class LocalStorage:
@@ -72,10 +102,7 @@ class LocalStorage:
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("..", ".", "") for p in parts) or "\\" in key or "\x00" in key:
-            raise StorageError(f"invalid storage key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key))
 
     def put(self, key: str, data: bytes) -> StoredObject:
         """Write ``data`` whole or not at all; an OSError becomes StorageFull or StorageUnavailable, with no temp file left."""
@@ -135,6 +162,10 @@ class LocalStorage:
         except OSError as exc:
             raise classify_os_error(exc, f"storage at {self.root} is not writable") from exc
 
+    def download_url(self, key: str, *, filename: str, content_type: str, expires_seconds: int) -> str | None:
+        """None: a folder has no URL of its own, the API streams the file."""
+        return None
+
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
@@ -144,8 +175,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def create_storage(root: Path) -> Storage:
-    return LocalStorage(root)
+def create_storage(settings: Settings) -> Storage:
+    """The object store of ``storage_url`` when set, else the local folder ``storage_root``."""
+    if settings.uses_object_storage:
+        from service.object_storage import S3Storage  # boto3 only where a store is used
+
+        return S3Storage.from_settings(settings)
+    return LocalStorage(settings.storage_root)
 
 
 def upload_key(job_id: str, upload_id: str) -> str:

@@ -32,3 +32,12 @@ def postgres_url():
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible store (moto's server on a free port) with a bucket: tests.servers.ThrowawayS3."""
+    from tests.servers import start_s3_server
+
+    with start_s3_server() as store:
+        yield store

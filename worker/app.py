@@ -33,7 +33,7 @@ class WorkerContext:
 def create_worker_app(settings: Settings) -> WorkerContext:
     celery = create_celery(settings)
     factory = make_session_factory(make_engine(settings.database_url))
-    storage = create_storage(settings.storage_root)
+    storage = create_storage(settings)
     runner = JobRunner(settings, factory, storage)
     evaluator = EvaluationRunner(settings, factory, storage)
 

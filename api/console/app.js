@@ -629,6 +629,14 @@ function onJobEvent(current, kind, event) {
   if (kind === "warning" || kind === "error") announce(`${kind}: ${event.message ?? ""}`);
 }
 
+/**
+ * An artifact's URL, always streamed through the API: with presigned downloads on, a plain GET is redirected to the
+ * object store, which this page's Content-Security-Policy (connect-src 'self') and the store's CORS would refuse.
+ */
+function streamed(url) {
+  return `${url}?stream=true`;
+}
+
 /** A finished job's artifacts: the downloads, the samples grid and the model card; the evaluations of a succeeded one. */
 async function loadFinishedJob(current, job) {
   if (current.finishedLoaded) return;
@@ -643,11 +651,11 @@ async function loadFinishedJob(current, job) {
   renderArtifacts(current, artifacts);
   const byName = new Map(artifacts.map((artifact) => [artifact.name, artifact]));
   if (byName.has("samples.png")) {
-    showBlobImage(current, byName.get("samples.png").url, $("job-samples")).then((ok) => {
+    showBlobImage(current, streamed(byName.get("samples.png").url), $("job-samples")).then((ok) => {
       $("job-samples-section").hidden = !ok;
     });
   }
-  if (byName.has("model_card.json")) loadModelCard(current, byName.get("model_card.json").url);
+  if (byName.has("model_card.json")) loadModelCard(current, streamed(byName.get("model_card.json").url));
   if (job.status === "succeeded") openEvaluations(current, job);
 }
 
@@ -682,7 +690,7 @@ async function downloadArtifact(current, artifact, button) {
   button.disabled = true;
   button.setAttribute("aria-busy", "true");
   try {
-    const response = await api("GET", artifact.url, { signal: current.signal });
+    const response = await api("GET", streamed(artifact.url), { signal: current.signal });
     const blob = await response.blob();
     // crypto.subtle exists in secure contexts only (https, localhost): elsewhere the check is skipped.
     if (crypto.subtle && artifact.sha256 && (await sha256Hex(blob)) !== artifact.sha256) {
@@ -924,7 +932,7 @@ function renderEvaluation(current, evaluation) {
     if (!artifacts.has(name)) continue;
     const img = el("img", { alt, className: `evaluation-${name.replace(".png", "")}` });
     figures.append(el("figure", {}, img, el("figcaption", {}, caption)));
-    showBlobImage(current, artifacts.get(name).url, img);
+    showBlobImage(current, streamed(artifacts.get(name).url), img);
   }
   article.append(figures);
   if (artifacts.size > 0) {

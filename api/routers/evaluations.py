@@ -14,7 +14,8 @@ from api import schemas
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.evaluation_input import ARCHIVE_FIELD, EvaluationInput, evaluation_input
 from api.multipart import read_form
-from api.routers.jobs import ERRORS, check_artifact_name, stored_file_response
+from api.routers.jobs import ARTIFACT_RESPONSES as JOB_ARTIFACT_RESPONSES
+from api.routers.jobs import ERRORS, STREAM_QUERY, check_artifact_name, stored_file_response
 from api.validation import invalid
 from core.artifacts import ONNX_FILE
 from service import evaluations as repo
@@ -182,7 +183,7 @@ def delete_evaluation(job_id: str, evaluation_id: str, session: SessionDep, stor
     return Response(status_code=204)
 
 
-ARTIFACT_RESPONSES = {**ERRORS, 200: {"content": {"application/octet-stream": {}}}, 206: {"description": "a single byte range"}}
+ARTIFACT_RESPONSES = {**ERRORS, **{status: JOB_ARTIFACT_RESPONSES[status] for status in (200, 206, 307)}}
 
 
 @router.get("/{evaluation_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES)
@@ -195,9 +196,10 @@ def download_evaluation_artifact(
     storage: StorageDep,
     request: Request,
     principal: PrincipalDep,
+    stream: Annotated[bool, STREAM_QUERY] = False,
 ) -> Response:
     """An evaluation's file (``confusion.png``, ``mistakes.png``, ``evaluation.json``); HEAD and Range as job artifacts."""
     check_artifact_name(name)
     repo.get(session, job_id, evaluation_id, principal.tenant_id)
     artifact = repo.get_artifact(session, evaluation_id, name)
-    return stored_file_response(request, storage, artifact, f"artifact {name!r} of evaluation {evaluation_id!r}")
+    return stored_file_response(request, storage, artifact, f"artifact {name!r} of evaluation {evaluation_id!r}", stream=stream)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Protocol
 import anyio
 from celery import Celery
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +42,7 @@ MAX_IDEMPOTENCY_KEY = 200
 # Artifact names are plain file names; anything else (../, absolute paths, encoded slashes) is refused before any lookup.
 ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 EVENT_STREAM_PING_S = 15  # a comment line this often keeps proxies from closing an idle stream
+PRESIGNED_REDIRECT_STATUS = 307  # Temporary Redirect: the client repeats the same GET at the store's URL
 
 
 def estimated_duration(spec: dict[str, Any], settings: Settings) -> float | None:
@@ -460,6 +461,7 @@ ARTIFACT_RESPONSES = {
     **ERRORS,
     200: {"content": {"application/octet-stream": {}}},
     206: {"description": "a single byte range"},
+    307: {"description": "with CLIPFORGE_STORAGE_PRESIGNED_DOWNLOADS on: the object store's presigned URL (Location)"},
     416: {"model": schemas.ErrorBody},
 }
 
@@ -467,13 +469,19 @@ ARTIFACT_RESPONSES = {
 @router.get("/{job_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES)
 @router.head("/{job_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES, operation_id="head_artifact")
 def download_artifact(
-    job_id: str, name: Annotated[str, Path()], session: SessionDep, storage: StorageDep, request: Request, principal: PrincipalDep
+    job_id: str,
+    name: Annotated[str, Path()],
+    session: SessionDep,
+    storage: StorageDep,
+    request: Request,
+    principal: PrincipalDep,
+    stream: Annotated[bool, STREAM_QUERY] = False,
 ) -> Response:
     """The artifact's bytes; ``HEAD`` for its headers alone, ``Range: bytes=a-b`` for part of it (206), to resume."""
     check_artifact_name(name)
     repo.get_job(session, job_id, principal.tenant_id)
     artifact = repo.get_artifact(session, job_id, name)
-    return stored_file_response(request, storage, artifact, f"artifact {name!r} of job {job_id!r}")
+    return stored_file_response(request, storage, artifact, f"artifact {name!r} of job {job_id!r}", stream=stream)
 
 
 def check_artifact_name(name: str) -> None:
@@ -489,8 +497,32 @@ class StoredFile(Protocol):
     storage_key: str
 
 
-def stored_file_response(request: Request, storage: Storage, artifact: StoredFile, what: str) -> Response:
-    """An artifact row's file: ETag and checksums, 304 on If-None-Match, HEAD, a single Range (206) with If-Range."""
+def presigned_redirect(request: Request, storage: Storage, artifact: StoredFile, headers: dict[str, str]) -> Response | None:
+    """A 307 to the store's presigned URL for a plain GET when ``storage_presigned_downloads`` is on and the backend has
+    URLs (object storage); None otherwise. HEAD and Range requests stay with the API, which answers them from the row
+    and one ranged read. The redirect carries the checksums, so that a client checks what the store sends."""
+    settings: Settings = request.app.state.settings
+    if not settings.storage_presigned_downloads or request.method != "GET" or "range" in request.headers:
+        return None
+
+    url = storage.download_url(
+        artifact.storage_key,
+        filename=artifact.name,
+        content_type=artifact.content_type,
+        expires_seconds=settings.storage_presigned_expiry_seconds,
+    )
+    if url is None:
+        return None
+    kept = {name: headers[name] for name in ("ETag", "X-Checksum-Sha256", "Digest")}
+    return RedirectResponse(url, status_code=PRESIGNED_REDIRECT_STATUS, headers={**kept, "Cache-Control": "no-store"})
+
+
+STREAM_QUERY = Query(description="always stream the bytes through the API, even with presigned downloads on (the web console)")
+
+
+def stored_file_response(request: Request, storage: Storage, artifact: StoredFile, what: str, *, stream: bool = False) -> Response:
+    """An artifact row's file: ETag and checksums, 304 on If-None-Match, HEAD, a single Range (206) with If-Range; a
+    plain GET redirected to the store (307) with presigned downloads on."""
     etag = f'"{artifact.sha256}"'
     headers = {
         "ETag": etag,
@@ -504,6 +536,9 @@ def stored_file_response(request: Request, storage: Storage, artifact: StoredFil
         return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
     if not storage.exists(artifact.storage_key):
         raise invalid("artifact_missing", f"{what} is recorded but its file is missing", status=500)
+    redirect = None if stream else presigned_redirect(request, storage, artifact, headers)
+    if redirect is not None:
+        return redirect
     # If-Range: a range only while the client's copy is this version; otherwise the whole (new) object.
     if_range = request.headers.get("if-range")
     span = byte_range(request.headers.get("range"), artifact.size) if if_range in (None, etag) else None

@@ -148,6 +148,7 @@ def _png() -> bytes:
         ("not_a_zip", "invalid_archive", 400),
         ("loose_file", "invalid_archive_layout", 422),
         ("nothing", "no_images", 422),
+        ("huge_class_count", "too_many_classes", 422),
     ],
 )
 def test_refusals_have_their_own_code_and_leave_nothing(served, finished_job, kind, code, status):
@@ -165,6 +166,7 @@ def test_refusals_have_their_own_code_and_leave_nothing(served, finished_job, ki
         "not_a_zip": {"archive": b"PK\x03\x04 this is not really a zip"},
         "loose_file": {"archive": _zip({"a.png": png})},
         "nothing": {"archive": _zip({"__MACOSX/circle/._a.png": png, "circle/.DS_Store": b"x"})},
+        "huge_class_count": {"images": {f"class {i}": [png] for i in range(500)}},
     }[kind]
     with pytest.raises(ApiError) as refused:
         client.evaluate(job.id, **parts)  # type: ignore[arg-type]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from service.settings import Settings, get_settings
 
 
@@ -30,3 +33,19 @@ def test_environment_overrides_the_config_file(tmp_path, monkeypatch):
         get_settings.cache_clear()
     assert settings.port == 9001 and settings.device == "cpu" and str(settings.storage_dir) == "/srv/blobs"
     assert settings.database_url == "postgresql://u@db/clipforge" and settings.broker_url == "redis://broker:6379/0"
+
+
+@pytest.mark.parametrize("url", ["file:///srv/blobs", "s3://", "s3:///prefix", "s3://bucket/../up", "s3://bucket/a//b", "s3://bucket?x=1"])
+def test_a_storage_url_that_is_no_bucket_stops_the_settings(tmp_path, url):
+    with pytest.raises(ValidationError, match="storage"):
+        Settings(_env_file=None, data_dir=tmp_path, storage_url=url)
+
+
+def test_object_storage_creates_no_storage_folder(tmp_path):
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", storage_url="s3://clipforge/prod")
+    assert settings.uses_object_storage and not settings.storage_presigned_downloads  # streaming through the API by default
+    settings.ensure_local_dirs()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # SQLite's folder only: no storage folder in it
+    local = Settings(_env_file=None, data_dir=tmp_path / "local")
+    local.ensure_local_dirs()
+    assert local.storage_root.is_dir() and not local.uses_object_storage
