@@ -97,8 +97,15 @@ def test_another_tenants_job_is_not_found_anywhere(server, tenants):
             ("GET", f"/v1/jobs/{job_id}/artifacts/metrics.json"),
             ("POST", f"/v1/jobs/{job_id}/cancel"),
             ("DELETE", f"/v1/jobs/{job_id}"),
+            ("GET", f"/v1/jobs/{job_id}/evaluations"),
+            ("GET", f"/v1/jobs/{job_id}/evaluations/eval_00000000000000000000000000"),
+            ("GET", f"/v1/jobs/{job_id}/evaluations/eval_00000000000000000000000000/artifacts/confusion.png"),
+            ("DELETE", f"/v1/jobs/{job_id}/evaluations/eval_00000000000000000000000000"),
         ]:
             _assert_error(globex.request(method, path), 404, "job_not_found")
+        # An evaluation of another tenant's job is refused before its body is read.
+        refused = globex.post(f"/v1/jobs/{job_id}/evaluations", files=[("images[p]", ("p.png", png_bytes(), "image/png"))])
+        _assert_error(refused, 404, "job_not_found")
         for client in (acme, globex):  # the open-mode job belongs to no tenant
             _assert_error(client.get(f"/v1/jobs/{tenants['open_job']}"), 404, "job_not_found")
         acme_ids = {j["id"] for j in acme.get("/v1/jobs", params={"limit": 100}).json()["data"]}
