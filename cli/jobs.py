@@ -90,15 +90,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict, dict[str, list[Path]]
     if args.seed is not None:
         raw["seed"] = args.seed
     raw.pop("device", None)  # the worker's --device decides where a job runs
-    images: dict[str, list[Path]] = {}
-    for item in args.images:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise CliError("invalid_spec", f"--images takes CLASS=DIR, not {item!r}")
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(folder).is_dir() else []
-        if not files:
-            raise CliError("invalid_images", f"no image files in {folder}")
-        images.setdefault(name, []).extend(files)
+    images = images_by_class(args.images, error_code="invalid_spec")
+    for name in images:
         names = [c if isinstance(c, str) else c.get("name") for c in raw.get("classes", [])]
         if name not in names:
             raw.setdefault("classes", []).append(name)
@@ -196,12 +189,13 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluation_images(items: list[str]) -> dict[str, list[Path]]:
+def images_by_class(items: list[str], error_code: str = "invalid_images") -> dict[str, list[Path]]:
+    """The image files of each ``--images CLASS=DIR`` (sorted by name); ``error_code`` for a malformed item."""
     images: dict[str, list[Path]] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            raise CliError("invalid_images", f"--images takes CLASS=DIR, not {item!r}")
+            raise CliError(error_code, f"--images takes CLASS=DIR, not {item!r}")
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(folder).is_dir() else []
         if not files:
             raise CliError("invalid_images", f"no image files in {folder}")
@@ -225,7 +219,7 @@ def evaluation_table(evaluation) -> str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    images = evaluation_images(args.images)
+    images = images_by_class(args.images)
     if not images and args.archive is None:
         raise CliError("invalid_images", "pass --images CLASS=DIR (repeatable) or --archive ZIP")
     with _client(args) as client:
