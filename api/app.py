@@ -82,7 +82,7 @@ def create_app(settings: Settings, *, prepared: bool = False) -> FastAPI:
             open_mode_notice = check_exposure(settings, app.state.session_factory)
             if open_mode_notice:
                 log.warning(open_mode_notice)
-        stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery)
+        stop_reaper = start_reaper(settings, app.state.session_factory, app.state.celery, app.state.storage)
         stop_webhooks = start_dispatcher(settings, app.state.session_factory)
         yield
         stop_webhooks.set()

@@ -37,6 +37,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     speed.add_argument("--out", type=Path, default=None, help="write speed.md and speed.json into this folder")
     speed.set_defaults(handler=run_speed)
 
+    workers = commands.add_parser("workers", help="one job's speed-up from 2 workers over 1 (its synthesis split into chunks)")
+    from bench.workers import add_arguments as add_workers_arguments
+
+    add_workers_arguments(workers)
+    workers.set_defaults(handler=run_workers)
+
     student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
     student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
     student.add_argument("--task", default="shape8", help="a task, or shapes:<shape>,<shape>,... (a subset of shape8, in that order)")
@@ -116,6 +122,14 @@ def run_speed(args: argparse.Namespace) -> int:
         (args.out / "speed.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    import shlex
+
+    from bench.workers import run
+
+    return run(args, "clipforge bench workers " + " ".join(shlex.quote(a) for a in sys.argv[3:]))
 
 
 def run_student(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -25,7 +25,21 @@ from core.export import export_onnx, export_torchscript, quantize_onnx_int8
 from core.quality import estimate_quality
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
-from core.synthesis import ClassPrompts, InversionTargets, SurrogateSet, SynthesisConfig, build_targets, prior_sampler, synthesize
+from core.synthesis import (
+    ClassPrompts,
+    InversionTargets,
+    SurrogateChunk,
+    SurrogateSet,
+    SynthesisConfig,
+    assemble,
+    batch_ranges,
+    build_targets,
+    plan_chunks,
+    prior_sampler,
+    surrogate_sha256,
+    synthesize,
+    synthesize_batches,
+)
 from core.teachers.base import Teacher
 
 # Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
@@ -65,6 +79,17 @@ ProgressCallback = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
 
 
+def stage_estimates(spec: CustomizeSpec) -> dict[str, float]:
+    """Seconds per stage of a resolved spec before it runs (core.estimate), else the fallback's proportions."""
+    return estimate_stage_seconds(spec.model_dump(mode="json")) or dict(FALLBACK_STAGE_SECONDS)
+
+
+def job_fraction(estimates: Mapping[str, float], stage: str, stage_fraction: float) -> float:
+    """The whole job's progress (0..1) at ``stage_fraction`` of ``stage``: stages weighed by their estimated seconds."""
+    done_before = sum(estimates[s] for s in STAGES[: STAGES.index(stage)])
+    return min(1.0, (done_before + estimates[stage] * stage_fraction) / sum(estimates.values()))
+
+
 class _Tracker:
     """Turns per-step callbacks into Progress events and cancellation checks. The overall fraction weighs stages by
     their estimated seconds (core.estimate); the ETA comes from measured rates (core.estimate.Eta)."""
@@ -74,15 +99,13 @@ class _Tracker:
     ) -> None:
         self.on_progress, self.should_cancel = on_progress, should_cancel
         self.estimates = stage_seconds or FALLBACK_STAGE_SECONDS
-        self.total = sum(self.estimates.values())
         self.eta = Eta(dict(self.estimates))
         self.stage_times: dict[str, float] = {}
 
     def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise CustomizeCancelled(f"cancelled during {stage}")
-        done_before = sum(self.estimates[s] for s in STAGES[: STAGES.index(stage)])
-        fraction = min(1.0, (done_before + self.estimates[stage] * stage_fraction) / self.total)
+        fraction = job_fraction(self.estimates, stage, stage_fraction)
         eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
         if self.on_progress is not None:
             self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}))
@@ -212,6 +235,67 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+@dataclass(frozen=True)
+class Preparation:
+    """What every part of a job computes first, the same way in every process: the spec with its budget filled in, the
+    synthesis config, the style dictionary and the teacher's inversion targets. It draws nothing from any RNG."""
+
+    spec: CustomizeSpec  # resolved (resolved_spec)
+    synthesis: SynthesisConfig
+    styles: list[str]
+    targets: InversionTargets
+
+    @property
+    def used_styles(self) -> list[str]:
+        return self.styles if self.spec.synthesis.use_styles else []
+
+
+def prepare(spec: CustomizeSpec, teacher: Teacher, examples: Mapping[str, torch.Tensor] | None = None) -> Preparation:
+    """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts."""
+    spec = resolved_spec(spec, teacher)
+    synthesis = synthesis_config(spec, teacher)
+    styles = resolved_styles(spec, teacher)
+    targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
+    return Preparation(spec, synthesis, styles, targets)
+
+
+def synthesis_plan(spec: CustomizeSpec, teacher: Teacher, batches_per_chunk: int, max_chunks: int) -> list[list[int]]:
+    """The batch indices of each chunk the job's synthesis splits into (core.synthesis.plan_chunks); one chunk: no split.
+    Needs no teacher pass, so a worker decides before preparing whether to split."""
+    spec = resolved_spec(spec, teacher)
+    batches = len(batch_ranges(len(spec.classes), synthesis_config(spec, teacher)))
+    return plan_chunks(batches, batches_per_chunk, max_chunks)
+
+
+ChunkProgress = Callable[[float], None]  # the chunk's own fraction done (0..1)
+
+
+def synthesize_chunk(
+    preparation: Preparation,
+    teacher: Teacher,
+    batch_indices: Sequence[int],
+    *,
+    on_progress: ChunkProgress | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> SurrogateChunk:
+    """One chunk of the synthesizing stage: the surrogate set's batches ``batch_indices`` (see synthesize_batches).
+    CustomizeCancelled when ``should_cancel`` answers True (asked after every step and every batch)."""
+
+    def on_step(done: int, total: int) -> None:
+        if should_cancel is not None and should_cancel():
+            raise CustomizeCancelled("cancelled during synthesizing")
+        if on_progress is not None:
+            on_progress(done / total)
+
+    seed = preparation.spec.seed
+    return synthesize_batches(teacher, preparation.targets, preparation.synthesis, list(batch_indices), seed=seed, on_step=on_step)
+
+
+def assemble_surrogate(chunks: Sequence[SurrogateChunk]) -> SurrogateSet:
+    """The surrogate set from its chunks (any order): bit for bit the set ``customize`` synthesizes in one process."""
+    return assemble(chunks)
+
+
 def customize(
     spec: CustomizeSpec,
     teacher: Teacher,
@@ -223,68 +307,106 @@ def customize(
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
-    Deterministic for a given spec, seed, teacher and machine.
+    Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
+    ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
+    the same bit for bit (tests/core/test_chunked_synthesis.py).
     """
-    spec = resolved_spec(spec, teacher)
-    tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(spec.model_dump(mode="json")))
+    resolved = resolved_spec(spec, teacher)
+    tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(resolved.model_dump(mode="json")))
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(resolved.seed)
         with tracker.timed("preparing"):
-            synthesis = synthesis_config(spec, teacher)
-            styles = resolved_styles(spec, teacher)
-            targets: InversionTargets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
+            preparation = prepare(spec, teacher, examples)
         with tracker.timed("synthesizing"):
             surrogate = synthesize(
                 teacher,
-                targets,
-                synthesis,
-                seed=spec.seed,
+                preparation.targets,
+                preparation.synthesis,
+                seed=resolved.seed,
                 on_step=lambda done, total: tracker.update("synthesizing", done / total),
             )
-        student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
-        with tracker.timed("distilling"):
-            distillation = distill_config(spec)
-            sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
-            final_losses = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler).fit(
-                surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
+        return _distill_and_export(preparation, teacher, surrogate, tracker)
+
+
+def distill_and_export(
+    preparation: Preparation,
+    teacher: Teacher,
+    surrogate: SurrogateSet,
+    *,
+    on_progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    stage_seconds: Mapping[str, float] | None = None,
+    extra_metrics: Mapping[str, object] | None = None,
+) -> CustomizeResult:
+    """The distilling and exporting stages on a surrogate set synthesized elsewhere (a service's chunks): the student
+    and artifacts ``customize`` makes from the same set. ``stage_seconds``: how long the earlier stages took, and
+    ``extra_metrics``: how the set was made, both for the metrics. Progress fractions start where synthesis ends."""
+    spec = preparation.spec
+    tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(spec.model_dump(mode="json")))
+    tracker.stage_times.update(stage_seconds or {})
+    with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics)
+
+
+def _distill_and_export(
+    preparation: Preparation,
+    teacher: Teacher,
+    surrogate: SurrogateSet,
+    tracker: _Tracker,
+    extra_metrics: Mapping[str, object] | None = None,
+) -> CustomizeResult:
+    spec, synthesis, targets = preparation.spec, preparation.synthesis, preparation.targets
+    # The student's initial weights come from torch's global RNG. Neither preparing nor synthesis draws from it, so it is
+    # still where torch.manual_seed(seed) put it: re-seeding changes nothing in one process, and makes a process that
+    # synthesized nothing (a service's distillation task) start the same student.
+    torch.manual_seed(spec.seed)
+    student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
+    with tracker.timed("distilling"):
+        distillation = distill_config(spec)
+        sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
+        final_losses = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler).fit(
+            surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
+        )
+    student = student.cpu().eval()
+    with tracker.timed("exporting"):
+        # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
+        quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
+        metrics: dict[str, object] = {
+            "budget": spec.budget,
+            "quality": quality,
+            "surrogate_images": len(surrogate),
+            "surrogate_sha256": surrogate_sha256(surrogate),
+            "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
+            "final_losses": final_losses,
+            "student_parameters": count_parameters(student),
+            "student_flops": count_flops(student, student.image_size),
+            "teacher_image_parameters": count_parameters(teacher.model.visual),
+            "teacher_image_flops": count_flops(teacher.model.visual, teacher.image_size),
+            "styles": preparation.used_styles,
+            "stage_seconds": dict(tracker.stage_times),
+            **(extra_metrics or {}),
+        }
+        card = model_card(spec, teacher, student, metrics)
+        artifacts: dict[str, bytes] = {}
+        onnx_bytes = None
+        if {"onnx", "onnx_int8"} & set(spec.export.formats):
+            onnx_bytes = export_onnx(
+                student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
             )
-        student = student.cpu().eval()
-        with tracker.timed("exporting"):
-            # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
-            quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
-            metrics: dict[str, object] = {
-                "budget": spec.budget,
-                "quality": quality,
-                "surrogate_images": len(surrogate),
-                "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
-                "final_losses": final_losses,
-                "student_parameters": count_parameters(student),
-                "student_flops": count_flops(student, student.image_size),
-                "teacher_image_parameters": count_parameters(teacher.model.visual),
-                "teacher_image_flops": count_flops(teacher.model.visual, teacher.image_size),
-                "styles": styles if spec.synthesis.use_styles else [],
-                "stage_seconds": dict(tracker.stage_times),
-            }
-            card = model_card(spec, teacher, student, metrics)
-            artifacts: dict[str, bytes] = {}
-            onnx_bytes = None
-            if {"onnx", "onnx_int8"} & set(spec.export.formats):
-                onnx_bytes = export_onnx(
-                    student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
-                )
-            if "onnx" in spec.export.formats:
-                artifacts[ONNX_FILE] = onnx_bytes  # type: ignore[assignment]
-            if "onnx_int8" in spec.export.formats:
-                assert onnx_bytes is not None
-                calibration = torch.nn.functional.interpolate(surrogate.images[:INT8_CALIBRATION_IMAGES], size=student.image_size)
-                artifacts[INT8_ONNX_FILE] = quantize_onnx_int8(onnx_bytes, calibration.numpy())
-            if "torchscript" in spec.export.formats:
-                artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
-            artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)
-        metrics["stage_seconds"] = dict(tracker.stage_times)
-        card["metrics"] = metrics
-        artifacts[CARD_FILE] = json.dumps(card, indent=2).encode()
-        artifacts[METRICS_FILE] = json.dumps(metrics, indent=2).encode()
+        if "onnx" in spec.export.formats:
+            artifacts[ONNX_FILE] = onnx_bytes  # type: ignore[assignment]
+        if "onnx_int8" in spec.export.formats:
+            assert onnx_bytes is not None
+            calibration = torch.nn.functional.interpolate(surrogate.images[:INT8_CALIBRATION_IMAGES], size=student.image_size)
+            artifacts[INT8_ONNX_FILE] = quantize_onnx_int8(onnx_bytes, calibration.numpy())
+        if "torchscript" in spec.export.formats:
+            artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
+        artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)
+    metrics["stage_seconds"] = dict(tracker.stage_times)
+    card["metrics"] = metrics
+    artifacts[CARD_FILE] = json.dumps(card, indent=2).encode()
+    artifacts[METRICS_FILE] = json.dumps(metrics, indent=2).encode()
     return CustomizeResult(student, surrogate, artifacts, metrics, card)
 
 

@@ -1,7 +1,16 @@
-"""Stage 1: invert the teacher to synthesise a labelled surrogate data set (METHOD.md)."""
+"""Stage 1: invert the teacher to synthesise a labelled surrogate data set (METHOD.md).
+
+The set is made batch by batch, and each batch draws only from its own generator, seeded from the job's seed and the
+batch's index: not from torch's global RNG, nor from what earlier batches did (their initial codes, teacher-chosen
+starts, cutouts and pool growth are all its own). So any runs of batches (``synthesize_batches``: a service's chunks,
+in any process and order) ``assemble`` into the very set ``synthesize`` makes in one go.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -96,7 +105,10 @@ class SynthesisConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-StepCallback = Callable[[int, int], None]  # (steps done, steps in total); may raise to cancel
+StepCallback = Callable[[int, int], None]  # (units done, units in total); may raise to cancel
+# Seeds of the per-batch generators: batch b of a job with seed s draws from torch.Generator().manual_seed(s * SEED_STRIDE + b),
+# and from nothing else, so that a batch comes out the same whichever process runs it and whatever ran before it.
+SEED_STRIDE = 1_000_003
 
 
 def _assignments(num_classes: int, num_styles: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,25 +119,68 @@ def _assignments(num_classes: int, num_styles: int, total: int) -> tuple[torch.T
     return labels, styles
 
 
-def synthesize(
+def batch_ranges(num_classes: int, config: SynthesisConfig) -> list[tuple[int, int]]:
+    """(start, stop) of every batch of the surrogate set, in its order: batch b is ``ranges[b]``."""
+    total = num_classes * config.images_per_class
+    return [(start, min(start + config.batch_size, total)) for start in range(0, total, config.batch_size)]
+
+
+def plan_chunks(num_batches: int, batches_per_chunk: int, max_chunks: int) -> list[list[int]]:
+    """The batch indices of each chunk: runs of ``batches_per_chunk`` consecutive batches, more per chunk where that
+    would make over ``max_chunks`` chunks; ``batches_per_chunk`` 0 (or one batch in all) keeps them in one chunk."""
+    if num_batches <= 0:
+        return []
+    if batches_per_chunk <= 0:
+        return [list(range(num_batches))]
+    per_chunk = max(batches_per_chunk, math.ceil(num_batches / max(1, max_chunks)))
+    return [list(range(start, min(start + per_chunk, num_batches))) for start in range(0, num_batches, per_chunk)]
+
+
+@dataclass(frozen=True)
+class SurrogateChunk:
+    """The images of some of the surrogate set's batches, with where they go in it (``assemble`` puts them there)."""
+
+    batch_indices: tuple[int, ...]
+    positions: torch.Tensor  # (n,) index of each image in the surrogate set (before pool growth)
+    images: torch.Tensor  # (n, 3, S, S) pixels in [0, 1], on the CPU
+    labels: torch.Tensor  # (n,)
+    styles: torch.Tensor  # (n,)
+    neighbours: torch.Tensor  # (copies, n, 3, S, S): pool growth's images of each one (copies may be 0)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def synthesize_batches(
     teacher: Teacher,
     targets: InversionTargets,
     config: SynthesisConfig,
+    batch_indices: Sequence[int],
     *,
     seed: int,
     on_step: StepCallback | None = None,
-) -> SurrogateSet:
+) -> SurrogateChunk:
+    """Synthesize the batches ``batch_indices`` of the surrogate set. Each batch depends only on (seed, its index, the
+    teacher, the targets, the config): not on torch's global RNG, nor on the batches run before it, so chunks run in any
+    order and in any process give the same surrogate set. ``on_step`` counts ``steps + 1`` units a batch (its steps, and
+    the batch itself once its images are out), so that a job with no inversion steps still reports progress."""
     device = teacher.device
     num_styles = len(targets.styles) if config.use_styles else 0
+    ranges = batch_ranges(targets.num_classes, config)
     total = targets.num_classes * config.images_per_class
     labels, styles = _assignments(targets.num_classes, num_styles, total)
-    batches = [(start, min(start + config.batch_size, total)) for start in range(0, total, config.batch_size)]
-    total_steps = len(batches) * config.steps
-    images = torch.empty(total, 3, teacher.image_size, teacher.image_size)
-    grown = [torch.empty_like(images) for _ in range(config.neighbours)]
-    done = 0
-    for batch_index, (start, stop) in enumerate(batches):
-        rng = torch.Generator().manual_seed(seed * 1_000_003 + batch_index)
+    unknown = [b for b in batch_indices if not 0 <= b < len(ranges)]
+    if unknown or len(set(batch_indices)) != len(batch_indices):
+        raise ValueError(f"batch indices {list(batch_indices)} are not distinct batches of 0..{len(ranges) - 1}")
+    positions = torch.cat([torch.arange(*ranges[b]) for b in batch_indices]) if batch_indices else torch.zeros(0, dtype=torch.long)
+    images = torch.empty(len(positions), 3, teacher.image_size, teacher.image_size)
+    grown = torch.empty(config.neighbours, *images.shape)
+    units_per_batch = config.steps + 1
+    total_units = len(batch_indices) * units_per_batch
+    done, offset = 0, 0
+    for batch_index in batch_indices:
+        start, stop = ranges[batch_index]
+        rng = torch.Generator().manual_seed(seed * SEED_STRIDE + batch_index)
         y = labels[start:stop].to(device)
         s = styles[start:stop].to(device)
         generator = create_generator(
@@ -149,15 +204,96 @@ def synthesize(
             optimizer.step()
             done += 1
             if on_step is not None:
-                on_step(done, total_steps)
+                on_step(done, total_units)
+        size = stop - start
         with torch.no_grad():
-            images[start:stop] = generator().float().cpu()
+            images[offset : offset + size] = generator().float().cpu()
             for copy in range(config.neighbours):
-                grown[copy][start:stop] = _neighbours(generator, config.neighbour_scale, rng)
-    if config.neighbours:
-        # Pool growth: each image's neighbours keep its label and style; KD takes the teacher's view of them anyway.
-        return SurrogateSet(torch.cat([images, *grown]), labels.repeat(config.neighbours + 1), styles.repeat(config.neighbours + 1))
+                grown[copy, offset : offset + size] = _neighbours(generator, config.neighbour_scale, rng)
+        offset += size
+        done += 1
+        if on_step is not None:
+            on_step(done, total_units)
+    return SurrogateChunk(tuple(batch_indices), positions, images, labels[positions], styles[positions], grown)
+
+
+def assemble(chunks: Sequence[SurrogateChunk]) -> SurrogateSet:
+    """The surrogate set from chunks that hold every one of its batches once, in any order; pool growth's images follow
+    the optimised ones, copy by copy, each keeping its image's label and style (KD takes the teacher's view of them)."""
+    if not chunks:
+        raise ValueError("no chunks to assemble")
+    positions = torch.cat([c.positions for c in chunks])
+    total = len(positions)
+    if not torch.equal(positions.sort().values, torch.arange(total)):
+        raise ValueError("the chunks do not cover the surrogate set's images exactly once")
+    copies = {int(c.neighbours.shape[0]) for c in chunks}
+    if len(copies) != 1:
+        raise ValueError(f"the chunks grew different numbers of neighbours: {sorted(copies)}")
+    first = chunks[0]
+    images = torch.empty(total, *first.images.shape[1:], dtype=first.images.dtype)
+    grown = torch.empty(copies.pop(), *images.shape, dtype=images.dtype)
+    labels = torch.empty(total, dtype=first.labels.dtype)
+    styles = torch.empty(total, dtype=first.styles.dtype)
+    for chunk in chunks:
+        images[chunk.positions] = chunk.images
+        grown[:, chunk.positions] = chunk.neighbours
+        labels[chunk.positions] = chunk.labels
+        styles[chunk.positions] = chunk.styles
+    copies_grown = len(grown)
+    if copies_grown:
+        return SurrogateSet(torch.cat([images, *grown]), labels.repeat(copies_grown + 1), styles.repeat(copies_grown + 1))
     return SurrogateSet(images, labels, styles)
+
+
+def synthesize(
+    teacher: Teacher,
+    targets: InversionTargets,
+    config: SynthesisConfig,
+    *,
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> SurrogateSet:
+    """The whole surrogate set in this process: every batch as one chunk, assembled as a job's chunks are."""
+    batches = range(len(batch_ranges(targets.num_classes, config)))
+    return assemble([synthesize_batches(teacher, targets, config, list(batches), seed=seed, on_step=on_step)])
+
+
+def chunk_to_bytes(chunk: SurrogateChunk) -> bytes:
+    """A chunk as a tensor file (torch.save of plain tensors: ``chunk_from_bytes`` loads it with weights_only)."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "batch_indices": torch.tensor(chunk.batch_indices, dtype=torch.long),
+            "positions": chunk.positions,
+            "images": chunk.images.contiguous(),
+            "labels": chunk.labels,
+            "styles": chunk.styles,
+            "neighbours": chunk.neighbours.contiguous(),
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def chunk_from_bytes(data: bytes) -> SurrogateChunk:
+    tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return SurrogateChunk(
+        tuple(int(b) for b in tensors["batch_indices"]),
+        tensors["positions"],
+        tensors["images"],
+        tensors["labels"],
+        tensors["styles"],
+        tensors["neighbours"],
+    )
+
+
+def surrogate_sha256(surrogate: SurrogateSet) -> str:
+    """A fingerprint of the surrogate set (its pixels, labels and styles, bit for bit): equal sets, equal digests."""
+    digest = hashlib.sha256()
+    for tensor in (surrogate.images, surrogate.labels, surrogate.styles):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

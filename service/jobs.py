@@ -8,6 +8,10 @@ A queued job's message is published after the commit that queues it, so a publis
 it queued forever. Hence a transactional outbox: that same commit sets ``publish_due_at``, a successful publish clears
 it, and the reaper publishes the queued jobs still flagged after it. A job may thus get two messages; ``claim`` is a
 compare-and-set that runs it once and drops the other.
+
+A job whose synthesis was split over workers (``synthesis_chunks`` set; service.chunks) holds no lease while its chunks
+run, and ``claim`` leaves it alone; once its distillation's worker holds the lease again, a lapse of that lease queues
+the distillation again (not the whole job: its chunks are done and stored).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import webhooks
-from service.models import Artifact, Evaluation, Job, JobEvent, ServiceCounter, Tenant, Upload, utcnow
+from service.models import Artifact, Evaluation, Job, JobChunk, JobEvent, ServiceCounter, Tenant, Upload, utcnow
 from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -314,7 +318,7 @@ def delete_job(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENAN
     if session.scalar(select(Evaluation.id).where(Evaluation.job_id == job_id, Evaluation.status == RUNNING).limit(1)):
         raise ServiceError("evaluation_active", f"an evaluation of job {job_id!r} is running; delete the job once it ends", 409)
     # Its evaluations (and their images and artifacts) go by the foreign keys' ON DELETE CASCADE.
-    for table in (JobEvent, Artifact, Upload):
+    for table in (JobEvent, Artifact, Upload, JobChunk):
         session.execute(delete(table).where(table.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))
     session.flush()
@@ -351,7 +355,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     A redelivered job (its lease lapsed) restarts from scratch; after ``max_attempts`` it fails instead.
     """
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or job.synthesis_chunks is not None:  # split: its chunks and its distillation have their own claims
         return None
     now = utcnow()
     lapsed = job.lease_expires_at is None or job.lease_expires_at < now
@@ -359,7 +363,10 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
         if finish(session, job_id, job.lease_owner, CANCELLED, message="cancelled; its worker was lost"):
             increment(session, "leases_lost")
         return None
-    runnable = or_(Job.status == QUEUED, and_(Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)))
+    runnable = and_(
+        Job.synthesis_chunks.is_(None),
+        or_(Job.status == QUEUED, and_(Job.status == RUNNING, or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))),
+    )
     if job.status not in (QUEUED, RUNNING) or (job.status == RUNNING and not lapsed):
         return None
     taken_over = job.status == RUNNING  # its lease lapsed: the previous worker is lost (the reaper had not come by yet)
@@ -495,6 +502,7 @@ class ReapResult:
     failed: list[str]
     cancelled: list[str]
     published: list[str] = field(default_factory=list)  # filled by the reaper (service.reaper.reap_once)
+    distillations: list[str] = field(default_factory=list)  # split jobs whose distillation was queued again
 
 
 def reap_expired(session: Session, max_attempts: int, now: datetime | None = None, publish_grace_seconds: float = 0.0) -> ReapResult:
@@ -502,13 +510,13 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
     caller re-sends their messages), or end them."""
     now = now or utcnow()
     expired = session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.lease_owner).where(
+        select(Job.id, Job.status, Job.attempts, Job.lease_owner, Job.synthesis_chunks).where(
             Job.status.in_((RUNNING, CANCELLING)), Job.lease_expires_at.is_not(None), Job.lease_expires_at < now
         )
     ).all()
     result = ReapResult([], [], [])
-    for job_id, status, attempts, owner in expired:
-        lost_before = len(result.requeued) + len(result.failed) + len(result.cancelled)
+    for job_id, status, attempts, owner, split in expired:
+        lost_before = len(result.requeued) + len(result.failed) + len(result.cancelled) + len(result.distillations)
         same = [Job.status == status, Job.lease_owner == owner, Job.lease_expires_at < now]
         if status == CANCELLING:
             if _cas(session, job_id, same, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
@@ -517,6 +525,14 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
         elif attempts >= max_attempts:
             if _fail_worker_lost(session, job_id, same, attempts, now):
                 result.failed.append(job_id)
+        elif split is not None:
+            # A split job's distillation lost its worker: its chunks are done and stored, so only the distillation goes
+            # back (flagged for its message, as a requeued job is); the attempt counts as a claim would count it.
+            if _cas(session, job_id, same, lease_owner=None, lease_expires_at=None, eta_seconds=None, attempts=Job.attempts + 1,
+                    publish_due_at=now + timedelta(seconds=publish_grace_seconds)):  # fmt: skip
+                add_event(session, job_id, "warning", message=f"worker {owner} lost its lease; distillation requeued")
+                result.distillations.append(job_id)
+                increment(session, "jobs_requeued")
         elif _cas(
             session,
             job_id,
@@ -532,7 +548,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
             add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
             result.requeued.append(job_id)
             increment(session, "jobs_requeued")
-        if len(result.requeued) + len(result.failed) + len(result.cancelled) > lost_before:
+        if len(result.requeued) + len(result.failed) + len(result.cancelled) + len(result.distillations) > lost_before:
             increment(session, "leases_lost")
     return result
 
@@ -541,6 +557,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
 COUNTERS = {
     "leases_lost": "leases that expired: the job's worker stopped renewing (killed, hung, or cut off from the database)",
     "jobs_requeued": "jobs put back in the queue after their worker's lease expired",
+    "chunks_requeued": "synthesis chunks of split jobs put back in the queue after their worker's lease expired",
 }
 
 

@@ -85,7 +85,35 @@ class Job(Base):
     # The transactional outbox: set in the transaction that makes the job queued, cleared once its message is in the
     # broker. Still set after this time: the message may be missing (the publisher died), and the reaper publishes it.
     publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Set when the job's synthesis was split into this many chunks (service.chunks): from then on no worker holds the
+    # job's own lease until its distillation is claimed, and each chunk has a lease of its own.
+    synthesis_chunks: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobChunk(Base):
+    """One chunk of a job's synthesis (service.chunks): a run of the surrogate set's batches, queued with an outbox flag
+    and run under a lease as jobs are; its result is a tensor file under the job's artifact prefix (not an artifact)."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_batch: Mapped[int] = mapped_column(Integer)  # the chunk is batches first_batch .. first_batch + batch_count - 1
+    batch_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued, running, done, failed, cancelled
+    progress: Mapped[float] = mapped_column(Float)  # 0..1 of this chunk
+    attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))  # kept once done: which worker made it
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # the outbox flag, as on jobs
+    storage_key: Mapped[str | None] = mapped_column(String(500))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

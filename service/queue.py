@@ -5,12 +5,18 @@ Messages carry a job id only; everything else is in the database and storage.
 
 from __future__ import annotations
 
-from celery import Celery
+from collections.abc import Sequence
+
+from celery import Celery, group
 
 from service.settings import Settings
 
 RUN_JOB_TASK = "clipforge.run_job"
 RUN_EVALUATION_TASK = "clipforge.run_evaluation"
+# A split job (service.chunks): one message per synthesis chunk (job id, chunk index), then one for its distillation.
+SYNTHESIZE_CHUNK_TASK = "clipforge.synthesize_chunk"
+DISTILL_JOB_TASK = "clipforge.distill_job"
+TASKS = (RUN_JOB_TASK, RUN_EVALUATION_TASK, SYNTHESIZE_CHUNK_TASK, DISTILL_JOB_TASK)
 
 # Publishing never hangs on a broker that is down or stalled: a refused or silent connection fails within a few
 # seconds (connect 1 s, each reply 1 s, one retry), and the API answers 503 instead of holding the request.
@@ -33,7 +39,7 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one job per device at a time, none reserved behind it
         worker_concurrency=1,
-        task_routes={RUN_JOB_TASK: {"queue": settings.queue}, RUN_EVALUATION_TASK: {"queue": settings.queue}},
+        task_routes={task: {"queue": settings.queue} for task in TASKS},
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_S,
@@ -75,6 +81,25 @@ def enqueue_evaluation(app: Celery, settings: Settings, evaluation_id: str) -> N
         app.send_task(RUN_EVALUATION_TASK, args=[evaluation_id], queue=settings.queue)
     except Exception as exc:  # as enqueue_job
         raise BrokerUnavailable(f"the broker did not take the evaluation's message: {exc}") from exc
+
+
+def enqueue_chunks(app: Celery, settings: Settings, job_id: str, indices: Sequence[int]) -> None:
+    """Publish a split job's chunk messages as one Celery group (ids only: the job and the chunk index); the join is in
+    the database (service.chunks), so the group has no callback and needs no result backend. BrokerUnavailable when
+    the broker cannot take them (the chunks stay flagged in the outbox)."""
+    signatures = [app.signature(SYNTHESIZE_CHUNK_TASK, args=(job_id, index), queue=settings.queue) for index in indices]
+    try:
+        group(signatures, app=app).apply_async()
+    except Exception as exc:  # as enqueue_job
+        raise BrokerUnavailable(f"the broker did not take the chunks' messages: {exc}") from exc
+
+
+def enqueue_distillation(app: Celery, settings: Settings, job_id: str) -> None:
+    """Publish a split job's distillation message (its id); BrokerUnavailable when the broker cannot take it."""
+    try:
+        app.send_task(DISTILL_JOB_TASK, args=[job_id], queue=settings.queue)
+    except Exception as exc:  # as enqueue_job
+        raise BrokerUnavailable(f"the broker did not take the distillation's message: {exc}") from exc
 
 
 def ping_broker(app: Celery, timeout: float = 2.0) -> None:

@@ -1,7 +1,8 @@
 """The lease reaper and the outbox's publisher. Jobs whose worker stopped renewing its lease go back to the queue (or
 end); queued jobs whose message may be missing (``publish_due_at`` passed: their publisher died after the commit, or the
 broker refused the message) are published. The API and every worker run it, so that a job never stays ``running``
-without a live worker, nor ``queued`` without a message, even when no worker is left."""
+without a live worker, nor ``queued`` without a message, even when no worker is left. The chunks of split jobs get the
+same care one by one (service.chunks), and so do the distillations their last chunk queued."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import evaluations
+from service import chunks, evaluations
 from service import jobs as repo
 from service.db import session_scope
 from service.models import utcnow
-from service.queue import enqueue_evaluation, enqueue_job, ping_broker
+from service.queue import enqueue_chunks, enqueue_distillation, enqueue_evaluation, enqueue_job, ping_broker
 from service.settings import Settings
+from service.storage import Storage
 
 log = logging.getLogger("clipforge.reaper")
 
@@ -49,12 +51,36 @@ def publish_evaluation(
         return False
 
 
-def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery) -> repo.ReapResult:
+def publish_chunk(
+    celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, index: int, publish_due_at: datetime
+) -> bool:
+    """``publish_job`` for one chunk of a split job: send its message, then clear its flag if still the one read."""
+    enqueue_chunks(celery, settings, job_id, [index])
+    try:
+        with session_scope(factory) as session:
+            return chunks.mark_published(session, job_id, index, publish_due_at)
+    except Exception:
+        log.exception("job %s: chunk %d published, but its outbox flag could not be cleared", job_id, index)
+        return False
+
+
+def publish_distillation(celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, publish_due_at: datetime) -> bool:
+    """``publish_job`` for a split job's distillation: send its message, then clear the job's flag if still the one read."""
+    enqueue_distillation(celery, settings, job_id)
+    try:
+        with session_scope(factory) as session:
+            return repo.mark_published(session, job_id, publish_due_at)
+    except Exception:
+        log.exception("job %s: distillation published, but its outbox flag could not be cleared", job_id)
+        return False
+
+
+def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery, storage: Storage | None = None) -> repo.ReapResult:
     """One round: requeue expired jobs, then publish the requeued ones and every queued job whose publication is overdue.
 
     Raises BrokerUnavailable when the broker is down: nothing is requeued then (the jobs stay expired until it is back),
     and a failed publication leaves the job's flag set in the database, so that a later round, here or in any other
-    process, publishes it.
+    process, publishes it. ``storage``: where the chunk files of split jobs that this round ends are removed.
     """
     ping_broker(celery)
     with session_scope(factory) as session:
@@ -77,17 +103,49 @@ def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery
         publish_evaluation(celery, settings, factory, evaluation_id, due_at)
         log.warning("evaluation %s: %s; published", evaluation_id, "requeued" if evaluation_id in requeued else "no confirmed message")
         result.published.append(evaluation_id)
+    _reap_split_jobs(settings, factory, celery, storage, result)
     return result
 
 
-def start_reaper(settings: Settings, factory: sessionmaker[Session], celery: Celery) -> threading.Event:
+def _reap_split_jobs(
+    settings: Settings, factory: sessionmaker[Session], celery: Celery, storage: Storage | None, result: repo.ReapResult
+) -> None:
+    """Split jobs: a chunk whose worker's lease lapsed goes back alone (or fails its job), a cancelling job that nothing
+    runs any more ends; flagged chunks and distillations are published; ended jobs lose their chunk files."""
+    with session_scope(factory) as session:
+        reaped = chunks.reap_expired(session, settings.max_attempts, publish_grace_seconds=settings.publish_grace_seconds)
+    for job_id, index in reaped.requeued:
+        log.warning("job %s: chunk %d's worker lost its lease; chunk requeued", job_id, index)
+    if storage is not None:
+        # A failed or cancelled split job keeps nothing of its chunks (ids of unsplit jobs cost a listing that finds none).
+        for job_id in {*reaped.ended, *result.failed, *result.cancelled}:
+            storage.delete_prefix(chunks.chunks_prefix(job_id))
+    with session_scope(factory) as session:
+        pending_chunks = chunks.unpublished(session, due_by=utcnow(), including=reaped.requeued)
+    for job_id, index, due_at in pending_chunks:
+        publish_chunk(celery, settings, factory, job_id, index, due_at)
+        if (job_id, index) not in reaped.requeued:
+            log.warning("job %s: chunk %d queued with no confirmed message since %s; published", job_id, index, due_at.isoformat())
+        result.published.append(f"{job_id}/{index}")
+    for job_id in result.distillations:
+        log.warning("job %s: its distillation's worker lost its lease; distillation requeued", job_id)
+    with session_scope(factory) as session:
+        pending = chunks.unpublished_distillations(session, due_by=utcnow(), including=result.distillations)
+    for job_id, due_at in pending:
+        publish_distillation(celery, settings, factory, job_id, due_at)
+        if job_id not in result.distillations:
+            log.warning("job %s: distillation queued with no confirmed message since %s; published", job_id, due_at.isoformat())
+        result.published.append(job_id)
+
+
+def start_reaper(settings: Settings, factory: sessionmaker[Session], celery: Celery, storage: Storage | None = None) -> threading.Event:
     """A daemon thread reaping every ``reaper_interval_seconds``; set the returned event to stop it."""
     stop = threading.Event()
 
     def loop() -> None:
         while True:
             try:
-                reap_once(settings, factory, celery)
+                reap_once(settings, factory, celery, storage)
             except Exception:  # the database or broker is briefly away: try again next round
                 log.exception("reaper round failed")
             if stop.wait(settings.reaper_interval_seconds):

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     # this late: long enough for the API's own publish right after the commit, so that it rarely sends a duplicate.
     publish_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     progress_interval_seconds: Annotated[float, Field(ge=0)] = 1.0  # throttle for progress rows and events
+    # One job over many workers (service.chunks): a job's synthesis is split into chunks of this many of its batches,
+    # which every idle worker runs in parallel; a job of one chunk runs in one task (0: never split). One batch per
+    # chunk is the finest split that keeps the surrogate set the same (a batch is what synthesis seeds on its own), and
+    # budgets size a batch to fill the device, so a chunk is seconds (the cpu budget: 256 images) to minutes (the gpu
+    # budget: 400 steps) against well under a second of overhead (a message, a claim, a tensor file); more chunks than
+    # workers also balance the load.
+    synthesis_chunk_batches: Annotated[int, Field(ge=0)] = 1
+    # At most this many chunks a job (more batches per chunk beyond it): messages, rows and files stay bounded.
+    synthesis_max_chunks: Annotated[int, Field(ge=2, le=1000)] = 64
     # Webhooks (service.webhooks): attempts per delivery, the first retry's wait (doubling, with jitter), the POST's
     # timeout, how often the dispatcher looks for due deliveries, and whether private or loopback targets are allowed.
     webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8

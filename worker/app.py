@@ -1,5 +1,6 @@
-"""The worker's Celery app: ``create_worker_app(settings)`` registers the job task on ``service.queue.create_celery``'s
-config, and ``run_worker`` starts a worker (one job at a time) with the lease reaper beside it."""
+"""The worker's Celery app: ``create_worker_app(settings)`` registers the tasks (a job, a split job's synthesis chunk and
+its distillation, an evaluation) on ``service.queue.create_celery``'s config, and ``run_worker`` starts a worker (one task
+at a time) with the lease reaper beside it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_session_factory, migrate
-from service.queue import RUN_EVALUATION_TASK, RUN_JOB_TASK, create_celery
+from service.queue import DISTILL_JOB_TASK, RUN_EVALUATION_TASK, RUN_JOB_TASK, SYNTHESIZE_CHUNK_TASK, create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
-from service.storage import create_storage
+from service.storage import Storage, create_storage
+from worker.chunks import ChunkRunner
 from worker.evaluation import EvaluationRunner
 from worker.runner import JobRunner
 
@@ -28,24 +30,34 @@ class WorkerContext:
     celery: Celery
     factory: sessionmaker[Session]
     runner: JobRunner
+    storage: Storage
 
 
 def create_worker_app(settings: Settings) -> WorkerContext:
     celery = create_celery(settings)
     factory = make_session_factory(make_engine(settings.database_url))
     storage = create_storage(settings)
-    runner = JobRunner(settings, factory, storage)
+    runner = JobRunner(settings, factory, storage, celery)
+    chunk_runner = ChunkRunner(settings, factory, storage, celery)
     evaluator = EvaluationRunner(settings, factory, storage)
 
     @celery.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(job_id: str) -> str:
         return runner.run(job_id).status
 
+    @celery.task(name=SYNTHESIZE_CHUNK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def synthesize_chunk(job_id: str, index: int) -> str:
+        return chunk_runner.run(job_id, int(index)).status
+
+    @celery.task(name=DISTILL_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def distill_job(job_id: str) -> str:
+        return runner.distill(job_id).status
+
     @celery.task(name=RUN_EVALUATION_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_evaluation(evaluation_id: str) -> str:
         return evaluator.run(evaluation_id)
 
-    return WorkerContext(settings, celery, factory, runner)
+    return WorkerContext(settings, celery, factory, runner, storage)
 
 
 def run_worker(settings: Settings, queues: list[str] | None = None, loglevel: str = "INFO") -> None:
@@ -56,7 +68,7 @@ def run_worker(settings: Settings, queues: list[str] | None = None, loglevel: st
     if settings.migrate_on_start:
         migrate(settings.database_url)
     context = create_worker_app(settings)
-    stop_reaper = start_reaper(settings, context.factory, context.celery)
+    stop_reaper = start_reaper(settings, context.factory, context.celery, context.storage)
     name = f"clipforge-{settings.device.replace(':', '')}@{socket.gethostname()}"
     try:
         context.celery.worker_main(

@@ -3,10 +3,15 @@
 The task message carries the job id only; the spec and the uploads come from the database and storage.
 A redelivered job restarts from scratch. Artifacts become visible (rows in the database) only when the
 job succeeds, in the same transaction; files of a cancelled or failed attempt are removed.
+
+A job whose synthesis has several chunks (``synthesis_chunk_batches``, service.chunks) is split after preparing: this
+worker queues its chunks for every idle worker (worker.chunks) and stops; the job's last chunk queues its distillation,
+which ``JobRunner.distill`` runs: it assembles the chunks' surrogate set and goes on as a one-task job does.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from celery import Celery
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,14 +37,25 @@ from core.pipeline import (
     SAMPLES_FILE,
     TORCHSCRIPT_FILE,
     CustomizeCancelled,
+    CustomizeResult,
     Progress,
+    assemble_surrogate,
     customize,
+    distill_and_export,
+    job_fraction,
+    prepare,
+    stage_estimates,
+    synthesis_plan,
 )
 from core.spec import CustomizeSpec
+from core.synthesis import chunk_from_bytes
+from core.teachers.base import Teacher
+from service import chunks
 from service import jobs as repo
 from service.db import session_scope
+from service.queue import BrokerUnavailable, enqueue_chunks
 from service.settings import Settings
-from service.storage import Storage, artifact_key
+from service.storage import Storage, StorageError, artifact_key, sha256_hex
 from worker.teachers import get_teacher
 
 log = logging.getLogger("clipforge.worker")
@@ -60,7 +77,19 @@ class LeaseLost(Exception):
 @dataclass(frozen=True)
 class RunOutcome:
     job_id: str
-    status: str  # succeeded, failed, cancelled, skipped, lost
+    status: str  # succeeded, failed, cancelled, skipped, lost, split (its chunks queued for every worker)
+
+
+SPLIT = "split"
+
+
+def new_owner() -> str:
+    """A lease owner: this process (host and pid, so a chunk's row says which worker made it) and a token per run."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# What a job's run computes once the job is claimed: its result, or None when it split its synthesis over workers.
+Compute = Callable[[CustomizeSpec, Teacher, dict[str, torch.Tensor], "ProgressReporter"], CustomizeResult | None]
 
 
 class LeaseKeeper(threading.Thread):
@@ -95,11 +124,12 @@ class LeaseKeeper(threading.Thread):
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, factory: sessionmaker[Session], storage: Storage) -> None:
-        self.settings, self.factory, self.storage = settings, factory, storage
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], storage: Storage, celery: Celery | None = None) -> None:
+        self.settings, self.factory, self.storage, self.celery = settings, factory, storage, celery
 
     def run(self, job_id: str) -> RunOutcome:
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """``clipforge.run_job``: claim the job, then run it whole, or prepare it and split its synthesis into chunks."""
+        owner = new_owner()
         with session_scope(self.factory) as session:
             job = repo.claim(session, job_id, owner, self.settings.lease_seconds, self.settings.max_attempts)
             if job is None:
@@ -110,20 +140,126 @@ class JobRunner:
         keeper = LeaseKeeper(self.factory, job_id, owner, self.settings.lease_seconds)
         keeper.start()
         try:
-            return self._execute(job_id, owner, spec_data, uploads, keeper)
+            return self._execute(job_id, owner, spec_data, uploads, keeper, functools.partial(self._whole_or_split, job_id, owner))
         finally:
             keeper.stop()
 
+    def distill(self, job_id: str) -> RunOutcome:
+        """``clipforge.distill_job``: a split job whose chunks are all done: take its lease, assemble the chunks' surrogate
+        set, distil, export and finish the job as a one-task run does."""
+        owner = new_owner()
+        with session_scope(self.factory) as session:
+            outcome, task = chunks.claim_distillation(session, job_id, owner, self.settings.lease_seconds)
+        if outcome == chunks.ENDED:
+            self.storage.delete_prefix(chunks.chunks_prefix(job_id))
+            log.info("job %s: cancelled before its distillation", job_id)
+            return RunOutcome(job_id, repo.CANCELLED)
+        if task is None:
+            log.info("job %s: its distillation is not ours to run (not ready, finished, or running elsewhere)", job_id)
+            return RunOutcome(job_id, "skipped")
+        keeper = LeaseKeeper(self.factory, job_id, owner, self.settings.lease_seconds)
+        keeper.start()
+        try:
+            return self._execute(job_id, owner, task.spec, task.uploads, keeper, functools.partial(self._distill, task), split=True)
+        finally:
+            keeper.stop()
+
+    def _whole_or_split(
+        self, job_id: str, owner: str, spec: CustomizeSpec, teacher: Teacher, examples: dict[str, torch.Tensor], reporter: ProgressReporter
+    ) -> CustomizeResult | None:
+        plan = synthesis_plan(spec, teacher, self.settings.synthesis_chunk_batches, self.settings.synthesis_max_chunks)
+        if len(plan) < 2:  # one chunk: nothing to share, the job runs here whole
+            return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel)
+        self._split(job_id, owner, spec, teacher, examples, reporter, plan)
+        return None
+
+    def _split(
+        self,
+        job_id: str,
+        owner: str,
+        spec: CustomizeSpec,
+        teacher: Teacher,
+        examples: dict[str, torch.Tensor],
+        reporter: ProgressReporter,
+        plan: list[list[int]],
+    ) -> None:
+        """Prepare (which checks the prompts and example images before any chunk runs), then hand the synthesis over to
+        chunks and publish them as a group. A broker that refuses them leaves them flagged: the reaper publishes them."""
+        estimates = stage_estimates(spec.resolved(teacher.device.type))
+        reporter.on_progress(Progress("preparing", 0.0, job_fraction(estimates, "preparing", 0.0), None))
+        if reporter.should_cancel():
+            raise CustomizeCancelled("cancelled during preparing")
+        prepare(spec, teacher, examples)
+        progress = round(job_fraction(estimates, "synthesizing", 0.0), 4)
+        with session_scope(self.factory) as session:
+            if not chunks.split(session, job_id, owner, plan, progress=progress, publish_grace_seconds=self.settings.publish_grace_seconds):
+                if repo.current_status(session, job_id, owner) == repo.CANCELLING:
+                    raise CustomizeCancelled("cancelled during preparing")
+                raise LeaseLost(job_id)
+            flagged = chunks.publication_flags(session, job_id)
+        if self.celery is None:
+            log.warning("job %s: split into %d chunks; no broker here, the reaper publishes them", job_id, len(plan))
+            return
+        try:
+            enqueue_chunks(self.celery, self.settings, job_id, [index for index, _ in flagged])
+        except BrokerUnavailable:
+            log.exception("job %s: split into %d chunks; their messages wait for the reaper", job_id, len(plan))
+            return
+        with session_scope(self.factory) as session:
+            for index, due in flagged:
+                chunks.mark_published(session, job_id, index, due)
+        log.info("job %s: synthesis split into %d chunks of %s batches", job_id, len(plan), [len(c) for c in plan])
+
+    def _distill(
+        self,
+        task: chunks.DistillationTask,
+        spec: CustomizeSpec,
+        teacher: Teacher,
+        examples: dict[str, torch.Tensor],
+        reporter: ProgressReporter,
+    ) -> CustomizeResult:
+        preparation = prepare(spec, teacher, examples)
+        pieces = []
+        for stored in task.chunks:
+            data = self.storage.read(stored.key)
+            if sha256_hex(data) != stored.sha256:
+                raise StorageError(f"chunk {stored.index} of the job ({stored.key}) does not match its recorded sha256")
+            pieces.append(chunk_from_bytes(data))
+        surrogate = assemble_surrogate(pieces)
+        batches = sum(len(piece.batch_indices) for piece in pieces)
+        synthesis_metrics = {"chunks": len(pieces), "batches": batches, "workers": task.workers}
+        return distill_and_export(
+            preparation,
+            teacher,
+            surrogate,
+            on_progress=reporter.on_progress,
+            should_cancel=reporter.should_cancel,
+            stage_seconds=task.stage_seconds,
+            extra_metrics={"synthesis_chunks": synthesis_metrics},
+        )
+
     def _execute(
-        self, job_id: str, owner: str, spec_data: dict[str, Any], uploads: list[tuple[str, str]], keeper: LeaseKeeper
+        self,
+        job_id: str,
+        owner: str,
+        spec_data: dict[str, Any],
+        uploads: list[tuple[str, str]],
+        keeper: LeaseKeeper,
+        compute: Compute,
+        *,
+        split: bool = False,
     ) -> RunOutcome:
+        """Run ``compute`` under the job's lease and end the job with what it gives: artifacts stored and the job
+        succeeded, or failed, or cancelled (its files removed). ``split``: the job's chunk files go once it succeeds."""
         prefix = f"artifacts/{job_id}"
         try:
             spec = CustomizeSpec.model_validate(spec_data)
             teacher = get_teacher(spec.teacher, self.settings.device, self.settings.cache_dir)
             examples = self._examples(uploads, teacher.image_size)
             reporter = ProgressReporter(self, job_id, owner, keeper)
-            result = customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel)
+            result = compute(spec, teacher, examples, reporter)
+            if result is None:
+                return RunOutcome(job_id, SPLIT)
             if keeper.lost:
                 raise LeaseLost(job_id)
             stored = [(name, CONTENT_TYPES.get(name, "application/octet-stream"), self.storage.put(artifact_key(job_id, name), data))
@@ -131,6 +267,8 @@ class JobRunner:
             with session_scope(self.factory) as session:
                 if not repo.finish(session, job_id, owner, repo.SUCCEEDED, artifacts=stored, metrics=_json_safe(result.metrics)):
                     raise LeaseLost(job_id)
+            if split:
+                self.storage.delete_prefix(chunks.chunks_prefix(job_id))  # internal: the job's artifacts are out
             log.info("job %s succeeded", job_id)
             return RunOutcome(job_id, repo.SUCCEEDED)
         except LeaseLost:
@@ -152,11 +290,16 @@ class JobRunner:
             return RunOutcome(job_id, repo.FAILED)
 
     def _examples(self, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
-        by_class: dict[str, list[torch.Tensor]] = {}
-        for class_name, key in uploads:
-            with Image.open(io.BytesIO(self.storage.read(key))) as image:
-                by_class.setdefault(class_name, []).append(to_pixels(image, size))
-        return {name: torch.stack(images) for name, images in by_class.items()}
+        return read_examples(self.storage, uploads, size)
+
+
+def read_examples(storage: Storage, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
+    """A job's example images by class name, as pixels at the teacher's ``size``."""
+    by_class: dict[str, list[torch.Tensor]] = {}
+    for class_name, key in uploads:
+        with Image.open(io.BytesIO(storage.read(key))) as image:
+            by_class.setdefault(class_name, []).append(to_pixels(image, size))
+    return {name: torch.stack(images) for name, images in by_class.items()}
 
 
 class ProgressReporter:

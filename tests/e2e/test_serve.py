@@ -34,6 +34,31 @@ def test_submit_wait_download_and_run_the_onnx_student(served, tmp_path):
     np.testing.assert_array_equal(logits, again)
 
 
+def test_a_job_split_into_chunks_runs_on_the_one_embedded_worker(served):
+    # The default settings split a job of several synthesis batches into chunks (one batch each); `serve` has one
+    # worker, which runs them one after the other, then the distillation. A class given by example images: each chunk
+    # and the distillation read the uploads.
+    import io
+
+    from PIL import Image
+
+    from bench.tasks import get_task
+
+    client, data_dir, _ = served
+    donuts = []
+    for pixels in get_task("ambiguous").examples(2)["donut"]:
+        buffer = io.BytesIO()
+        Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(buffer, format="PNG")
+        donuts.append(buffer.getvalue())
+    classes = ["circle", "square", "donut"]
+    spec = {**TINY_SPEC, "classes": classes, "synthesis": {**TINY_SPEC["synthesis"], "batch_size": 4}}
+    done = client.wait(client.submit(spec, images={"donut": donuts}).id, timeout=240)
+    assert done.status == "succeeded" and done.attempts == 1, done.error
+    metrics = json.loads(client.download(done.id, "metrics.json", data_dir / "split-metrics.json").read_text())
+    assert metrics["synthesis_chunks"] == {"chunks": 3, "batches": 3, "workers": 1}
+    assert not (data_dir / "storage" / "artifacts" / done.id / "chunks").exists()  # internal files, gone once it succeeded
+
+
 def test_delete_removes_the_job_and_its_files(served):
     client, data_dir, _ = served
     job = client.wait(client.submit({**TINY_SPEC, "classes": ["star", "ring"]}).id, timeout=180)

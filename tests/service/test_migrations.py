@@ -24,8 +24,9 @@ TABLES = {
     "evaluations",
     "evaluation_images",
     "evaluation_artifacts",
+    "job_chunks",
 }
-HEAD = "0006"
+HEAD = "0007"
 
 
 def _tables(url: str) -> set[str]:
