@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from celery import Celery
@@ -24,55 +25,59 @@ from service.storage import Storage
 log = logging.getLogger("clipforge.reaper")
 
 
-def publish_job(celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, publish_due_at: datetime) -> bool:
-    """The outbox's one publishing step: send the job's message, then clear its flag (only if still the one read,
-    ``publish_due_at``). BrokerUnavailable when the broker cannot take it (the flag stays, for a later round). Clearing
-    is best effort: a flag left set (the database briefly away) makes a later round send a second message, which the
-    worker's claim drops. True when the flag was cleared."""
-    enqueue_job(celery, settings, job_id)
+def publish(factory: sessionmaker[Session], send: Callable[[], None], clear: Callable[[Session], bool], what: str) -> bool:
+    """The outbox's one publishing step: ``send`` the message, then ``clear`` its flag (only if still the one read).
+    BrokerUnavailable when the broker cannot take it (the flag stays, for a later round). Clearing is best effort: a flag
+    left set (the database briefly away) makes a later round send a second message, which the claim drops. True when
+    the flag was cleared."""
+    send()
     try:
         with session_scope(factory) as session:
-            return repo.mark_published(session, job_id, publish_due_at)
+            return clear(session)
     except Exception:
-        log.exception("job %s: published, but its outbox flag could not be cleared", job_id)
+        log.exception("%s: published, but its outbox flag could not be cleared", what)
         return False
+
+
+def publish_job(celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, publish_due_at: datetime) -> bool:
+    return publish(
+        factory,
+        lambda: enqueue_job(celery, settings, job_id),
+        lambda session: repo.mark_published(session, job_id, publish_due_at),
+        f"job {job_id}",
+    )
 
 
 def publish_evaluation(
     celery: Celery, settings: Settings, factory: sessionmaker[Session], evaluation_id: str, publish_due_at: datetime
 ) -> bool:
-    """``publish_job`` for an evaluation: send its message, then clear its outbox flag if still the one read."""
-    enqueue_evaluation(celery, settings, evaluation_id)
-    try:
-        with session_scope(factory) as session:
-            return evaluations.mark_published(session, evaluation_id, publish_due_at)
-    except Exception:
-        log.exception("evaluation %s: published, but its outbox flag could not be cleared", evaluation_id)
-        return False
+    return publish(
+        factory,
+        lambda: enqueue_evaluation(celery, settings, evaluation_id),
+        lambda session: evaluations.mark_published(session, evaluation_id, publish_due_at),
+        f"evaluation {evaluation_id}",
+    )
 
 
 def publish_chunk(
     celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, index: int, publish_due_at: datetime
 ) -> bool:
-    """``publish_job`` for one chunk of a split job: send its message, then clear its flag if still the one read."""
-    enqueue_chunks(celery, settings, job_id, [index])
-    try:
-        with session_scope(factory) as session:
-            return chunks.mark_published(session, job_id, index, publish_due_at)
-    except Exception:
-        log.exception("job %s: chunk %d published, but its outbox flag could not be cleared", job_id, index)
-        return False
+    return publish(
+        factory,
+        lambda: enqueue_chunks(celery, settings, job_id, [index]),
+        lambda session: chunks.mark_published(session, job_id, index, publish_due_at),
+        f"job {job_id}: chunk {index}",
+    )
 
 
 def publish_distillation(celery: Celery, settings: Settings, factory: sessionmaker[Session], job_id: str, publish_due_at: datetime) -> bool:
-    """``publish_job`` for a split job's distillation: send its message, then clear the job's flag if still the one read."""
-    enqueue_distillation(celery, settings, job_id)
-    try:
-        with session_scope(factory) as session:
-            return repo.mark_published(session, job_id, publish_due_at)
-    except Exception:
-        log.exception("job %s: distillation published, but its outbox flag could not be cleared", job_id)
-        return False
+    """A split job's distillation: its flag is the job's own (``publish_due_at``)."""
+    return publish(
+        factory,
+        lambda: enqueue_distillation(celery, settings, job_id),
+        lambda session: repo.mark_published(session, job_id, publish_due_at),
+        f"job {job_id}: distillation",
+    )
 
 
 def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery, storage: Storage | None = None) -> repo.ReapResult:
