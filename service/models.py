@@ -134,13 +134,9 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class Artifact(Base):
-    __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("job_id", "name"),)
+class StoredFileColumns:
+    """The columns of a row that stands for one object in storage (an upload or an artifact, of a job or an evaluation)."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(100))
@@ -148,7 +144,16 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Upload(Base):
+class Artifact(StoredFileColumns, Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+
+
+class Upload(StoredFileColumns, Base):
     __tablename__ = "uploads"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -156,13 +161,8 @@ class Upload(Base):
     class_name: Mapped[str] = mapped_column(String(300))
     position: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str | None] = mapped_column(String(300))
-    content_type: Mapped[str] = mapped_column(String(100))
-    size: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    storage_key: Mapped[str] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ServiceCounter(Base):
@@ -242,7 +242,7 @@ class Evaluation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class EvaluationImage(Base):
+class EvaluationImage(StoredFileColumns, Base):
     """One labelled image of an evaluation, stored as sent (decoded and checked first)."""
 
     __tablename__ = "evaluation_images"
@@ -252,14 +252,9 @@ class EvaluationImage(Base):
     class_name: Mapped[str] = mapped_column(String(300))
     position: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str | None] = mapped_column(String(300))
-    content_type: Mapped[str] = mapped_column(String(100))
-    size: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
-    storage_key: Mapped[str] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class EvaluationArtifact(Base):
+class EvaluationArtifact(StoredFileColumns, Base):
     """A file an evaluation produced (confusion matrix, mistakes grid, the full result)."""
 
     __tablename__ = "evaluation_artifacts"
@@ -268,8 +263,3 @@ class EvaluationArtifact(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    size: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
-    content_type: Mapped[str] = mapped_column(String(100))
-    storage_key: Mapped[str] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
