@@ -257,17 +257,24 @@ def train_adversarial(
             + args.edge_weight * edge_l1(output, images)
             + args.perceptual_weight * perceptual_distance(teacher, output, images)
         )
-        generator_loss = -discriminator(output).mean()
-        weight = adaptive_adversarial_weight(reconstruction, generator_loss, last_layer) * args.adversarial_weight
+        adversarial = args.adversarial_weight > 0  # 0: a perceptual-only stage, no discriminator at all
+        generator_loss = -discriminator(output).mean() if adversarial else torch.zeros(())
+        weight = (
+            adaptive_adversarial_weight(reconstruction, generator_loss, last_layer) * args.adversarial_weight
+            if adversarial
+            else torch.zeros(())
+        )
         loss = reconstruction + weight * generator_loss + args.kl_weight * kl_per_element(mean, logvar)
         g_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, args.clip)
         g_optimizer.step()
-        d_optimizer.zero_grad(set_to_none=True)  # the generator's backward left gradients on D
-        d_loss = hinge_discriminator_loss(discriminator(images), discriminator(output.detach()))
-        d_loss.backward()
-        d_optimizer.step()
+        d_loss = torch.zeros(())
+        if adversarial:
+            d_optimizer.zero_grad(set_to_none=True)  # the generator's backward left gradients on D
+            d_loss = hinge_discriminator_loss(discriminator(images), discriminator(output.detach()))
+            d_loss.backward()
+            d_optimizer.step()
         for key, value in (("l1", F.l1_loss(output, images)), ("g", generator_loss), ("d", d_loss), ("weight", weight)):
             sums[key] = sums.get(key, 0.0) + float(value.detach())
         done = step + 1
