@@ -156,7 +156,7 @@ class Probe:
         a = self.args
         torch.manual_seed(seed)
         student = create_student_for(self.teacher, a.student, len(self.task.classes))
-        config = DistillConfig(method="kd", steps=a.steps, batch_size=a.batch, lr=a.lr, fresh_share=a.fresh_share)
+        config = DistillConfig(method=a.method, steps=a.steps, batch_size=a.batch, lr=a.lr, fresh_share=a.fresh_share)
         synthesis = SynthesisConfig(generator="decoder", generator_options=tuple(self.generator_options.items()))
         sampler = prior_sampler(synthesis, self.teacher.image_size, self.teacher.device) if a.fresh_share > 0 else None
         Distiller(student, self.teacher, self.targets.classifier, config, seed=seed, sampler=sampler).fit(data)
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="shape8")
     parser.add_argument("--student", default="tiny_cnn")
     parser.add_argument("--steps", type=int, default=2000, help="student KD steps, every arm")
+    parser.add_argument("--method", default="kd", choices=("ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"), help="distillation loss")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--fresh-share", type=float, default=0.0, help="share of each batch drawn fresh from the prior")
     parser.add_argument("--lr", type=float, default=0.05)
