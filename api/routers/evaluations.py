@@ -115,13 +115,11 @@ def store_and_publish(
                 publish_grace_seconds=settings.publish_grace_seconds,
             )
             due_at = evaluation.publish_due_at
-    except StorageError as exc:
-        for prefix in repo.prefixes(job_id, evaluation_id):
+    except BaseException as exc:
+        for prefix in repo.prefixes(job_id, evaluation_id):  # whatever failed, no image of it is left behind
             storage.delete_prefix(prefix)
-        raise invalid(exc.code, f"the images could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
-    except BaseException:
-        for prefix in repo.prefixes(job_id, evaluation_id):
-            storage.delete_prefix(prefix)
+        if isinstance(exc, StorageError):
+            raise invalid(exc.code, f"the images could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
         raise
     assert due_at is not None
     try:
