@@ -488,8 +488,11 @@ function openJob(jobId) {
   });
   $("job-id").textContent = jobId;
   for (const id of ["job-samples-section", "job-card-section", "job-artifacts-section", "evaluation-section"]) $(id).hidden = true;
-  const filled = ["job-error", "job-failure", "job-details", "job-card", "job-artifacts", "job-events", "evaluations", "evaluation-error"];
+  // The previous job's evaluation inputs go too: a file chosen in a stale input would be lost when this job's are drawn.
+  const filled = ["job-error", "job-failure", "job-details", "job-card", "job-artifacts", "job-events", "evaluations", "evaluation-error", "evaluation-inputs"];
   for (const id of filled) $(id).replaceChildren();
+  evaluationInputs.clear();
+  $("evaluation-form").reset();
   $("job-samples").removeAttribute("src");
   $("job-card-json").textContent = "";
   $("job-events-count").textContent = "0";
