@@ -5,6 +5,11 @@ student's top class equals the teacher's on two kinds of unseen images:
 - held-out synthesized images: a fresh batch from the same synthesis, another seed;
 - prior samples: images drawn from the generator's prior with no optimisation (for the decoder,
   scenes of the kind it learnt to draw), which are nearer real images than optimised ones.
+Plain agreement cannot see a student that answers one class when the teacher does too: a generator
+whose samples the teacher puts all in one class (fourier or pixel noise on the shapes world) gives
+agreement 1.000 to a student that scores chance on real images. The class-balanced agreement
+averages over the job's classes, a class the teacher finds in no sample counting 0, so such a
+student scores at most 1 / classes; ``prior_sample_classes`` says how many classes the samples show.
 The benchmark reports how well each tracks real test accuracy (bench/paper.py).
 """
 
@@ -24,12 +29,30 @@ HELDOUT_SEED_OFFSET = 7_919  # held-out images come from another seed than the t
 
 
 @torch.no_grad()
-def agreement(student: nn.Module, teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor, chunk: int = 512) -> float:
-    """Share of ``images`` on which the student's top class is the teacher's."""
+def top_classes(
+    student: nn.Module, teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor, chunk: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's and the teacher's top class on each of ``images`` (on the CPU)."""
     teacher_top = teacher_probabilities(teacher, classifier, images.to(teacher.device)).argmax(1).cpu()
     parameter = next(student.parameters())
     student_top = torch.cat([student(part.to(parameter.device, parameter.dtype)).argmax(1).cpu() for part in images.split(chunk)])
+    return student_top, teacher_top
+
+
+def agreement(student: nn.Module, teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor) -> float:
+    """Share of ``images`` on which the student's top class is the teacher's."""
+    student_top, teacher_top = top_classes(student, teacher, classifier, images)
     return float((student_top == teacher_top).float().mean())
+
+
+def class_balanced_agreement(student_top: torch.Tensor, teacher_top: torch.Tensor, num_classes: int) -> float:
+    """Mean over ``num_classes`` classes of the share of the images the teacher puts in a class that the student puts
+    there too; a class the teacher puts no image in counts 0, since nothing shows that the student learnt it."""
+    per_class = [
+        float((student_top[teacher_top == c] == c).float().mean()) if bool((teacher_top == c).any()) else 0.0
+        for c in range(num_classes)
+    ]
+    return sum(per_class) / num_classes
 
 
 def estimate_quality(
@@ -40,9 +63,13 @@ def estimate_quality(
     held_out = synthesize(teacher, targets, held_out_config, seed=seed + HELDOUT_SEED_OFFSET)
     rng = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
     samples = prior_sampler(synthesis, teacher.image_size, teacher.device)(PRIOR_SAMPLES, rng).float().cpu()
+    student_top, teacher_top = top_classes(student, teacher, targets.classifier, samples)
+    num_classes = targets.classifier.shape[0]
     return {
         "agreement_heldout_synthesized": round(agreement(student, teacher, targets.classifier, held_out.images), 4),
         "heldout_synthesized_images": len(held_out),
-        "agreement_prior_samples": round(agreement(student, teacher, targets.classifier, samples), 4),
+        "agreement_prior_samples": round(float((student_top == teacher_top).float().mean()), 4),
+        "agreement_prior_samples_balanced": round(class_balanced_agreement(student_top, teacher_top, num_classes), 4),
+        "prior_sample_classes": int(teacher_top.unique().numel()),
         "prior_samples": PRIOR_SAMPLES,
     }

@@ -748,6 +748,7 @@ async function loadModelCard(current, url) {
     ["Budget", card.spec?.budget ?? "?"],
     ["Agreement with the teacher (held-out synthesized images)", accuracy(quality.agreement_heldout_synthesized)],
     ["Agreement with the teacher (prior samples)", accuracy(quality.agreement_prior_samples)],
+    ["Agreement with the teacher (prior samples, class-balanced)", accuracy(quality.agreement_prior_samples_balanced)],
     ["Student parameters", card.metrics?.student_parameters?.toLocaleString() ?? "—"],
     ["Input", card.input ? `${card.input.shape.join(" × ")} (${card.input.layout})` : "—"],
   ];

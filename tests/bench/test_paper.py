@@ -108,3 +108,18 @@ def test_runs_over_disjoint_seeds_merge_into_one_report():
     assert abs(default["ratio_to_teacher"] - 0.8 / 0.9) < 1e-9
     assert merged["seeds"] == 3 and merged["seeds_requested"] == 3  # 2 asked for, then 1 more
     assert abs(merged["quality_tracking"]["rows"]["default"]["agreement_prior_samples"] - 0.7) < 1e-9  # weighted by seeds
+
+
+def test_an_estimate_that_one_run_lacks_is_left_out_of_the_merge_and_shown_as_a_dash():
+    from bench.paper import merge_reports, quality_markdown
+
+    def run(quality: dict[str, float]) -> dict:
+        rows = [{"key": "default", "task": "shape8", "kind": "method", "accuracy": [0.8], "seeds": 1}]
+        return {"seeds": 1, "rows": rows, "quality_tracking": {"rows": {"default": {"accuracy": 0.8, **quality}}}}
+
+    old = run({"agreement_heldout_synthesized": 1.0, "agreement_prior_samples": 0.7})  # written before the balanced one
+    new = run({"agreement_heldout_synthesized": 0.9, "agreement_prior_samples": 0.8, "agreement_prior_samples_balanced": 0.75})
+    merged = merge_reports([old, new])["quality_tracking"]["rows"]["default"]
+    assert "agreement_prior_samples_balanced" not in merged and abs(merged["agreement_prior_samples"] - 0.75) < 1e-9
+    table = quality_markdown(merge_reports([new, new])["quality_tracking"]) + quality_markdown(merge_reports([old])["quality_tracking"])
+    assert "| default | 0.800 | 0.900 | 0.800 | 0.750 |" in table and "| default | 0.800 | 1.000 | 0.700 | — |" in table

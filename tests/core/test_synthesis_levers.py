@@ -10,7 +10,7 @@ from torch import nn
 
 from core.distill import DistillConfig, Distiller
 from core.generators import create_generator
-from core.quality import agreement
+from core.quality import agreement, class_balanced_agreement
 from core.students import create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -103,6 +103,21 @@ def test_agreement_is_one_for_the_teacher_itself_and_the_top_class_share_for_a_c
     flat = nn.Sequential(nn.Flatten(), constant)
     share = float((teacher_probabilities(shapes_teacher, targets.classifier, images).argmax(1) == 2).float().mean())
     assert agreement(flat, shapes_teacher, targets.classifier, images) == pytest.approx(share)
+
+
+def test_class_balanced_agreement_sees_a_student_that_answers_the_one_class_the_teacher_finds() -> None:
+    teacher_top = torch.full((40,), 1)
+    # Plain agreement is 1 here; the balanced one counts the three classes no sample shows as 0.
+    assert float((teacher_top == teacher_top).float().mean()) == 1.0
+    assert class_balanced_agreement(teacher_top, teacher_top, num_classes=4) == pytest.approx(0.25)
+    balanced = torch.arange(4).repeat(10)
+    assert class_balanced_agreement(balanced, balanced, num_classes=4) == 1.0
+    # A student right on every image of class 0 and on none of the others: one class of four.
+    wrong = torch.where(balanced == 0, balanced, (balanced + 1) % 4)
+    assert class_balanced_agreement(wrong, balanced, num_classes=4) == pytest.approx(0.25)
+    # Classes weigh the same however many images the teacher puts in each: 30 right of class 0, 0 of 10 of class 1.
+    skewed_teacher = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    assert class_balanced_agreement(torch.zeros(40, dtype=torch.long), skewed_teacher, num_classes=2) == pytest.approx(0.5)
 
 
 def test_pool_growth_adds_labelled_neighbours_near_each_image(shapes_teacher, targets) -> None:
