@@ -49,8 +49,7 @@ def class_balanced_agreement(student_top: torch.Tensor, teacher_top: torch.Tenso
     """Mean over ``num_classes`` classes of the share of the images the teacher puts in a class that the student puts
     there too; a class the teacher puts no image in counts 0, since nothing shows that the student learnt it."""
     per_class = [
-        float((student_top[teacher_top == c] == c).float().mean()) if bool((teacher_top == c).any()) else 0.0
-        for c in range(num_classes)
+        float((student_top[teacher_top == c] == c).float().mean()) if bool((teacher_top == c).any()) else 0.0 for c in range(num_classes)
     ]
     return sum(per_class) / num_classes
 
