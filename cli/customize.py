@@ -119,4 +119,6 @@ def run_customize(args: argparse.Namespace) -> int:
         bar.close()
     write_artifacts(result.artifacts, args.out)
     print(f"wrote {', '.join(sorted(result.artifacts))} to {args.out}")
+    for warning in result.metrics.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

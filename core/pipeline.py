@@ -22,7 +22,7 @@ from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, S
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
-from core.quality import estimate_quality
+from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import (
@@ -375,6 +375,7 @@ def _distill_and_export(
         metrics: dict[str, object] = {
             "budget": spec.budget,
             "quality": quality,
+            "warnings": quality_warnings(quality, len(spec.classes)),
             "surrogate_images": len(surrogate),
             "surrogate_sha256": surrogate_sha256(surrogate),
             "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},

@@ -72,3 +72,16 @@ def estimate_quality(
         "prior_sample_classes": int(teacher_top.unique().numel()),
         "prior_samples": PRIOR_SAMPLES,
     }
+
+
+def quality_warnings(quality: dict[str, float | int], num_classes: int) -> list[str]:
+    """What a user should know before trusting the estimates: prior samples that show only some of the classes."""
+    seen = int(quality.get("prior_sample_classes", num_classes))
+    if seen >= num_classes:
+        return []
+    balanced = quality.get("agreement_prior_samples_balanced")
+    return [
+        f"the teacher finds only {seen} of the {num_classes} classes among {quality.get('prior_samples')} prior samples: "
+        f"the agreement on them says nothing of the others (class-balanced agreement {balanced}); "
+        "evaluate the student on labelled images before using it"
+    ]

@@ -483,6 +483,8 @@ def finish(
                 created_at=now,
             )
         )
+    for warning in (metrics or {}).get("warnings") or []:  # what the engine says a user should know of the result
+        add_event(session, job_id, "warning", message=str(warning))
     kind = "error" if status == FAILED else "status"
     add_event(
         session,

@@ -66,6 +66,7 @@ def test_customize_end_to_end_produces_verified_artifacts(shapes_teacher):
     quality = metrics["quality"]
     assert 0 <= quality["agreement_heldout_synthesized"] <= 1 and 0 <= quality["agreement_prior_samples"] <= 1
     assert 0 <= quality["agreement_prior_samples_balanced"] <= 1 and 1 <= quality["prior_sample_classes"] <= 3
+    assert (metrics["warnings"] == []) == (quality["prior_sample_classes"] == 3)
     assert quality["heldout_synthesized_images"] == 24 and full_card["metrics"]["quality"] == quality
     assert metrics["surrogate_images"] == 12 and set(metrics["stage_seconds"]) == {"preparing", "synthesizing", "distilling", "exporting"}
     grid = Image.open(io.BytesIO(result.artifacts[SAMPLES_FILE]))

@@ -10,7 +10,7 @@ from torch import nn
 
 from core.distill import DistillConfig, Distiller
 from core.generators import create_generator
-from core.quality import agreement, class_balanced_agreement
+from core.quality import agreement, class_balanced_agreement, quality_warnings
 from core.students import create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -118,6 +118,13 @@ def test_class_balanced_agreement_sees_a_student_that_answers_the_one_class_the_
     # Classes weigh the same however many images the teacher puts in each: 30 right of class 0, 0 of 10 of class 1.
     skewed_teacher = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
     assert class_balanced_agreement(torch.zeros(40, dtype=torch.long), skewed_teacher, num_classes=2) == pytest.approx(0.5)
+
+
+def test_a_job_warns_when_its_prior_samples_show_only_some_classes() -> None:
+    collapsed = {"agreement_prior_samples": 1.0, "agreement_prior_samples_balanced": 0.125, "prior_sample_classes": 1, "prior_samples": 512}
+    [warning] = quality_warnings(collapsed, num_classes=8)
+    assert "only 1 of the 8 classes" in warning and "0.125" in warning
+    assert quality_warnings({**collapsed, "prior_sample_classes": 8}, num_classes=8) == []
 
 
 def test_pool_growth_adds_labelled_neighbours_near_each_image(shapes_teacher, targets) -> None:

@@ -78,6 +78,19 @@ def test_claim_progress_and_success_record_artifacts_in_one_step(factory, tmp_pa
     assert job.status == "succeeded" and job.progress == 1.0 and job.finished_at and job.lease_owner is None
 
 
+def test_the_engines_warnings_become_warning_events_before_the_final_status(factory):
+    job_id = _new(factory)
+    warnings = ["the teacher finds only 1 of the 2 classes among 512 prior samples"]
+    with session_scope(factory) as session:
+        repo.claim(session, job_id, "w1", lease_seconds=30, max_attempts=3)
+        assert repo.finish(session, job_id, "w1", repo.SUCCEEDED, metrics={"quality": {}, "warnings": warnings})
+    with session_scope(factory) as session:
+        events, _ = repo.list_events(session, job_id)
+        kinds = [(e.kind, e.message) for e in events][-2:]
+    assert kinds == [("warning", warnings[0]), ("status", "job succeeded")]
+    assert _job(factory, job_id).metrics["warnings"] == warnings
+
+
 def test_cancel_is_idempotent_queued_and_running(factory):
     queued = _new(factory)
     with session_scope(factory) as session:
