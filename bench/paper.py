@@ -47,6 +47,11 @@ from core.teachers.base import Teacher
 
 # Reports written before the class-balanced estimate existed lack it: every use below skips a missing estimate.
 QUALITY_ESTIMATES = ("agreement_heldout_synthesized", "agreement_prior_samples", "agreement_prior_samples_balanced")
+ESTIMATE_TITLES = {
+    "agreement_heldout_synthesized": "agreement, held-out synthesized",
+    "agreement_prior_samples": "agreement, prior samples",
+    "agreement_prior_samples_balanced": "the same, class-balanced",
+}
 
 CONSTRAINT_PHRASE = "a kind of shape"  # Table 6's "+ a constraint phrase"
 EXAMPLES_PER_CLASS = 4  # Table 6's "+ image prompts"
@@ -364,7 +369,7 @@ def merge_reports(reports: list[dict]) -> dict:
     # for is at least what any run asked for and what any row got.
     merged["seeds_requested"] = max(max(r.get("seeds_requested", r["seeds"]) for r in reports), max(r["seeds"] for r in merged["rows"]))
     quality: dict[str, dict[str, float]] = {}
-    for key in {k for r in reports for k in r.get("quality_tracking", {}).get("rows", {})}:
+    for key in dict.fromkeys(k for r in reports for k in r.get("quality_tracking", {}).get("rows", {})):  # in report order
         parts = [(r["quality_tracking"]["rows"][key], len(rows[key]["accuracy"])) for r, rows in zip(reports, by_key, strict=True)
                  if key in r.get("quality_tracking", {}).get("rows", {})]  # fmt: skip
         weight = sum(n for _, n in parts)
@@ -471,13 +476,17 @@ def quality_markdown(tracking: dict | None) -> list[str]:
         "## Does a job's own quality estimate track real accuracy?",
         "",
         "Each method row's student, scored as a job scores itself (no real data): its agreement with the teacher on",
-        "held-out synthesized images and on prior samples (plainly, and class-balanced), beside its real accuracy.",
+        "held-out synthesized images and on prior samples (plainly, and class-balanced where the run measured it),",
+        "beside its real accuracy.",
         "",
-        "| row | real accuracy | agreement, held-out synthesized | agreement, prior samples | the same, class-balanced |",
-        "|---|---|---|---|---|",
+    ]
+    measured = [name for name in QUALITY_ESTIMATES if any(name in row for row in tracking["rows"].values())]
+    lines += [
+        "| row | real accuracy | " + " | ".join(ESTIMATE_TITLES[name] for name in measured) + " |",
+        "|---|---|" + "---|" * len(measured),
     ]
     for key, row in tracking["rows"].items():
-        estimates = " | ".join(f"{row[name]:.3f}" if name in row else "—" for name in QUALITY_ESTIMATES)
+        estimates = " | ".join(f"{row[name]:.3f}" if name in row else "—" for name in measured)
         lines.append(f"| {key} | {row['accuracy']:.3f} | {estimates} |")
     lines.append("")
     summary = tracking_summary(tracking["rows"])  # recomputed: rows sharing a student count once

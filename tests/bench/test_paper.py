@@ -110,7 +110,7 @@ def test_runs_over_disjoint_seeds_merge_into_one_report():
     assert abs(merged["quality_tracking"]["rows"]["default"]["agreement_prior_samples"] - 0.7) < 1e-9  # weighted by seeds
 
 
-def test_an_estimate_that_one_run_lacks_is_left_out_of_the_merge_and_shown_as_a_dash():
+def test_an_estimate_that_one_run_lacks_is_left_out_of_the_merge_and_of_the_table():
     from bench.paper import merge_reports, quality_markdown
 
     def run(quality: dict[str, float]) -> dict:
@@ -122,4 +122,4 @@ def test_an_estimate_that_one_run_lacks_is_left_out_of_the_merge_and_shown_as_a_
     merged = merge_reports([old, new])["quality_tracking"]["rows"]["default"]
     assert "agreement_prior_samples_balanced" not in merged and abs(merged["agreement_prior_samples"] - 0.75) < 1e-9
     table = quality_markdown(merge_reports([new, new])["quality_tracking"]) + quality_markdown(merge_reports([old])["quality_tracking"])
-    assert "| default | 0.800 | 0.900 | 0.800 | 0.750 |" in table and "| default | 0.800 | 1.000 | 0.700 | — |" in table
+    assert "| default | 0.800 | 0.900 | 0.800 | 0.750 |" in table and "| default | 0.800 | 1.000 | 0.700 |" in table  # no column
