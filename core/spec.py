@@ -40,7 +40,7 @@ DEFAULT_STYLES: tuple[str, ...] = (
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
 GeneratorName = Literal["auto", "fourier", "pixel", "decoder"]
 InversionObjective = Literal["matching", "bn_inversion"]
-StudentName = Literal["resnet18", "mobilenet_v3_small", "tiny_cnn"]
+StudentName = Literal["resnet18", "mobilenet_v3_small", "tiny_cnn", "small_cnn"]
 ExportFormat = Literal["onnx", "torchscript", "onnx_int8"]  # onnx_int8: statically quantized, calibrated on synthesized images
 
 

@@ -34,6 +34,9 @@ RGB_CHANNELS = 3
 # resolution. With 3x3 kernels this is ~98k conv/BN parameters plus 129 per class in the head.
 TINY_CNN_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 TINY_CNN_KERNEL = 3
+# small_cnn: tiny_cnn plus this many residual conv-BN-ReLU layers after each block. Only the two lowest
+# resolutions get them, where a 3x3 conv is cheapest (8x8 and 4x4 at 32 px): about twice tiny_cnn's FLOPs.
+SMALL_CNN_EXTRA_LAYERS: tuple[int, ...] = (0, 0, 1, 1)
 
 # Backbone factories: (num_classes, image_size) -> module mapping *normalised* pixels to logits.
 STUDENTS: Registry[nn.Module] = Registry("student")
@@ -119,23 +122,41 @@ def _mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
     return model
 
 
-class TinyCNN(nn.Module):
-    """A ~100k-parameter CNN: conv-BN-ReLU blocks (stride-2 after the first), global average pool, linear head."""
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    # No conv bias: the BatchNorm that follows has its own shift.
+    conv = nn.Conv2d(in_channels, out_channels, TINY_CNN_KERNEL, stride=stride, padding=TINY_CNN_KERNEL // 2, bias=False)
+    return [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
-    def __init__(self, num_classes: int, image_size: int, widths: Sequence[int] = TINY_CNN_WIDTHS) -> None:
+
+class Residual(nn.Module):
+    """``x + layer(x)``: extra depth that starts near the identity and keeps gradients flowing."""
+
+    def __init__(self, layer: nn.Module) -> None:
         super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer(x)
+
+
+class TinyCNN(nn.Module):
+    """A ~100k-parameter CNN: conv-BN-ReLU blocks (stride-2 after the first), global average pool, linear head;
+    ``extra_layers[i]`` residual conv-BN-ReLU layers after block ``i`` (none in tiny_cnn)."""
+
+    def __init__(
+        self, num_classes: int, image_size: int, widths: Sequence[int] = TINY_CNN_WIDTHS, extra_layers: Sequence[int] | None = None
+    ) -> None:
+        super().__init__()
+        extra_layers = extra_layers or [0] * len(widths)
+        if len(extra_layers) != len(widths):
+            raise ValueError("extra_layers needs one count per block")
         # Small inputs keep full resolution in the first block; larger ones halve it there too.
         first_stride = 1 if image_size <= SMALL_INPUT_MAX else 2
         layers: list[nn.Module] = []
         in_channels = RGB_CHANNELS
-        for i, width in enumerate(widths):
-            stride = first_stride if i == 0 else 2
-            layers += [
-                # No conv bias: the BatchNorm that follows has its own shift.
-                nn.Conv2d(in_channels, width, TINY_CNN_KERNEL, stride=stride, padding=TINY_CNN_KERNEL // 2, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+        for i, (width, extra) in enumerate(zip(widths, extra_layers, strict=True)):
+            layers += _conv_bn_relu(in_channels, width, first_stride if i == 0 else 2)
+            layers += [Residual(nn.Sequential(*_conv_bn_relu(width, width, 1))) for _ in range(extra)]
             in_channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -151,6 +172,11 @@ class TinyCNN(nn.Module):
 @STUDENTS.register("tiny_cnn")
 def _tiny_cnn(num_classes: int, image_size: int) -> nn.Module:
     return TinyCNN(num_classes, image_size)
+
+
+@STUDENTS.register("small_cnn")
+def _small_cnn(num_classes: int, image_size: int) -> nn.Module:
+    return TinyCNN(num_classes, image_size, extra_layers=SMALL_CNN_EXTRA_LAYERS)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ from core.students import STUDENTS, Student, count_flops, count_parameters, crea
 
 MEAN = (0.48, 0.46, 0.41)
 STD = (0.27, 0.26, 0.28)
-ARCHS = ("resnet18", "mobilenet_v3_small", "tiny_cnn")
+ARCHS = ("resnet18", "mobilenet_v3_small", "tiny_cnn", "small_cnn")
 
 
 def make(arch: str, num_classes: int = 5, image_size: int = 32) -> Student:
