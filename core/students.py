@@ -129,7 +129,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.M
 
 
 class Residual(nn.Module):
-    """``x + layer(x)``: extra depth that starts near the identity and keeps gradients flowing."""
+    """``x + layer(x)``: extra depth whose skip path keeps the gradients of the blocks before it flowing."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
