@@ -16,7 +16,8 @@ WEIGHTS_FILE = "weights.safetensors"
 STUDENT_DESCRIPTIONS = {
     "resnet18": "ResNet-18 with a small-input stem (the paper's student)",
     "mobilenet_v3_small": "MobileNetV3-Small",
-    "tiny_cnn": "a four-layer CNN for smoke tests and CPU demos",
+    "tiny_cnn": "a four-layer CNN, ~100k parameters (the cpu budget's default)",
+    "small_cnn": "tiny_cnn with a residual layer at its two lowest resolutions, ~280k parameters",
 }
 
 

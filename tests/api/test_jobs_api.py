@@ -146,4 +146,4 @@ def test_teachers_and_students(http):
     teachers = http.get("/v1/teachers").json()["data"]
     assert {"name": "shapes-mini", "source": "bundled", "image_size": 32, "default": True}.items() <= teachers[0].items()
     students = [s["name"] for s in http.get("/v1/students").json()["data"]]
-    assert students == ["resnet18", "mobilenet_v3_small", "tiny_cnn"]
+    assert students == ["resnet18", "mobilenet_v3_small", "tiny_cnn", "small_cnn"]
