@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from core.scoring import Scores, score
 from core.synthesis import InversionTargets, SynthesisConfig, prior_sampler, synthesize, teacher_probabilities
 from core.teachers.base import Teacher
 
@@ -48,10 +49,12 @@ def agreement(student: nn.Module, teacher: Teacher, classifier: torch.Tensor, im
 def class_balanced_agreement(student_top: torch.Tensor, teacher_top: torch.Tensor, num_classes: int) -> float:
     """Mean over ``num_classes`` classes of the share of the images the teacher puts in a class that the student puts
     there too; a class the teacher puts no image in counts 0, since nothing shows that the student learnt it."""
-    per_class = [
-        float((student_top[teacher_top == c] == c).float().mean()) if bool((teacher_top == c).any()) else 0.0 for c in range(num_classes)
-    ]
-    return sum(per_class) / num_classes
+    return _class_balanced(score(student_top.numpy(), teacher_top.numpy(), num_classes))
+
+
+def _class_balanced(scores: Scores) -> float:
+    """``scores``' per-class accuracy averaged over every class, a class without images counting 0."""
+    return sum(share for share in scores.per_class if share is not None) / len(scores.per_class)
 
 
 def estimate_quality(
@@ -62,14 +65,15 @@ def estimate_quality(
     held_out = synthesize(teacher, targets, held_out_config, seed=seed + HELDOUT_SEED_OFFSET)
     rng = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
     samples = prior_sampler(synthesis, teacher.image_size, teacher.device)(PRIOR_SAMPLES, rng).float().cpu()
+    # The teacher's top classes as labels: the student's accuracy and per-class accuracy against them are agreements.
     student_top, teacher_top = top_classes(student, teacher, targets.classifier, samples)
-    num_classes = targets.classifier.shape[0]
+    on_prior = score(student_top.numpy(), teacher_top.numpy(), targets.classifier.shape[0])
     return {
         "agreement_heldout_synthesized": round(agreement(student, teacher, targets.classifier, held_out.images), 4),
         "heldout_synthesized_images": len(held_out),
-        "agreement_prior_samples": round(float((student_top == teacher_top).float().mean()), 4),
-        "agreement_prior_samples_balanced": round(class_balanced_agreement(student_top, teacher_top, num_classes), 4),
-        "prior_sample_classes": int(teacher_top.unique().numel()),
+        "agreement_prior_samples": round(on_prior.accuracy, 4),
+        "agreement_prior_samples_balanced": round(_class_balanced(on_prior), 4),
+        "prior_sample_classes": sum(share is not None for share in on_prior.per_class),
         "prior_samples": PRIOR_SAMPLES,
     }
 
