@@ -121,3 +121,85 @@ def caption_vocabulary() -> set[str]:
         words.update(phrase.replace("{obj}", "").replace(".", "").split())
     words.update({"a", "an"})
     return words
+
+
+# ------------------------------------------------------------------------------------------
+# Fashion-world captions (Fashion-MNIST photos): the class name a user types most of the time,
+# else a synonym, in varied templates, sometimes with the photo's style (see FASHION_STYLES).
+# ------------------------------------------------------------------------------------------
+
+P_CLASS_NAME = 0.5  # the caption uses the class name itself ("sneaker"); else one of its synonyms
+P_MENTION_PHOTO_STYLE = 0.35  # a plain photo's caption names one of the plain photo styles
+P_MENTION_ALTERED_STYLE = 0.7  # an altered photo's (blurred, noisy, ...) caption names its alteration
+P_STYLE_OF_PHRASING = 0.4  # of style mentions: "<object> in the style of <style>", the style dictionary's phrasing
+
+# Noun phrases per class (Fashion-MNIST's label order), each taking "a"/"an": plurals come as "pair of ...".
+FASHION_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "t-shirt": ("t-shirt", "tee", "top", "t shirt", "tee shirt", "short-sleeved top"),
+    "trouser": ("trouser", "pair of trousers", "pair of pants", "pair of jeans", "pants", "trousers"),
+    "pullover": ("pullover", "sweater", "jumper", "sweatshirt", "knitted pullover"),
+    "dress": ("dress", "summer dress", "gown", "frock"),
+    "coat": ("coat", "jacket", "overcoat", "winter coat"),
+    "sandal": ("sandal", "pair of sandals", "sandals", "flip-flop", "strappy sandal"),
+    "shirt": ("shirt", "button-up shirt", "blouse", "long-sleeved shirt", "collared shirt"),
+    "sneaker": ("sneaker", "trainer", "running shoe", "pair of sneakers", "sneakers", "trainers", "sports shoe"),
+    "bag": ("bag", "handbag", "purse", "tote bag", "shoulder bag"),
+    "ankle boot": ("ankle boot", "boot", "pair of boots", "boots", "ankle boots", "bootie"),
+}
+# Photo styles every Fashion-MNIST photo shows: small, grey product shots on black.
+PLAIN_PHOTO_STYLES: tuple[str, ...] = (
+    "a photo",
+    "a grayscale photo",
+    "a black and white photo",
+    "a low-resolution photo",
+    "a product photo",
+    "a catalogue photo",
+)
+# Alterations that the teacher's training applies to some photos (bench.train_teacher), with their words.
+ALTERED_PHOTO_STYLES: dict[str, tuple[str, ...]] = {
+    "blurred": ("a blurry photo", "an out of focus photo"),
+    "noisy": ("a noisy photo", "a grainy photo"),
+    "dark": ("a dark photo", "an underexposed photo"),
+    "faded": ("a faded photo", "a low-contrast photo"),
+}
+# The style dictionary of the fashion teacher (its config's "styles"): one phrase per look its captions describe.
+FASHION_STYLES: tuple[str, ...] = (*PLAIN_PHOTO_STYLES, *(phrases[0] for phrases in ALTERED_PHOTO_STYLES.values()))
+FASHION_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {obj}.",
+    "a {obj}.",
+    "a {obj}",
+    "a picture of a {obj}",
+    "an image of a {obj}",
+    "this is a {obj}",
+    "a photo of the {obj}",
+    "a {obj} on a black background",
+    "a close-up photo of a {obj}",
+    "a {obj} for sale",
+    "a product shot of a {obj}",
+    "{obj}",
+)
+
+
+def fashion_caption(class_text: str, alteration: str | None, rng: random.Random) -> str:
+    """One caption for a photo of ``class_text`` (a Fashion-MNIST class name); ``alteration`` is a key of
+    ALTERED_PHOTO_STYLES or None for an unaltered photo."""
+    obj = class_text if rng.random() < P_CLASS_NAME else rng.choice(FASHION_SYNONYMS[class_text])
+    with_article = f"{_article(obj)} {obj}"
+    if alteration is not None and rng.random() < P_MENTION_ALTERED_STYLE:
+        style = rng.choice(ALTERED_PHOTO_STYLES[alteration])
+    elif alteration is None and rng.random() < P_MENTION_PHOTO_STYLE:
+        style = rng.choice(PLAIN_PHOTO_STYLES)
+    else:
+        style = None
+    if style is None:
+        template = rng.choice(FASHION_TEMPLATES)
+        text = template.format(obj=obj) if template == "{obj}" else template.format(obj=obj).replace("a " + obj, with_article, 1)
+    elif rng.random() < P_STYLE_OF_PHRASING:
+        text = f"{with_article} in the style of {style}"
+    else:
+        text = f"{style} of {with_article}"
+    return text.rstrip(".") + ("." if rng.random() < 0.5 else "")
+
+
+def fashion_captions_for(class_texts: list[str], alterations: list[str | None], rng: random.Random) -> list[str]:
+    return [fashion_caption(text, alteration, rng) for text, alteration in zip(class_texts, alterations, strict=True)]

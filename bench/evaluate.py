@@ -1,4 +1,4 @@
-"""Zero-shot evaluation of a teacher on shapes-world tasks."""
+"""Zero-shot evaluation of a teacher on a task (shapes-world renders or photos)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.tasks import Split, Task, get_task
+from bench.tasks import AnyTask, Split, get_task
 from core.teachers.base import DEFAULT_TEMPLATE, Teacher
 
 DEFAULT_EVAL_IMAGES = 2000
@@ -25,13 +25,16 @@ class ZeroShotResult:
 @torch.no_grad()
 def zero_shot(
     teacher: Teacher,
-    task: Task | str,
+    task: AnyTask | str,
     *,
     split: Split = "test",
-    images: int = DEFAULT_EVAL_IMAGES,
+    images: int | None = DEFAULT_EVAL_IMAGES,
     template: str = DEFAULT_TEMPLATE,
 ) -> ZeroShotResult:
+    """``images`` balanced images of ``split``; None: all a photo task's split holds (DEFAULT_EVAL_IMAGES renders otherwise)."""
     task = get_task(task) if isinstance(task, str) else task
+    if images is None:
+        images = task.available(split) or DEFAULT_EVAL_IMAGES
     pixels, labels = task.render(split, images, size=teacher.image_size)
     weights = teacher.class_embeddings(task.class_texts, template)
     predictions = teacher.classify(pixels, weights).argmax(1).cpu()

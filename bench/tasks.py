@@ -1,19 +1,25 @@
-"""Shapes-world classification tasks, in a registry.
+"""Classification tasks, in a registry: procedural shapes-world tasks and tasks on a fixed photo set.
 
-Each task is a list of classes; a class fixes a shape, a colour or both, and every other
-factor is drawn at random. Validation, test and example images come from disjoint seeds
+A shapes-world task (:class:`Task`) is a list of classes; a class fixes a shape, a colour or both, and
+every other factor is drawn at random. Validation, test and example images come from disjoint seeds
 (checked in the tests), and task images never contain the distractor glyph.
+
+A photo task (:class:`PhotoTask`, the fashion world of ``bench.fashion``) draws labelled photos from a
+fixed set whose splits are disjoint. Both kinds share the contract that callers use: ``name``,
+``classes`` (each with ``text``), ``class_texts``, ``render(split, n, size=...)`` (balanced labelled
+images), ``examples(per_class, size=...)`` and ``available(split)``; only shapes tasks have ``sample``.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from bench import fashion
 from bench.world import COLOUR_NAMES, COLOURS, DEFAULT_IMAGE_SIZE, SHAPES, Scenes, render, scenes_for
 from core.registry import Registry
 
@@ -43,6 +49,10 @@ class Task:
         """A seed per (task, split); the splits never share a seed, so never an image."""
         return zlib.crc32(f"clipforge/{self.name}/{split}".encode())
 
+    def available(self, split: Split) -> int | None:
+        """How many distinct images ``split`` can give: no limit for rendered worlds."""
+        return None
+
     def render(self, split: Split, n: int, *, size: int = DEFAULT_IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` labelled images of ``split`` with balanced classes: (images (n,3,S,S) in [0,1], labels (n,))."""
         scenes, labels, g = self.sample(split, n)
@@ -67,10 +77,69 @@ class Task:
         return {c.text: images[labels == k] for k, c in enumerate(self.classes)}
 
 
-TASKS: Registry[Task] = Registry("task")
+@dataclass(frozen=True)
+class PhotoClass:
+    text: str  # the class text a user would type; zero-shot prompts embed it
+    label: int  # the photo set's own label for this class
 
 
-def register_task(fn: Callable[[], Task]) -> Callable[[], Task]:
+@dataclass(frozen=True)
+class PhotoTask:
+    """A task on a fixed photo set: ``render`` draws balanced labelled photos of a split, without repeats."""
+
+    name: str
+    classes: tuple[PhotoClass, ...]
+    description: str
+    # The photo set's splits (train, val, test, examples), loaded on first use so that listing tasks needs no data.
+    photos: Callable[[str], fashion.PhotoSplit] = field(compare=False, repr=False)
+
+    @property
+    def class_texts(self) -> list[str]:
+        return [c.text for c in self.classes]
+
+    def split_seed(self, split: Split) -> int:
+        """A seed per (task, split): which photos ``render`` draws, and in what order."""
+        return zlib.crc32(f"clipforge/{self.name}/{split}".encode())
+
+    def _members(self, split: Split) -> list[torch.Tensor]:
+        labels = self.photos(split).labels
+        return [torch.nonzero(labels == c.label).flatten() for c in self.classes]
+
+    def available(self, split: Split) -> int:
+        """The most balanced photos ``split`` can give: the classes times the smallest class's count."""
+        return len(self.classes) * min(len(m) for m in self._members(split))
+
+    def render(self, split: Split, n: int, *, size: int = DEFAULT_IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` labelled photos of ``split`` with balanced classes: (images (n,3,S,S) in [0,1], labels (n,)).
+
+        Deterministic per (task, split, n); a ValueError when a class has fewer photos than its share."""
+        photos = self.photos(split)
+        g = torch.Generator().manual_seed(self.split_seed(split))
+        labels = torch.arange(n) % len(self.classes)
+        labels = labels[torch.randperm(n, generator=g)]
+        index = torch.empty(n, dtype=torch.long)
+        for k, members in enumerate(self._members(split)):
+            slots = torch.nonzero(labels == k).flatten()
+            if len(slots) > len(members):
+                raise ValueError(
+                    f"task {self.name}: the {split} split holds {len(members)} photos of {self.classes[k].text!r}, "
+                    f"{len(slots)} asked (at most {self.available(split)} images in all)"
+                )
+            index[slots] = members[torch.randperm(len(members), generator=g)[: len(slots)]]
+        return fashion.to_pixels(photos.images[index], size), labels
+
+    def examples(self, per_class: int, *, size: int = DEFAULT_IMAGE_SIZE) -> dict[str, torch.Tensor]:
+        """A few example photos per class (for image prompts), from the `examples` split."""
+        images, labels = self.render("examples", per_class * len(self.classes), size=size)
+        return {c.text: images[labels == k] for k, c in enumerate(self.classes)}
+
+
+AnyTask = Task | PhotoTask  # what the registry holds; callers use only the contract in the module doc
+
+TASKS: Registry[AnyTask] = Registry("task")
+
+
+def register_task(fn: Callable[[], AnyTask]) -> Callable[[], AnyTask]:
     return TASKS.register(fn.__name__.removeprefix("task_"))(fn)
 
 
@@ -81,7 +150,7 @@ def list_tasks() -> list[str]:
 SUBSET_PREFIX = "shapes:"  # "shapes:star,circle,ring": those shapes of shape8, in that order
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str) -> AnyTask:
     """A registered task, or ``shapes:<shape>,<shape>,...``: a subset of shape8's classes in the order given
     (for checking that settings chosen on shape8 are not tuned to its class list)."""
     if name.startswith(SUBSET_PREFIX):
@@ -140,3 +209,33 @@ def task_ambiguous() -> Task:
         tuple(TaskClass(AMBIGUOUS_NAMES[s], shape=s) for s in SHAPES),
         "8 shapes named by words absent from teacher captions",
     )
+
+
+def fashion_photos(split: str) -> fashion.PhotoSplit:
+    """A split of Fashion-MNIST, found as ``bench.fashion`` says (``$CLIPFORGE_FASHION_DIR`` for stand-ins)."""
+    return fashion.load_fashion().split(split)
+
+
+def fashion_task(name: str, class_texts: tuple[str, ...], description: str) -> PhotoTask:
+    classes = tuple(PhotoClass(text, fashion.FASHION_CLASSES.index(text)) for text in class_texts)
+    return PhotoTask(name, classes, description, fashion_photos)
+
+
+# Two subsets: footwear and bags (shape-distinct, easy), and upper-body garments (the hard, look-alike classes).
+FASHION_FOOTWEAR = ("sandal", "sneaker", "ankle boot", "bag")
+FASHION_TOPS = ("t-shirt", "pullover", "dress", "coat", "shirt")
+
+
+@TASKS.register("fashion10")
+def task_fashion10() -> PhotoTask:
+    return fashion_task("fashion10", fashion.FASHION_CLASSES, "Fashion-MNIST photos, all 10 classes")
+
+
+@TASKS.register("fashion-footwear")
+def task_fashion_footwear() -> PhotoTask:
+    return fashion_task("fashion-footwear", FASHION_FOOTWEAR, "Fashion-MNIST photos: footwear and bags (4 classes)")
+
+
+@TASKS.register("fashion-tops")
+def task_fashion_tops() -> PhotoTask:
+    return fashion_task("fashion-tops", FASHION_TOPS, "Fashion-MNIST photos: upper-body garments (5 look-alike classes)")

@@ -23,11 +23,13 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     pull.add_argument("--cache-dir", type=Path, default=None)
     pull.set_defaults(handler=run_pull)
 
-    evaluate = commands.add_parser("eval", help="zero-shot accuracy on a shapes-world task")
+    evaluate = commands.add_parser("eval", help="zero-shot accuracy on a task (shapes-world renders or fashion photos)")
     evaluate.add_argument("--teacher", default="shapes-mini")
     evaluate.add_argument("--task", default="shape8")
     evaluate.add_argument("--split", choices=("val", "test"), default="test")
-    evaluate.add_argument("--images", type=int, default=2000)
+    evaluate.add_argument(
+        "--images", type=int, default=None, help="balanced images of the split; default: all of a photo task's, 2,000 renders otherwise"
+    )
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--cache-dir", type=Path, default=None)
     evaluate.add_argument("--json", action="store_true")
