@@ -39,6 +39,32 @@ CODES_BY_STATUS = {
 }
 
 
+# How a validation error's location (its first part) reads in a message.
+LOCATION_KINDS = {"query": "query parameter", "path": "path parameter", "header": "header", "cookie": "cookie", "body": "body field"}
+MAX_PROBLEMS_IN_MESSAGE = 3  # the rest are in details; the message says how many more
+
+
+def _where(loc: list[Any]) -> str:
+    """``["query", "limit"]`` -> ``query parameter 'limit'``; ``["body", "classes", 0]`` -> ``body field 'classes[0]'``."""
+    kind, *path = loc or ["request"]
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    if not name:
+        return "the request body" if kind == "body" else f"the request's {kind}"
+    return f"{LOCATION_KINDS.get(str(kind), str(kind))} {name!r}"
+
+
+def validation_message(details: list[dict[str, Any]]) -> str:
+    """One sentence naming each invalid field and its problem, e.g. ``query parameter 'limit': Input should be less
+    than or equal to 100``; past MAX_PROBLEMS_IN_MESSAGE problems it counts the rest (all of them are in details)."""
+    if not details:
+        return "the request's parameters are invalid"
+    parts = [f"{_where(d['loc'])}: {d.get('msg') or 'invalid'}" for d in details[:MAX_PROBLEMS_IN_MESSAGE]]
+    more = len(details) - MAX_PROBLEMS_IN_MESSAGE
+    return "; ".join(parts) + (f" (and {more} more problem{'s' if more > 1 else ''} in details)" if more > 0 else "")
+
+
 def error_response(status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": jsonable_encoder(details)}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -58,7 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        return error_response(422, "invalid_request", "the request's parameters are invalid", details)
+        return error_response(422, "invalid_request", validation_message(details), details)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
