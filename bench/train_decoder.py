@@ -41,24 +41,25 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from bench.tasks import get_task
 from bench.world import render, sample_scenes
-from core.generators.decoder import (
-    CONFIG_FILE,
-    GROUP_NORM_GROUPS,
-    WEIGHTS_FILE,
-    DecoderConfig,
-    LatentDecoder,
-    LatentEncoder,
-    load_decoder_from,
-    prior_file,
+from core.generators.decoder import GROUP_NORM_GROUPS, DecoderConfig, LatentDecoder, LatentEncoder, load_decoder_from, prior_file
+from core.generators.decoder import load_encoder_file as load_encoder
+from core.generators.priors import PRIOR_SEED, encode_means, save_prior
+from core.generators.training import (
+    TrainingConfig,
+    TrainingProgress,
+    edge_l1,
+    kl_per_element,
+    reconstruct,
+    save_decoder_files,
+    save_grid,
+    train_vae,
 )
 from core.teachers import Teacher, create_teacher
 
@@ -66,7 +67,6 @@ DISTRACTOR_PROB = 0.8  # same share of glyph images as the teacher's pre-trainin
 EVAL_TASKS = ("shape8", "color8", "combo")
 EVAL_IMAGES = 2000  # test images per task, as in the teacher's card
 MAX_ACCURACY_GAP = 0.05  # requirement: reconstructions cost the teacher at most 5 points per task
-EVAL_BATCH = 250
 STATS_IMAGES = 1000  # training-distribution images for latent statistics
 FIT_IMAGES = 64  # held-out images fitted by gradient descent on z from a random start
 FIT_STEPS = 100
@@ -78,12 +78,8 @@ GRID_SCALE = 3  # nearest-neighbour upscaling of the 32 px images in the PNG gri
 EVAL_SEED = 12345  # random z for the fits and the samples
 LOG_EVERY = 50
 PRIOR_IMAGES = 8192  # unlabelled training-distribution images for the latent Gaussian (512 dims: 16 images per dimension)
-PRIOR_SEED = 777  # batches for the prior fit come from this seed, apart from training and evaluation
-PRIOR_BATCH = 512
+PRIOR_BATCH = 512  # rendered per batch; the batches of the prior fit come from PRIOR_SEED, apart from training and evaluation
 FINETUNE_SEED_OFFSET = 1  # encoder fine-tuning renders batches the training run never saw
-PRIOR_JITTER = 1e-3  # added to the covariance's diagonal; its smallest eigenvalue measured 0.015
-KMEANS_ITERATIONS = 25
-KDE_BANDWIDTH = 0.3  # a kernel density prior's kernel: the global covariance scaled by this squared
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 DISC_WIDTH = 64  # first layer of the PatchGAN discriminator; it doubles per downsampling
 ADAPTIVE_WEIGHT_MAX = 1e4  # VQGAN's clamp on the adaptive adversarial weight
@@ -113,73 +109,36 @@ def training_batch(seed: int, step: int, batch: int, size: int) -> torch.Tensor:
     return render(scenes, size, g)
 
 
-def kl_per_element(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, 1)) averaged over latent elements (nats)."""
-    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    return TrainingConfig(
+        steps=args.steps,
+        minutes=args.minutes,
+        batch_size=args.batch,
+        lr=args.lr,
+        final_lr_ratio=args.final_lr_ratio,
+        warmup_steps=args.warmup,
+        edge_weight=args.edge_weight,
+        kl_weight=args.kl_weight,
+        clip_norm=args.clip,
+        seed=args.seed,
+        log_every=LOG_EVERY,
+    )
 
 
-def edge_l1(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between horizontal and vertical pixel differences: shape edges and corners are few pixels,
-    so plain L1 pays them little attention and run 1 drew stars as blobs."""
-    dx = F.l1_loss(output.diff(dim=-1), target.diff(dim=-1))
-    dy = F.l1_loss(output.diff(dim=-2), target.diff(dim=-2))
-    return (dx + dy) / 2
-
-
-def vae_losses(encoder: LatentEncoder, decoder: LatentDecoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel L1, edge L1 and KL per latent element, for one reparameterised sample of z."""
-    mean, logvar = encoder(images)
-    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-    output = decoder(z)
-    # L1, not MSE: it keeps shape edges sharp instead of averaging them into blur.
-    return F.l1_loss(output, images), edge_l1(output, images), kl_per_element(mean, logvar)
+def print_history(progress: TrainingProgress) -> None:
+    if progress.logged is not None:
+        print("train", json.dumps(progress.logged), flush=True)
 
 
 def train(args: argparse.Namespace, config: DecoderConfig) -> tuple[LatentEncoder, LatentDecoder, dict]:
-    torch.manual_seed(args.seed)
-    encoder, decoder = LatentEncoder(config).train(), LatentDecoder(config).train()
-    params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (args.final_lr_ratio + (1 - args.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    history: list[dict] = []
-    start = time.time()
-    stopped_by, step = "steps", 0
-    l1_sum = edge_sum = kl_sum = 0.0
-    for step in range(args.steps):
-        if time.time() - start > args.minutes * 60:
-            stopped_by = "time"
-            break
-        images = training_batch(args.seed, step, args.batch, config.image_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        l1, edge, kl = vae_losses(encoder, decoder, images)
-        loss = l1 + args.edge_weight * edge + args.kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
-        l1_sum, edge_sum, kl_sum = l1_sum + l1.item(), edge_sum + edge.item(), kl_sum + kl.item()
-        if (step + 1) % LOG_EVERY == 0:
-            entry = {
-                "step": step + 1,
-                "l1": round(l1_sum / LOG_EVERY, 5),
-                "edge": round(edge_sum / LOG_EVERY, 5),
-                "kl": round(kl_sum / LOG_EVERY, 4),
-                "seconds": round(time.time() - start, 1),
-            }
-            history.append(entry)
-            print("train", json.dumps(entry), f"lr {lr_at(step):.2e}", flush=True)
-            l1_sum = edge_sum = kl_sum = 0.0
-    else:
-        step = args.steps
-    info = {"steps_done": step, "stopped_by": stopped_by, "seconds": round(time.time() - start, 1), "history": history}
-    return encoder.eval().requires_grad_(False), decoder.eval().requires_grad_(False), info
+    """The first stage (core.generators.training.train_vae) on batches rendered from (seed, step)."""
+    trained = train_vae(
+        config,
+        training_config(args),
+        lambda step: training_batch(args.seed, step, args.batch, config.image_size),
+        on_progress=print_history,
+    )
+    return trained.encoder, trained.decoder, trained.info
 
 
 class PatchDiscriminator(nn.Module):
@@ -303,12 +262,6 @@ def train_adversarial(
 
 
 @torch.no_grad()
-def reconstruct(encoder: LatentEncoder, decoder: LatentDecoder, images: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Encode (posterior mean) then decode, in batches."""
-    return torch.cat([decoder(encoder(chunk)[0]) for chunk in images.split(batch)])
-
-
-@torch.no_grad()
 def reconstruction_accuracy(
     encoder: LatentEncoder, decoder: LatentDecoder, teacher: Teacher, tasks: tuple[str, ...] = EVAL_TASKS, images: int = EVAL_IMAGES
 ) -> dict[str, dict[str, float]]:
@@ -397,15 +350,6 @@ def random_samples(decoder: LatentDecoder, teacher: Teacher, n: int = SAMPLE_IMA
     return samples, stats
 
 
-def save_grid(rows: list[torch.Tensor], path: Path, scale: int = GRID_SCALE) -> None:
-    """One row per tensor of (n, 3, S, S) images, upscaled by ``scale`` (nearest), as a PNG."""
-    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, rows*S, n*S)
-    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    image = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, optimize=True)
-
-
 def evaluate_decoder(encoder: LatentEncoder, decoder: LatentDecoder, teacher: Teacher, out: Path, samples_png: Path | None) -> dict:
     """Everything the card records about a trained decoder; writes ``out/reconstructions.png``."""
     started = time.time()
@@ -445,12 +389,8 @@ def evaluate_decoder(encoder: LatentEncoder, decoder: LatentDecoder, teacher: Te
 
 
 def save_bundle(decoder: LatentDecoder, out: Path) -> int:
-    """config.json and fp16 weights.safetensors; returns the weights file size in bytes."""
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half().contiguous() for k, v in decoder.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "decoder": decoder.config.name})
-    (out / CONFIG_FILE).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n")
-    size = (out / WEIGHTS_FILE).stat().st_size
+    """config.json and fp16 weights.safetensors (no encoder: it stays under runs/); returns the weights' bytes."""
+    size = save_decoder_files(decoder, out)["weights_bytes"]
     if size > MAX_WEIGHTS_BYTES:
         raise RuntimeError(f"weights file is {size} bytes, over the {MAX_WEIGHTS_BYTES} byte limit")
     return size
@@ -486,89 +426,18 @@ def finetune_encoder(encoder: LatentEncoder, decoder: LatentDecoder, args: argpa
     return {"steps": args.finetune_encoder, "lr": args.finetune_lr, "seconds": seconds, "final_loss": round(losses[-1], 5)}
 
 
-@torch.no_grad()
 def unlabelled_codes(encoder: LatentEncoder, config: DecoderConfig, images: int = PRIOR_IMAGES) -> torch.Tensor:
     """(images, D) encoder posterior means of unlabelled training-distribution images (seed PRIOR_SEED)."""
     batches = math.ceil(images / PRIOR_BATCH)
-    return torch.cat([encoder(training_batch(PRIOR_SEED, i, PRIOR_BATCH, config.image_size))[0] for i in range(batches)])[:images].flatten(
-        1
-    )
-
-
-def kmeans(points: torch.Tensor, k: int, *, iterations: int, seed: int) -> torch.Tensor:
-    """Cluster index of every row of ``points`` (Lloyd's algorithm from k-means++ seeds)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = points[torch.randint(len(points), (1,), generator=g)]
-    nearest = torch.cdist(points, centres).squeeze(1).square()
-    for _ in range(1, k):
-        pick = torch.multinomial(nearest / nearest.sum(), 1, generator=g)
-        centres = torch.cat([centres, points[pick]])
-        nearest = torch.minimum(nearest, torch.cdist(points, points[pick]).squeeze(1).square())
-    for _ in range(iterations):
-        assign = torch.cdist(points, centres).argmin(1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, points)
-        counts = torch.bincount(assign, minlength=k).clamp(min=1).unsqueeze(1)
-        centres = torch.where(counts > 0, sums / counts, centres)
-    return torch.cdist(points, centres).argmin(1)
-
-
-def fit_mixture(
-    codes: torch.Tensor, components: int, *, bandwidth: float = KDE_BANDWIDTH, seed: int = PRIOR_SEED
-) -> dict[str, torch.Tensor]:
-    """A Gaussian mixture with one shared covariance over ``codes`` (N, D).
-
-    components 1: the single full-covariance Gaussian. 1 < components < N: k-means in the global
-    Gaussian's whitened space, and the pooled within-cluster covariance. components >= N: a kernel
-    density estimate, every code a component with the global covariance scaled by ``bandwidth**2``.
-    """
-    codes = codes.double()
-    mean = codes.mean(0)
-    covariance = torch.cov(codes.T)
-    jitter = PRIOR_JITTER * torch.eye(codes.shape[1], dtype=torch.float64)
-    scale_tril = torch.linalg.cholesky(covariance + jitter)
-    if components <= 1:
-        means, within = mean[None], scale_tril
-    elif components >= len(codes):
-        means, within = codes, bandwidth * scale_tril
-    else:
-        whitened = torch.linalg.solve_triangular(scale_tril, (codes - mean).T, upper=False).T
-        assign = kmeans(whitened.float(), components, iterations=KMEANS_ITERATIONS, seed=seed)
-        counts = torch.bincount(assign, minlength=components).double()
-        means = torch.zeros(components, codes.shape[1], dtype=torch.float64).index_add_(0, assign, codes) / counts.clamp(min=1)[:, None]
-        residual = codes - means[assign]
-        within = torch.linalg.cholesky(residual.T @ residual / (len(codes) - components) + jitter)
-    weights = torch.bincount(assign, minlength=components).double() if 1 < components < len(codes) else torch.ones(len(means))
-    return {"means": means.float().contiguous(), "scale_tril": within.float().contiguous(), "weights": (weights / weights.sum()).float()}
+    return encode_means(encoder, (training_batch(PRIOR_SEED, i, PRIOR_BATCH, config.image_size) for i in range(batches)))[:images]
 
 
 def fit_latent_prior(
     encoder: LatentEncoder, config: DecoderConfig, out: Path, *, images: int = PRIOR_IMAGES, components: int = 0, name: str = "fitted"
 ) -> dict[str, object]:
     """Fit and save a latent prior (``prior_file(name)``) over the encoder's posterior means of unlabelled images."""
-    codes = unlabelled_codes(encoder, config, images)
-    components = components or images  # 0: a kernel density estimate, one component per code
-    tensors = fit_mixture(codes, components)
-    if components > 1:
-        tensors["means"] = tensors["means"].half()  # fp16 halves a kernel density prior's file; codes are within +-10
-    path = out / prior_file(name)
-    save_file(tensors, str(path))
-    eigenvalues = torch.linalg.eigvalsh(torch.cov(codes.T.double()))
-    return {
-        "file": path.name,
-        "images": images,
-        "seed": PRIOR_SEED,
-        "dimensions": codes.shape[1],
-        "components": int(tensors["means"].shape[0]),
-        "diagonal_jitter": PRIOR_JITTER,
-        "covariance_eigenvalues_min_max": [round(float(eigenvalues[0]), 5), round(float(eigenvalues[-1]), 3)],
-        "bytes": path.stat().st_size,
-    }
-
-
-def load_encoder(path: Path, config: DecoderConfig) -> LatentEncoder:
-    encoder = LatentEncoder(config)
-    encoder.load_state_dict(load_file(str(path)))
-    return encoder.eval().requires_grad_(False)
+    summary = save_prior(unlabelled_codes(encoder, config, images), out / prior_file(name), components=components)
+    return {**summary, "images": images, "seed": PRIOR_SEED}
 
 
 def main() -> None:

@@ -14,8 +14,16 @@ is a meaningful start for gradient descent. The bundle's ``card.json`` records t
 measurements behind this (reconstruction accuracy of the teacher, latent statistics, and how
 well gradient descent from a random ``z`` fits held-out images).
 
-Only the decoder is bundled (``config.json`` and fp16 ``weights.safetensors``); the encoder
-class lives here so that the training script and the tests can build the whole VAE.
+The bundled ``shapes-vae`` ships only its decoder (``config.json`` and fp16 ``weights.safetensors``);
+its encoder is kept out of the bundle, under ``runs/``. A decoder made by ``clipforge decoders train``
+(``core.generators.training``) ships its encoder too (``encoder.safetensors``), so that
+``clipforge priors build`` (``core.generators.priors``) can fit a prior over any folder of images later.
+
+Where a decoder is found, by name (``find_decoder_dir``): bundled (``core/generators/bundled/<name>/``)
+first, then the cache directory (``<cache>/decoders/<name>/``, where ``clipforge decoders train`` writes);
+a name with a ``/`` is a path to a decoder folder. A prior ``P`` of that decoder is the file
+``latent_prior-P.safetensors`` (``fitted``: ``latent_prior.safetensors``) in the decoder's folder, or in
+``<cache>/decoders/<name>/`` for a bundled decoder, whose folder is part of the installed package.
 
 The latent prior. Measured: ``z ~ N(0, I)`` decodes to multicoloured speckle, because the
 aggregate posterior is far from isotropic (neighbouring latent cells are strongly correlated:
@@ -36,8 +44,9 @@ import copy
 import functools
 import json
 import math
+import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,10 +59,16 @@ from core.generators.base import GENERATORS, ImageGenerator
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+ENCODER_FILE = "encoder.safetensors"  # a trained decoder's encoder: what a prior over new images needs
+CARD_FILE = "card.json"
 PRIOR_FILE = "latent_prior.safetensors"
+PRIOR_CARD_SUFFIX = ".card.json"  # a prior's card beside it: latent_prior-P.card.json
+CACHE_SUBDIR = "decoders"  # <cache>/decoders/<name>/
 DEFAULT_DECODER = "shapes-vae"
-STANDARD_PRIOR = "standard"  # N(0, I); any other prior name is a fitted file in the bundle (see prior_file)
-PRIOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+FITTED_PRIOR = "fitted"  # the decoder's default prior, latent_prior.safetensors
+STANDARD_PRIOR = "standard"  # N(0, I); any other prior name is a fitted file beside the decoder (see prior_file)
+PRIOR_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")  # the spec's synthesis.prior pattern
+DECODER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder name; the spec allows 100 characters
 
 GROUP_NORM_GROUPS = 8  # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of its batch
 LOGVAR_CLAMP = (-20.0, 10.0)  # keeps exp(logvar) finite early in training
@@ -63,6 +78,18 @@ class DecoderError(RuntimeError):
     """A decoder that cannot be found or loaded; ``code`` is machine-readable."""
 
     code = "decoder_unavailable"
+
+
+class UnknownDecoderError(DecoderError):
+    code = "unknown_decoder"
+
+
+class UnknownPriorError(DecoderError):
+    code = "unknown_prior"
+
+
+class DecoderHasNoEncoderError(DecoderError):
+    code = "decoder_has_no_encoder"
 
 
 @dataclass(frozen=True)
@@ -166,37 +193,109 @@ class LatentEncoder(nn.Module):
 
 
 def decoder_dir(name: str) -> Path:
+    """The folder a bundled decoder ``name`` has (or would have)."""
     return BUNDLED_DIR / name
+
+
+def cache_decoders_dir(cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/decoders``: where ``clipforge decoders train`` writes decoders by name."""
+    if cache_dir is not None:
+        return Path(cache_dir) / CACHE_SUBDIR
+    from core.teachers.sources import default_cache_dir  # the one definition of the cache directory
+
+    return default_cache_dir() / CACHE_SUBDIR
+
+
+def is_decoder_dir(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def is_path_reference(name: str) -> bool:
+    """A decoder named by its folder's path rather than by a name."""
+    return "/" in name or os.sep in name or name.startswith((".", "~"))
+
+
+def bundled_decoder_names() -> list[str]:
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if is_decoder_dir(p)) if BUNDLED_DIR.is_dir() else []
+
+
+def find_decoder_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The folder of decoder ``name``: bundled first (a cached one cannot shadow it), then ``<cache>/decoders/<name>``;
+    a path names its folder directly."""
+    if is_path_reference(name):
+        folder = Path(name).expanduser()
+        if is_decoder_dir(folder):
+            return folder
+        raise UnknownDecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    if DECODER_NAME_PATTERN.match(name) and is_decoder_dir(BUNDLED_DIR / name):
+        return BUNDLED_DIR / name
+    cached = cache_decoders_dir(cache_dir)
+    if DECODER_NAME_PATTERN.match(name) and is_decoder_dir(cached / name):  # anything else is no folder name
+        return cached / name
+    cached_names = sorted(p.name for p in cached.iterdir() if is_decoder_dir(p)) if cached.is_dir() else []
+    raise UnknownDecoderError(
+        f"unknown decoder {name!r}; bundled: {', '.join(bundled_decoder_names()) or 'none'}; in {cached}: "
+        f"{', '.join(cached_names) or 'none'} (train one with `clipforge decoders train --images DIR --out {name}`)"
+    )
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """Modification time and size: a cache key that changes when a decoder or prior is rebuilt in place."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _load_state(module: nn.Module, path: Path) -> None:
+    module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})  # stored fp16 to keep files small
 
 
 def load_decoder_from(folder: str | Path) -> LatentDecoder:
     """A decoder from ``folder/{config.json,weights.safetensors}``: float32, eval mode, frozen. Not cached."""
     folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not config_path.is_file() or not weights_path.is_file():
-        known = sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / WEIGHTS_FILE).is_file()) if BUNDLED_DIR.is_dir() else []
-        raise DecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); bundled: {', '.join(known) or 'none'}")
+    if not is_decoder_dir(folder):
+        bundled = ", ".join(bundled_decoder_names()) or "none"
+        raise DecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); bundled: {bundled}")
     # Random initialisation would draw from torch's global RNG, so a first (uncached) load inside a seeded
     # job would shift every later draw; the weights are overwritten anyway.
     with torch.random.fork_rng(devices=[]):
-        decoder = LatentDecoder(DecoderConfig.from_file(config_path))
-    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}  # stored fp16 to keep the bundle small
-    decoder.load_state_dict(state)
+        decoder = LatentDecoder(DecoderConfig.from_file(folder / CONFIG_FILE))
+    _load_state(decoder, folder / WEIGHTS_FILE)
     return decoder.eval().requires_grad_(False)
 
 
+def load_encoder_file(path: str | Path, config: DecoderConfig) -> LatentEncoder:
+    """An encoder from its weights file (fp16 or fp32): float32, eval mode, frozen."""
+    with torch.random.fork_rng(devices=[]):
+        encoder = LatentEncoder(config)
+    _load_state(encoder, Path(path))
+    return encoder.eval().requires_grad_(False)
+
+
+def load_encoder_from(folder: str | Path) -> LatentEncoder:
+    """The encoder a decoder folder ships (``encoder.safetensors``); ``decoder_has_no_encoder`` when it has none."""
+    folder = Path(folder)
+    path = folder / ENCODER_FILE
+    if not path.is_file():
+        raise DecoderHasNoEncoderError(
+            f"the decoder at {folder} ships no encoder ({ENCODER_FILE}), so it cannot encode new images into a prior; "
+            "decoders made by `clipforge decoders train` ship one"
+        )
+    return load_encoder_file(path, DecoderConfig.from_file(folder / CONFIG_FILE))
+
+
 @functools.lru_cache(maxsize=8)
-def _cached_decoder(name: str) -> LatentDecoder:
-    return load_decoder_from(decoder_dir(name))
+def _cached_decoder(folder: Path, stamp: tuple[int, int]) -> LatentDecoder:
+    return load_decoder_from(folder)
 
 
-def load_decoder(name: str = DEFAULT_DECODER) -> LatentDecoder:
-    """The bundled decoder ``name``: float32, eval mode, frozen.
+def load_decoder(name: str = DEFAULT_DECODER, cache_dir: str | Path | None = None) -> LatentDecoder:
+    """Decoder ``name`` (bundled, cached, or a folder's path; see ``find_decoder_dir``): float32, eval mode, frozen.
 
-    Files are read once per process (cached by name); every call returns its own deep copy, so
-    a caller may ``.to(device)`` or modify it without affecting other callers.
+    Files are read once per process (cached by folder, and read again when rebuilt); every call returns its own
+    deep copy, so a caller may ``.to(device)`` or modify it without affecting other callers.
     """
-    return copy.deepcopy(_cached_decoder(name))
+    folder = find_decoder_dir(name, cache_dir)
+    return copy.deepcopy(_cached_decoder(folder, _file_stamp(folder / WEIGHTS_FILE)))
 
 
 @dataclass(frozen=True)
@@ -231,24 +330,133 @@ class LatentPrior:
 
 
 def prior_file(prior: str) -> str:
-    """``fitted`` is the bundle's default prior file; any other name a variant beside it."""
-    return PRIOR_FILE if prior == "fitted" else f"latent_prior-{prior}.safetensors"
+    """``fitted`` is the decoder's default prior file; any other name a variant beside it."""
+    return PRIOR_FILE if prior == FITTED_PRIOR else f"latent_prior-{prior}.safetensors"
 
 
-def load_latent_prior_from(folder: str | Path, prior: str = "fitted") -> LatentPrior:
+def prior_card_file(prior: str) -> str:
+    return prior_file(prior).removesuffix(".safetensors") + PRIOR_CARD_SUFFIX
+
+
+def prior_name_of(file_name: str) -> str | None:
+    """The prior name a file in a decoder folder stands for (the inverse of ``prior_file``), or None."""
+    if file_name == PRIOR_FILE:
+        return FITTED_PRIOR
+    if file_name.startswith("latent_prior-") and file_name.endswith(".safetensors"):
+        return file_name.removeprefix("latent_prior-").removesuffix(".safetensors")
+    return None
+
+
+def prior_dirs(name: str, cache_dir: str | Path | None = None) -> list[Path]:
+    """Where the priors of decoder ``name`` are looked for, in order: its own folder, then ``<cache>/decoders/<name>``
+    (priors a user built for a bundled decoder, whose own folder belongs to the installed package)."""
+    own = find_decoder_dir(name, cache_dir)
+    folders = [own]
+    if not is_path_reference(name):
+        overlay = cache_decoders_dir(cache_dir) / name
+        if overlay.resolve() != own.resolve():
+            folders.append(overlay)
+    return folders
+
+
+def writable_prior_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Where a new prior of decoder ``name`` is written: beside it, or for a bundled decoder ``<cache>/decoders/<name>``."""
+    return prior_dirs(name, cache_dir)[-1]
+
+
+def load_latent_prior_from(folder: str | Path, prior: str = FITTED_PRIOR) -> LatentPrior:
     path = Path(folder) / prior_file(prior)
     if not path.is_file():
-        raise DecoderError(f"no latent prior {prior!r} at {path}; use prior='standard' or fit one (bench/train_decoder.py --fit-prior)")
+        raise UnknownPriorError(
+            f"no latent prior {prior!r} at {path}; use prior='standard' or build one "
+            "(`clipforge priors build`; a bundle's: bench/train_decoder.py --fit-prior)"
+        )
     tensors = {k: v.float() for k, v in load_file(str(path)).items()}
     means = tensors["means"] if "means" in tensors else tensors["mean"][None]
     weights = tensors.get("weights", torch.full((len(means),), 1.0 / len(means)))
     return LatentPrior(means, tensors["scale_tril"], weights / weights.sum())
 
 
+def find_prior_file(name: str, prior: str = FITTED_PRIOR, cache_dir: str | Path | None = None) -> Path:
+    """The file of prior ``prior`` of decoder ``name`` (see ``prior_dirs``)."""
+    folders = prior_dirs(name, cache_dir)
+    for folder in folders:
+        if (folder / prior_file(prior)).is_file():
+            return folder / prior_file(prior)
+    raise UnknownPriorError(
+        f"decoder {name!r} has no latent prior {prior!r} (no {prior_file(prior)} in {' or '.join(str(f) for f in folders)}); "
+        f"use prior 'standard' or build it: clipforge priors build --decoder {name} --images DIR --name {prior}"
+    )
+
+
 @functools.lru_cache(maxsize=8)
-def load_latent_prior(name: str = DEFAULT_DECODER, prior: str = "fitted") -> LatentPrior:
-    """The bundled decoder's fitted prior (read once per process; tensors are never modified in place)."""
-    return load_latent_prior_from(decoder_dir(name), prior)
+def _cached_prior(path: Path, stamp: tuple[int, int]) -> LatentPrior:
+    return load_latent_prior_from(path.parent, prior_name_of(path.name) or FITTED_PRIOR)
+
+
+def load_latent_prior(name: str = DEFAULT_DECODER, prior: str = FITTED_PRIOR, cache_dir: str | Path | None = None) -> LatentPrior:
+    """Prior ``prior`` of decoder ``name`` (read once per process and again when rebuilt; tensors are never modified
+    in place)."""
+    path = find_prior_file(name, prior, cache_dir)
+    return _cached_prior(path, _file_stamp(path))
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """What ``clipforge decoders list`` shows of one decoder."""
+
+    name: str
+    source: str  # "bundled" or "cached"
+    path: str
+    image_size: int
+    latent_shape: tuple[int, int, int]
+    has_encoder: bool  # whether priors over new images can be built for it
+    priors: tuple[str, ...]  # names a job can give as synthesis.prior (besides "standard")
+    description: str
+    summary: dict[str, object] = field(default_factory=dict)  # from its card: what it was trained on, how long, how well
+
+
+def card_summary(card: dict) -> dict[str, object]:
+    """The few card fields worth a line: the images (folder and count, or how they were made), steps, seconds and the
+    held-out reconstruction error."""
+    images, training = card.get("images") or {}, card.get("training") or {}
+    held_out = (card.get("reconstruction") or {}).get("held_out") or {}
+    summary = {
+        "images_folder": images.get("folder"),
+        "images": images.get("count"),
+        "data": training.get("data") if not images else None,
+        "steps": training.get("steps_done"),
+        "seconds": training.get("seconds"),
+        "held_out_l1": held_out.get("l1"),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def list_decoders(cache_dir: str | Path | None = None) -> list[DecoderInfo]:
+    """Bundled decoders and those in ``<cache>/decoders``, by name (a bundled name hides a cached folder of that name)."""
+    cached = cache_decoders_dir(cache_dir)
+    folders = {p.name: (p, "cached") for p in (sorted(cached.iterdir()) if cached.is_dir() else []) if is_decoder_dir(p)}
+    folders.update({name: (BUNDLED_DIR / name, "bundled") for name in bundled_decoder_names()})
+    infos = []
+    for name, (folder, source) in sorted(folders.items()):
+        config = DecoderConfig.from_file(folder / CONFIG_FILE)
+        card_path = folder / CARD_FILE
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        priors = {prior_name_of(p.name) for d in prior_dirs(name, cache_dir) if d.is_dir() for p in d.iterdir()} - {None}
+        infos.append(
+            DecoderInfo(
+                name=name,
+                source=source,
+                path=str(folder),
+                image_size=config.image_size,
+                latent_shape=config.latent_shape,
+                has_encoder=(folder / ENCODER_FILE).is_file(),
+                priors=tuple(sorted(priors, key=lambda p: (p != FITTED_PRIOR, p))),
+                description=config.description,
+                summary=card_summary(card),
+            )
+        )
+    return infos
 
 
 def _parameters_to_buffers(module: nn.Module) -> None:
@@ -337,16 +545,19 @@ def decoder_generator(
     device: torch.device,
     decoder: str = DEFAULT_DECODER,
     init_scale: float = 1.0,
-    prior: str = "fitted",
+    prior: str = FITTED_PRIOR,
+    cache_dir: str | Path | None = None,
 ) -> DecoderGenerator:
-    """Codes ``~ N(0, init_scale**2 I)`` for the bundled ``decoder``; ``init_scale`` below 1 starts nearer the mean image.
+    """Codes ``~ N(0, init_scale**2 I)`` for ``decoder``; ``init_scale`` below 1 starts nearer the mean image.
 
-    ``prior``: "fitted" (the bundle's latent prior, see the module docstring), another name for a
-    variant file beside it (``latent_prior-<name>.safetensors``), or "standard" (N(0, I)).
+    ``decoder``: a bundled or cached decoder's name, or a decoder folder's path (``find_decoder_dir``; ``cache_dir``
+    defaults to ``~/.cache/clipforge``). ``prior``: "fitted" (the decoder's default latent prior, see the module
+    docstring), another name for a variant file (``latent_prior-<name>.safetensors``, see ``prior_dirs``), or
+    "standard" (N(0, I)).
     """
     if not math.isfinite(init_scale) or init_scale < 0:
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
     if not PRIOR_NAME_PATTERN.match(prior):
         raise ValueError(f"prior must be 'fitted', 'standard' or a prior file's name, got {prior!r}")
-    latent_prior = None if prior == STANDARD_PRIOR else load_latent_prior(decoder, prior)
-    return DecoderGenerator(n, image_size, load_decoder(decoder), rng=rng, init_scale=init_scale, prior=latent_prior).to(device)
+    latent_prior = None if prior == STANDARD_PRIOR else load_latent_prior(decoder, prior, cache_dir)
+    return DecoderGenerator(n, image_size, load_decoder(decoder, cache_dir), rng=rng, init_scale=init_scale, prior=latent_prior).to(device)
