@@ -155,9 +155,22 @@ def train_vae(
     """Train an encoder and decoder from scratch on ``batches(step)`` ((B, 3, S, S) in [0, 1]).
 
     ``on_progress`` after every step; ``should_cancel`` before every step (True raises ``Cancelled``).
-    Returns both halves on the CPU, in eval mode and frozen.
+    Returns both halves on the CPU, in eval mode and frozen. Seeded by ``config.seed``; the caller's global RNG state
+    is left as it was.
     """
     device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train_vae(architecture, config, batches, device, on_progress, should_cancel)
+
+
+def _train_vae(
+    architecture: DecoderConfig,
+    config: TrainingConfig,
+    batches: Callable[[int], torch.Tensor],
+    device: torch.device,
+    on_progress: Callable[[TrainingProgress], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> TrainedVae:
     torch.manual_seed(config.seed)
     encoder, decoder = LatentEncoder(architecture).to(device).train(), LatentDecoder(architecture).to(device).train()
     params = [*encoder.parameters(), *decoder.parameters()]

@@ -39,6 +39,7 @@ from core.generators.training import (
     architecture_for,
     held_out_split,
     train_decoder_on_folder,
+    train_vae,
 )
 from core.pipeline import resolved_generator
 from core.spec import CustomizeSpec
@@ -177,6 +178,21 @@ def test_batches_and_the_held_out_split_are_a_function_of_the_seed() -> None:
     train, held = held_out_split(100, seed=0)
     assert len(held) == 5 and sorted([*train.tolist(), *held.tolist()]) == list(range(100))
     assert torch.equal(held_out_split(100, seed=0)[1], held)
+
+
+def test_the_same_seed_trains_the_same_weights_and_leaves_the_global_rng_alone() -> None:
+    def batches(step: int) -> torch.Tensor:
+        return torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(step))
+
+    config = TrainingConfig(steps=2, batch_size=2)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    first = train_vae(architecture_for("x", IMAGE_SIZE), config, batches)
+    assert torch.equal(torch.rand(3), expected)
+    second = train_vae(architecture_for("x", IMAGE_SIZE), config, batches)
+    assert all(torch.equal(a, b) for a, b in zip(first.decoder.state_dict().values(), second.decoder.state_dict().values(), strict=True))
+    assert first.info["steps_done"] == 2 and first.info["stopped_by"] == "steps"
 
 
 def test_the_architecture_keeps_a_512_code_latent_at_every_size() -> None:
