@@ -239,3 +239,22 @@ def test_captions_use_class_names_and_synonyms_with_styles() -> None:
     assert sum("blurry" in c or "out of focus" in c for c in blurred) > 0.5 * len(blurred)
     styled = [c for lines in captions.values() for c in lines if "in the style of" in c]
     assert styled and all(any(c.split("in the style of ")[1].rstrip(".") == s for s in FASHION_STYLES) for c in styled)
+
+
+FASHION_MINI = Path(__file__).resolve().parents[2] / "core/teachers/bundled/fashion-mini"
+
+
+@pytest.mark.skipif(not (FASHION_MINI / "weights.safetensors").is_file(), reason="fashion-mini is not bundled yet")
+def test_the_bundled_fashion_teacher_loads_and_its_card_meets_the_target() -> None:
+    import json
+
+    from core.teachers import create_teacher, list_teachers
+
+    teacher = create_teacher("fashion-mini", device="cpu")
+    assert teacher.image_size == 32 and teacher.paired_decoder is None
+    assert set(teacher.default_styles) == set(FASHION_STYLES)
+    words = teacher.encode_text(["a photo of a sneaker.", "a photo of a trainer.", "a photo of a running shoe.", "a photo of a bag."])
+    assert float(words[0] @ words[1]) > float(words[0] @ words[3]) and float(words[0] @ words[2]) > float(words[0] @ words[3])
+    card = json.loads((FASHION_MINI / "card.json").read_text())
+    assert card["zero_shot_test"]["fashion10"] >= 0.85 and card["training"]["world"] == "fashion"
+    assert "fashion-mini" in [t.name for t in list_teachers()]
