@@ -47,7 +47,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
     student.add_argument("--task", default="shape8", help="a task, or shapes:<shape>,<shape>,... (a subset of shape8, in that order)")
     student.add_argument("--split", default="test", choices=("val", "test"), help="val renders to choose settings, test to report")
-    student.add_argument("--images", type=int, default=2000)
+    student.add_argument("--images", type=int, default=None, help="default: 2,000 renders, or a photo task's whole split")
     student.add_argument("--teacher", default=None, help="default: the teacher named in the model card")
     student.add_argument(
         "--images-dir",
@@ -159,9 +159,11 @@ def run_student(args: argparse.Namespace) -> int:
     size = card["input"]["shape"][2]
     teacher = create_teacher(args.teacher or card["teacher"]["name"], device="auto")
     if args.images_dir is None:
-        pixels, labels = task.render(args.split, args.images, size=size)
-        teacher_accuracy = zero_shot(teacher, task, split=args.split, images=args.images).accuracy
-        source = f"{args.images} held-out {args.split} renders"
+        count = args.images or (task.available(args.split) if hasattr(task, "photos") else 2000)
+        pixels, labels = task.render(args.split, count, size=size)
+        zero = zero_shot(teacher, task, split=args.split, images=count)
+        teacher_accuracy, teacher_per_class = zero.accuracy, zero.per_class
+        source = f"{count} held-out {args.split} images"
     else:
         # Files decoded as the service's evaluations decode them (core.images.to_pixels), for the same answer.
         folders = [args.images_dir / text for text in task.class_texts]
@@ -172,10 +174,14 @@ def run_student(args: argparse.Namespace) -> int:
         labels = torch.cat([torch.full((len(images),), k) for k, images in enumerate(per_class)])
         weights = teacher.class_embeddings(task.class_texts)
         teacher_pixels = pixels if teacher.image_size == size else torch.cat([load_folder(f, teacher.image_size) for f in folders])
-        teacher_accuracy = float((teacher.classify(teacher_pixels, weights).argmax(1).cpu() == labels).float().mean())
+        teacher_correct = teacher.classify(teacher_pixels, weights).argmax(1).cpu() == labels
+        teacher_accuracy = float(teacher_correct.float().mean())
+        teacher_per_class = {text: float(teacher_correct[labels == k].float().mean()) for k, text in enumerate(task.class_texts)}
         source = f"{len(labels)} images in {args.images_dir}"
     logits = torch.from_numpy(run_onnx(model, pixels.numpy()))[:, order]
-    student_accuracy = float((logits.argmax(1) == labels).float().mean())
+    correct = logits.argmax(1) == labels
+    student_accuracy = float(correct.float().mean())
+    student_per_class = {text: float(correct[labels == k].float().mean()) for k, text in enumerate(task.class_texts)}
     result = {
         "task": task.name,
         "split": args.split if args.images_dir is None else str(args.images_dir),
@@ -183,6 +189,9 @@ def run_student(args: argparse.Namespace) -> int:
         "student_onnx_accuracy": round(student_accuracy, 4),
         "teacher_zero_shot_accuracy": round(teacher_accuracy, 4),
         "ratio": round(student_accuracy / teacher_accuracy, 4),
+        "per_class": {
+            text: {"student": round(student_per_class[text], 4), "teacher": round(teacher_per_class[text], 4)} for text in task.class_texts
+        },
     }
     if args.json:
         print(json.dumps(result))
@@ -191,4 +200,6 @@ def run_student(args: argparse.Namespace) -> int:
         print(f"  student (ONNX, onnxruntime)  {student_accuracy:.4f}")
         print(f"  teacher (zero-shot)          {teacher_accuracy:.4f}")
         print(f"  ratio                        {student_accuracy / teacher_accuracy:.3f}")
+        for text in task.class_texts:
+            print(f"    {text:<20} student {student_per_class[text]:.3f}  teacher {teacher_per_class[text]:.3f}")
     return 0
