@@ -107,6 +107,9 @@ class TeacherList(BaseModel):
 class Student(BaseModel):
     name: str
     description: str
+    mflops: float | None = None  # forward FLOPs (millions) per 32 px image, 10 classes
+    parameters: int | None = None  # at 32 px, 10 classes
+    export_formats: list[str] = Field(default_factory=list)  # the spec's export formats this student supports
 
 
 class StudentList(BaseModel):

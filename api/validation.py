@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from core.spec import CustomizeSpec, normalise_text
 from service import webhooks
-from service.catalog import list_teachers, student_names
+from service.catalog import list_teachers
 from service.jobs import ServiceError
 from service.settings import Settings
 
@@ -172,7 +172,8 @@ def check_classes(entries: list[dict[str, Any]], settings: Settings, problems: P
 
 def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -> dict[str, Any]:
     raw = dict(raw)
-    raw.setdefault("teacher", settings.default_teacher)
+    if raw.get("teacher") is None:  # the spec's None: the service's default teacher, stored with the job
+        raw["teacher"] = settings.default_teacher
     if raw.get("seed") is None:
         raw["seed"] = secrets.randbelow(2**31)  # chosen here and stored, so the job can be repeated
     teacher = raw["teacher"]
@@ -180,10 +181,6 @@ def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -
     if not isinstance(teacher, str) or teacher not in known:
         names = sorted(known)
         problems.add(invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(names)}", {"known": names}))
-    student = raw.get("student")
-    if isinstance(student, dict) and "arch" in student and student["arch"] not in student_names():
-        students = list(student_names())
-        problems.add(invalid("unknown_student", f"unknown student {student['arch']!r}; known: {', '.join(students)}", {"known": students}))
     return raw
 
 
@@ -193,11 +190,17 @@ def validate_spec(raw: dict[str, Any], problems: Problems, *, classes_checked: b
     try:
         return CustomizeSpec.model_validate(raw).model_dump(mode="json")
     except ValidationError as exc:
+        # The spec's own checks against the student registry come before the schema's other complaints.
+        rest = []
         for e in exc.errors():
+            problem = _registry_problem(e)
+            if problem is None:
+                rest.append(e)
+            else:
+                problems.add(problem)
+        for e in rest:
             loc = [str(p) if not isinstance(p, int) else p for p in e["loc"]]
             if classes_checked and (loc[:1] == ["classes"] or not loc):  # the spec-level check is the classes' uniqueness
-                continue
-            if loc == ["student", "arch"] and any(p.code == "unknown_student" for p in problems.found):
                 continue
             where = ".".join(str(p) for p in loc)
             details = {"loc": loc, "msg": e["msg"], "type": e["type"]}
@@ -206,6 +209,17 @@ def validate_spec(raw: dict[str, Any], problems: Problems, *, classes_checked: b
             else:
                 problems.add(invalid("invalid_spec", f"{where or 'spec'}: {e['msg']}", details))
         return None
+
+
+def _registry_problem(error: Any) -> ServiceError | None:
+    """A spec validator's error about a student (core.student_catalog: a name no entry has, a format its entry does not
+    export to) under its own code, with the names it knows."""
+    details = {"loc": list(error["loc"]), **{k: v for k, v in (error.get("ctx") or {}).items() if isinstance(v, list)}}
+    if error["type"] == "unknown_student":
+        return invalid("unknown_student", error["msg"], details)
+    if error["type"] == "unsupported_export_format":
+        return invalid("unsupported_export_format", error["msg"], details)
+    return None
 
 
 def parse_json_spec(body: bytes, settings: Settings) -> dict[str, Any]:

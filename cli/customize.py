@@ -21,7 +21,7 @@ class InvalidSpecError(CliError):
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
     parser = groups.add_parser("customize", help="synthesize, distil and export a student on this machine")
-    parser.add_argument("--teacher", default=None, help="teacher name (default: the spec's, else shapes-mini)")
+    parser.add_argument("--teacher", default=None, help="teacher name (default: the spec's, else the service's default, shapes-mini)")
     parser.add_argument("--classes", default=None, help="comma-separated class names")
     parser.add_argument("--images", action="append", default=[], metavar="CLASS=DIR", help="example images for a class (repeatable)")
     parser.add_argument("--config", type=Path, default=None, help="a JSON spec; flags override its fields")
@@ -34,7 +34,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 
 
 def build_spec(args: argparse.Namespace):
-    from core.spec import CustomizeSpec
+    from core.spec import DEFAULT_TEACHER, CustomizeSpec
 
     raw: dict = {}
     if args.config is not None:
@@ -42,9 +42,8 @@ def build_spec(args: argparse.Namespace):
             raw = json.loads(args.config.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InvalidSpecError(f"cannot read spec {args.config}: {exc}") from exc
-    raw.setdefault("teacher", "shapes-mini")
-    if args.teacher:
-        raw["teacher"] = args.teacher
+    if args.teacher or raw.get("teacher") is None:
+        raw["teacher"] = args.teacher or DEFAULT_TEACHER  # a spec's None: the default teacher, as the service's
     if args.classes:
         raw["classes"] = [{"name": name.strip()} for name in args.classes.split(",")]
     if args.seed is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from core.spec import requested_device
+
 
 class DeviceUnavailableError(RuntimeError):
     """The caller asked for a device this machine does not have."""
@@ -26,3 +28,10 @@ def resolve_device(requested: str | torch.device | None = "auto") -> torch.devic
     elif device.type != "cpu":
         raise DeviceUnavailableError(f"unsupported device {str(requested)!r}; use cpu, cuda, cuda:N or auto")
     return device
+
+
+def job_device(spec_device: str, worker_device: str) -> torch.device:
+    """The device a job runs on: the spec's ``device`` when it names one, else the worker's setting (core.spec's
+    ``requested_device``). A device this machine lacks (a job asking for ``cuda`` on a CPU-only worker) raises
+    DeviceUnavailableError, code ``device_unavailable``, so the job fails saying so; it never runs on the CPU instead."""
+    return resolve_device(requested_device(spec_device, worker_device))

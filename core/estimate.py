@@ -15,18 +15,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.student_catalog import STUDENTS, student_entry
+
 STAGES = ("preparing", "synthesizing", "distilling", "exporting")
 
 # Seconds per image on the reference machine (2 cores, 32 px), measured with bench-style timing loops (2026-11-29).
 DECODER_FORWARD_S = 1.0e-3  # shapes-vae, 32 images in 31 ms
 TEACHER_FORWARD_S = 0.35e-3  # shapes-mini image tower, 64 images in 22 ms
 BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
-STUDENT_TRAIN_S = {
-    "tiny_cnn": 0.25e-3,
-    "small_cnn": 0.41e-3,
-    "mobilenet_v3_small": 1.5e-3,
-    "resnet18": 12.5e-3,
-}  # forward + backward per image
+# A student's forward + backward per image: its entry's train_seconds_per_image (core.student_catalog).
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
 FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
@@ -51,13 +48,14 @@ def teacher_cost(teacher: str) -> float | None:
 
 
 def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | None:
-    """Seconds per stage for a spec resolved against its budget (``CustomizeSpec.resolved(...).model_dump()``) on the
-    reference CPU; None when there is no reference for it (a GPU budget, an unknown teacher or student)."""
+    """Seconds per stage for a resolved spec (``core.spec.resolve(...).model_dump()``) on the reference CPU; None when
+    there is no reference for it (a GPU budget, an unknown teacher, a student without a measured cost)."""
     if spec.get("budget") != "cpu":
         return None
     teacher = teacher_cost(str(spec.get("teacher", "")))
     synthesis, distillation, student = (dict(spec.get(k) or {}) for k in ("synthesis", "distillation", "student"))
-    student_cost = STUDENT_TRAIN_S.get(str(student.get("arch")))
+    arch = str(student.get("arch"))
+    student_cost = student_entry(arch).train_seconds_per_image if arch in STUDENTS else None
     if teacher is None or student_cost is None:
         return None
     classes = len(spec.get("classes") or [])  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
 from core.quality import estimate_quality, quality_warnings
-from core.spec import CustomizeSpec
+from core.spec import CustomizeSpec, ResolvedSpec, generator_for, resolve
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -79,7 +79,7 @@ ProgressCallback = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
 
 
-def stage_estimates(spec: CustomizeSpec) -> dict[str, float]:
+def stage_estimates(spec: ResolvedSpec) -> dict[str, float]:
     """Seconds per stage of a resolved spec before it runs (core.estimate), else the fallback's proportions."""
     return estimate_stage_seconds(spec.model_dump(mode="json")) or dict(FALLBACK_STAGE_SECONDS)
 
@@ -138,17 +138,14 @@ class GeneratorUnavailableError(ValueError):
 
 
 def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tuple[tuple[str, object], ...]]:
-    """The generator name and factory options: "auto" becomes the teacher's paired decoder, else Fourier."""
-    s = spec.synthesis
-    decoder = s.decoder or teacher.paired_decoder
-    generator = s.generator
-    if generator == "auto":
-        generator = "decoder" if decoder else "fourier"
+    """The generator name and factory options (core.spec.generator_for): "auto" becomes the teacher's paired decoder,
+    else Fourier."""
+    generator, decoder = generator_for(spec.synthesis, teacher.paired_decoder)
     if generator != "decoder":
         return generator, ()
     if decoder is None:
         raise GeneratorUnavailableError(f"teacher {teacher.name!r} has no paired decoder; name one in synthesis.decoder or pick fourier")
-    return generator, (("decoder", decoder), ("prior", s.prior or "fitted"))
+    return generator, (("decoder", decoder), ("prior", spec.synthesis.prior or "fitted"))
 
 
 def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
@@ -158,14 +155,12 @@ def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
-def resolved_spec(spec: CustomizeSpec, teacher: Teacher) -> CustomizeSpec:
-    """The spec with its budget filled in for the teacher's device. Fresh images during distillation are
-    prior samples of a decoder; a budget never asks for them from a generator without a learnt prior
-    (Fourier or pixel noise), though a user may."""
-    resolved = spec.resolved(teacher.device.type)
-    if spec.distillation.fresh_share is None and resolved_generator(spec, teacher)[0] != "decoder":
-        resolved = resolved.model_copy(update={"distillation": resolved.distillation.model_copy(update={"fresh_share": 0.0})})
-    return resolved
+def resolved_spec(spec: CustomizeSpec, teacher: Teacher) -> ResolvedSpec:
+    """``spec`` resolved (core.spec.resolve) for ``teacher`` on the device it lives on; a ResolvedSpec as it is.
+
+    Every function here takes either: a caller that resolved the job's spec once (the worker) passes it on, and
+    nothing is filled in twice."""
+    return resolve(spec, teacher.device.type, teacher)
 
 
 def distill_config(spec: CustomizeSpec) -> DistillConfig:
@@ -240,7 +235,7 @@ class Preparation:
     """What every part of a job computes first, the same way in every process: the spec with its budget filled in, the
     synthesis config, the style dictionary and the teacher's inversion targets. It draws nothing from any RNG."""
 
-    spec: CustomizeSpec  # resolved (resolved_spec)
+    spec: ResolvedSpec
     synthesis: SynthesisConfig
     styles: list[str]
     targets: InversionTargets
@@ -316,7 +311,7 @@ def customize(
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
         with tracker.timed("preparing"):
-            preparation = prepare(spec, teacher, examples)
+            preparation = prepare(resolved, teacher, examples)
         with tracker.timed("synthesizing"):
             surrogate = synthesize(
                 teacher,

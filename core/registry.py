@@ -29,15 +29,28 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._factories:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._factories[name] = factory
-            return factory
+            return self.add(name, factory)
 
         return decorator
 
+    def add(self, name: str, factory: Callable[..., T]) -> Callable[..., T]:
+        """Register ``factory`` (any callable: a function, or an entry object that carries facts beside its builder)."""
+        if name in self._factories:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._factories[name] = factory
+        return factory
+
+    def remove(self, name: str) -> None:
+        """Take ``name`` out again (a test's temporary entry)."""
+        self.get(name)  # UnknownNameError for a name never registered
+        del self._factories[name]
+
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def items(self) -> list[tuple[str, Callable[..., T]]]:
+        """Every entry, in the order it was registered (a catalogue's order)."""
+        return list(self._factories.items())
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories

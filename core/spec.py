@@ -1,20 +1,29 @@
 """The customization job spec: a torch-free pydantic model shared by the engine, the CLI and the API.
 
 Importing this module must never import torch: the API process validates specs with it.
-Every field has a default, so ``{"classes": ["cat", "dog"]}`` is a complete spec.
+Every field has a default, so ``{"classes": ["cat", "dog"]}`` is a complete spec. Fields left None are filled in
+once per job by ``resolve`` (the one place that does it; the worker, the pipeline and the API's estimate call it),
+which returns a ``ResolvedSpec``: the budget's values for the device the job runs on, the teacher named.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.student_catalog import STUDENTS, student_entry, student_names
 
 MAX_CLASSES = 1000
 MAX_CLASS_TEXT_CHARS = 300
 MAX_STYLES = 64
 MAX_STYLE_CHARS = 100
+
+# The teacher of a spec that names none: the service's ``default_teacher`` setting (service.settings) defaults to it,
+# the API fills it in at submission from that setting, and ``clipforge customize`` uses it directly.
+DEFAULT_TEACHER = "shapes-mini"
 
 # Styles the paper's dictionary names ("pattern", "illustration", "photorealism") and their
 # kin: each image gets one, as "<class text> in the style of <style>".
@@ -40,7 +49,6 @@ DEFAULT_STYLES: tuple[str, ...] = (
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
 GeneratorName = Literal["auto", "fourier", "pixel", "decoder"]
 InversionObjective = Literal["matching", "bn_inversion"]
-StudentName = Literal["resnet18", "mobilenet_v3_small", "tiny_cnn", "small_cnn"]
 ExportFormat = Literal["onnx", "torchscript", "onnx_int8"]  # onnx_int8: statically quantized, calibrated on synthesized images
 
 
@@ -117,8 +125,23 @@ class DistillationSpec(Strict):
     fresh_share: Annotated[float | None, Field(ge=0, lt=1)] = None  # share of each batch drawn fresh from the generator's prior
 
 
+def _known_student(name: str | None) -> str | None:
+    if name is not None and name not in STUDENTS:
+        known = student_names()
+        context = {"arch": repr(name), "names": ", ".join(known), "known": known}
+        raise PydanticCustomError("unknown_student", "unknown student {arch}; known: {names}", context)
+    return name
+
+
+def _student_names_schema(schema: dict[str, Any]) -> None:
+    for option in schema.get("anyOf", []):  # the names registered when the schema is drawn
+        if option.get("type") == "string":
+            option["enum"] = student_names()
+
+
 class StudentSpec(Strict):
-    arch: StudentName | None = None  # student architecture (see core.students); None: the budget's
+    # Student architecture: an entry of core.student_catalog.STUDENTS; None: the budget's.
+    arch: Annotated[str | None, AfterValidator(_known_student), Field(json_schema_extra=_student_names_schema)] = None
     image_size: Annotated[int | None, Field(ge=16, le=1024)] = None  # input size; None: the teacher's
 
 
@@ -148,8 +171,40 @@ BUDGETS: dict[str, dict[str, dict[str, object]]] = {
 BudgetName = Literal["auto", "cpu", "gpu"]
 
 
+def unsupported_exports(arch: str, formats: list[str]) -> PydanticCustomError | None:
+    """The error for export formats student ``arch`` does not export to (its entry's ``export_formats``), if any."""
+    supported = student_entry(arch).export_formats
+    missing = [f for f in formats if f not in supported]
+    if not missing:
+        return None
+    context = {"arch": arch, "formats": ", ".join(missing), "supported": list(supported)}
+    return PydanticCustomError("unsupported_export_format", "student {arch} does not export to {formats}", context)
+
+
+class TeacherFacts(Protocol):
+    """What resolving a spec needs to know of its teacher: core.teachers.Teacher has it, and so does the service's
+    catalogue entry (service.catalog.TeacherEntry), which reads it from the teacher's folder without torch."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def paired_decoder(self) -> str | None: ...
+
+
+def generator_for(synthesis: SynthesisSpec, paired_decoder: str | None) -> tuple[str, str | None]:
+    """The generator a job's synthesis uses and its decoder: "auto" is "decoder" with the spec's or the teacher's paired
+    decoder when there is one, else "fourier". ("decoder" without any decoder is the pipeline's error to raise.)"""
+    decoder = synthesis.decoder or paired_decoder
+    if synthesis.generator == "auto":
+        return ("decoder", decoder) if decoder else ("fourier", None)
+    return synthesis.generator, decoder if synthesis.generator == "decoder" else None
+
+
 class CustomizeSpec(Strict):
-    teacher: Annotated[str, Field(min_length=1, max_length=300)] = "ViT-B-32/openai"  # see core.teachers.create_teacher
+    # None: the service's default teacher (its default_teacher setting; DEFAULT_TEACHER unless the operator sets
+    # another), filled in at submission; see core.teachers.create_teacher for the names a teacher can have.
+    teacher: Annotated[str | None, Field(min_length=1, max_length=300)] = None
     # Compute for the fields left None: "auto" is "gpu" when the job runs on CUDA, else "cpu" (see BUDGETS).
     budget: BudgetName = "auto"
     classes: Annotated[list[ClassSpec], Field(min_length=2, max_length=MAX_CLASSES)]
@@ -181,6 +236,13 @@ class CustomizeSpec(Strict):
             seen.add(key)
         return self
 
+    @model_validator(mode="after")
+    def _exportable(self) -> CustomizeSpec:
+        # A student the spec names is checked here, at submission; a budget's, when the spec is resolved.
+        if self.student.arch is not None and (error := unsupported_exports(self.student.arch, self.export.formats)):
+            raise error
+        return self
+
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
@@ -191,16 +253,70 @@ class CustomizeSpec(Strict):
             return self.budget
         return "gpu" if device_type == "cuda" else "cpu"
 
-    def resolved(self, device_type: str) -> CustomizeSpec:
-        """This spec with every unset field taken from its budget on ``device_type``; ``budget`` names it."""
-        budget = self.budget_for(device_type)
-        update: dict[str, object] = {"budget": budget}
-        for section, defaults in BUDGETS[budget].items():
-            current = getattr(self, section)
-            filled = {k: v for k, v in defaults.items() if getattr(current, k) is None}
-            if section == "distillation" and current.epochs is not None:
-                filled.pop("steps", None)  # the user's epochs decide the length
-            if section == "distillation" and current.steps is not None:
-                filled.pop("epochs", None)
-            update[section] = current.model_copy(update=filled)
-        return self.model_copy(update=update)
+    def resolved(self, device_type: str) -> ResolvedSpec:
+        """Deprecated: ``resolve`` without the teacher's facts, for call sites not yet moved to ``resolve``. It takes the
+        named teacher (else DEFAULT_TEACHER) to have a paired decoder, as the bundled default does; a job resolves
+        with its loaded teacher's facts, so use ``resolve`` (or service.specs.resolve_submitted in the service)."""
+        return resolve(self, device_type, _AssumedTeacher(self.teacher or DEFAULT_TEACHER))
+
+
+class ResolvedSpec(CustomizeSpec):
+    """A spec with its defaults filled in for where its job runs (``resolve``): ``budget`` is the one applied, the
+    teacher is named, and every field the budget sets has a value. Resolving it again returns it unchanged."""
+
+    teacher: Annotated[str, Field(min_length=1, max_length=300)]
+    budget: Literal["cpu", "gpu"]
+
+
+def resolve(spec: CustomizeSpec, device_type: str, teacher: TeacherFacts) -> ResolvedSpec:
+    """``spec`` with its defaults filled in, the one place that does it: called once per job, by the worker with its
+    loaded teacher (``core.pipeline`` when given an unresolved spec) and by the service's estimate with the catalogue's
+    facts of the same teacher (service.specs), so both see the same job.
+
+    - the budget: the spec's, or for "auto" "gpu" on ``device_type`` "cuda" and "cpu" otherwise; each field the spec
+      left None takes the budget's value (a distillation given in epochs or in steps keeps that unit);
+    - the teacher: the spec's, else ``teacher.name`` (a caller picks the teacher first: see DEFAULT_TEACHER);
+    - fresh images during distillation are prior samples of a decoder: a budget never asks for them from a generator
+      without a learnt prior (Fourier or pixel noise), though a user may;
+    - the budget's student must export to the spec's formats (a student the spec names was checked at validation).
+    """
+    if isinstance(spec, ResolvedSpec):
+        return spec
+    budget = spec.budget_for(device_type)
+    fields: dict[str, Any] = {name: getattr(spec, name) for name in CustomizeSpec.model_fields}
+    fields.update(budget=budget, teacher=spec.teacher or teacher.name)
+    for section, defaults in BUDGETS[budget].items():
+        current = getattr(spec, section)
+        filled = {k: v for k, v in defaults.items() if getattr(current, k) is None}
+        if section == "distillation" and current.epochs is not None:
+            filled.pop("steps", None)  # the user's epochs decide the length
+        if section == "distillation" and current.steps is not None:
+            filled.pop("epochs", None)
+        fields[section] = current.model_copy(update=filled)
+    if spec.distillation.fresh_share is None and generator_for(spec.synthesis, teacher.paired_decoder)[0] != "decoder":
+        fields["distillation"] = fields["distillation"].model_copy(update={"fresh_share": 0.0})
+    if error := unsupported_exports(fields["student"].arch, spec.export.formats):
+        raise UnsupportedExportError(str(error))
+    return ResolvedSpec.model_validate(fields)
+
+
+class UnsupportedExportError(ValueError):
+    """The budget's student cannot be exported to a format the spec asks for."""
+
+    code = "unsupported_export_format"
+
+
+class _AssumedTeacher:
+    def __init__(self, name: str) -> None:
+        self.name, self.paired_decoder = name, "(assumed)"
+
+
+def requested_device(spec_device: str, service_device: str) -> str:
+    """Where a job is to run: the spec's device when it names one (cpu, cuda, cuda:N), else the service's setting
+    (``device`` in service.settings, "auto" by default). core.devices.job_device turns it into a device or refuses it."""
+    return spec_device if spec_device != "auto" else service_device
+
+
+def device_type(device: str) -> str:
+    """ "cuda" for cuda and cuda:N, else "cpu": for "auto" a process that cannot see the workers assumes the CPU budget."""
+    return "cuda" if device.startswith("cuda") else "cpu"

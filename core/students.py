@@ -4,8 +4,9 @@ A student takes RGB pixels in [0, 1], shape (N, 3, S, S), and returns logits (N,
 normalisation itself (buffers ``mean``/``std``), so exported ONNX/TorchScript models take plain pixels
 and a caller never has to know which statistics the student was trained with.
 
-Backbones are registered in ``STUDENTS``; a factory takes ``(num_classes, image_size)`` and returns a
-randomly initialised ``nn.Module`` mapping normalised pixels to logits. ``create_student`` wraps it.
+The architectures are entries of ``STUDENTS`` (core.student_catalog: torch-free, with each one's description, cost and
+export facts); an entry names one of the ``build_*`` functions below, which takes ``(num_classes, image_size)`` and
+returns a randomly initialised ``nn.Module`` mapping normalised pixels to logits. ``create_student`` wraps it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import models
 
-from core.registry import Registry
+from core.student_catalog import STUDENTS
 
 if TYPE_CHECKING:
     from core.teachers import Teacher
@@ -37,9 +38,6 @@ TINY_CNN_KERNEL = 3
 # small_cnn: tiny_cnn plus this many residual conv-BN-ReLU layers after each block. Only the two lowest
 # resolutions get them, where a 3x3 conv is cheapest (8x8 and 4x4 at 32 px): about twice tiny_cnn's FLOPs.
 SMALL_CNN_EXTRA_LAYERS: tuple[int, ...] = (0, 0, 1, 1)
-
-# Backbone factories: (num_classes, image_size) -> module mapping *normalised* pixels to logits.
-STUDENTS: Registry[nn.Module] = Registry("student")
 
 
 class Student(nn.Module):
@@ -100,8 +98,7 @@ def create_student_for(teacher: Teacher, name: str, num_classes: int, image_size
     return create_student(name, num_classes, image_size or teacher.image_size, mean=mean, std=std).to(teacher.device)
 
 
-@STUDENTS.register("resnet18")
-def _resnet18(num_classes: int, image_size: int) -> nn.Module:
+def build_resnet18(num_classes: int, image_size: int) -> nn.Module:
     model = models.resnet18(weights=None, num_classes=num_classes)
     if image_size <= SMALL_INPUT_MAX:
         # CIFAR-style stem: a 3x3 stride-1 conv and no max pool keep full resolution into layer1.
@@ -111,8 +108,7 @@ def _resnet18(num_classes: int, image_size: int) -> nn.Module:
     return model
 
 
-@STUDENTS.register("mobilenet_v3_small")
-def _mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
+def build_mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
     model = models.mobilenet_v3_small(weights=None, num_classes=num_classes)
     if image_size <= SMALL_INPUT_MAX:
         # Only the stride changes; the 3x3 kernel and its padding of 1 keep the size at stride 1.
@@ -169,13 +165,11 @@ class TinyCNN(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@STUDENTS.register("tiny_cnn")
-def _tiny_cnn(num_classes: int, image_size: int) -> nn.Module:
+def build_tiny_cnn(num_classes: int, image_size: int) -> nn.Module:
     return TinyCNN(num_classes, image_size)
 
 
-@STUDENTS.register("small_cnn")
-def _small_cnn(num_classes: int, image_size: int) -> nn.Module:
+def build_small_cnn(num_classes: int, image_size: int) -> nn.Module:
     return TinyCNN(num_classes, image_size, extra_layers=SMALL_CNN_EXTRA_LAYERS)
 
 

@@ -1,4 +1,5 @@
-"""What the service can run, known without torch: teacher folders (bundled and cached) and the student architectures."""
+"""What the service can run, known without torch: teacher folders (bundled and cached); the student architectures are
+core.student_catalog's entries."""
 
 from __future__ import annotations
 
@@ -7,18 +8,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
-
-from core.spec import StudentName
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
-STUDENT_DESCRIPTIONS = {
-    "resnet18": "ResNet-18 with a small-input stem (the paper's student)",
-    "mobilenet_v3_small": "MobileNetV3-Small",
-    "tiny_cnn": "a four-layer CNN, ~100k parameters (the cpu budget's default)",
-    "small_cnn": "tiny_cnn with a residual layer at its two lowest resolutions, ~280k parameters",
-}
 
 
 @dataclass(frozen=True)
@@ -27,6 +19,9 @@ class TeacherEntry:
     source: str  # bundled, cached or configured
     image_size: int | None
     description: str
+    # Its latent decoder (the folder's config "decoder", as core.teachers.sources reads it): what generator "auto"
+    # picks, and so what a job of this teacher resolves to (core.spec.resolve). None for configured open_clip names.
+    paired_decoder: str | None = None
 
 
 def bundled_teachers_dir() -> Path:
@@ -51,7 +46,8 @@ def _read_folder(folder: Path, source: str) -> TeacherEntry | None:
         return None
     description = config.get("description") or config.get("extra", {}).get("description") or f"clipforge teacher ({source})"
     image_size = config.get("model", {}).get("vision_cfg", {}).get("image_size")
-    return TeacherEntry(folder.name, source, image_size, str(description))
+    decoder = config.get("decoder")
+    return TeacherEntry(folder.name, source, image_size, str(description), decoder if isinstance(decoder, str) and decoder else None)
 
 
 def list_teachers(cache_dir: Path | None, extra: list[str] = []) -> list[TeacherEntry]:  # noqa: B006 (read only)
@@ -69,5 +65,6 @@ def list_teachers(cache_dir: Path | None, extra: list[str] = []) -> list[Teacher
     return sorted(found.values(), key=lambda e: e.name)
 
 
-def student_names() -> list[str]:
-    return list(get_args(StudentName))
+def find_teacher(name: str, cache_dir: Path | None, extra: list[str] = []) -> TeacherEntry | None:  # noqa: B006 (read only)
+    """The catalogue's entry for teacher ``name``, or None when the service cannot run it."""
+    return next((entry for entry in list_teachers(cache_dir, extra) if entry.name == name), None)

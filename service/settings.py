@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.spec import DEFAULT_TEACHER
 from service.storage import parse_storage_url
 
 PRESIGNED_URL_MAX_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
@@ -45,7 +46,8 @@ class Settings(BaseSettings):
     # jobs and requests, so without a token it answers loopback clients only.
     metrics_token: SecretStr | None = None
 
-    default_teacher: str = "shapes-mini"
+    # The teacher of a job whose spec names none (filled in at submission); its default is core.spec.DEFAULT_TEACHER.
+    default_teacher: str = DEFAULT_TEACHER
     extra_teachers: list[str] = Field(default_factory=list)  # names the workers can load beyond the bundled and cached ones
 
     # Validation limits, checked before anything is queued.

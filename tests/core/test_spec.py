@@ -1,10 +1,19 @@
 import subprocess
 import sys
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from core.spec import BUDGETS, DEFAULT_STYLES, CustomizeSpec
+from core.spec import BUDGETS, DEFAULT_STYLES, CustomizeSpec, ExportFormat, ResolvedSpec, UnsupportedExportError, resolve
+from core.student_catalog import EXPORT_FORMATS, STUDENTS, StudentEntry
+
+
+class FakeTeacher:
+    """The teacher facts resolve reads (core.spec.TeacherFacts)."""
+
+    def __init__(self, name: str = "shapes-mini", paired_decoder: str | None = "shapes-vae") -> None:
+        self.name, self.paired_decoder = name, paired_decoder
 
 
 def test_the_simplest_body_is_a_complete_spec():
@@ -66,3 +75,46 @@ def test_unset_fields_take_the_budget_of_the_device_and_set_ones_are_kept():
     ).resolved("cpu")
     assert mine.budget == "gpu" and mine.student.arch == "tiny_cnn" and mine.synthesis.steps == 400
     assert mine.distillation.epochs == 3 and mine.distillation.steps is None  # epochs given: the budget's steps do not apply
+
+
+def test_resolve_names_the_teacher_and_returns_a_resolved_spec_once():
+    spec = CustomizeSpec.model_validate({"classes": ["a", "b"]})
+    assert spec.teacher is None  # the service's default teacher, filled in at submission
+    resolved = resolve(spec, "cpu", FakeTeacher("mine"))
+    assert isinstance(resolved, ResolvedSpec) and resolved.teacher == "mine" and resolved.budget == "cpu"
+    assert resolve(resolved, "cuda", FakeTeacher("other")) is resolved  # resolved once; later stages pass it on
+    named = resolve(CustomizeSpec.model_validate({"classes": ["a", "b"], "teacher": "theirs"}), "cpu", FakeTeacher("mine"))
+    assert named.teacher == "theirs"
+
+
+def test_fresh_prior_samples_only_from_a_generator_with_a_prior():
+    spec = CustomizeSpec.model_validate({"classes": ["a", "b"]})
+    assert resolve(spec, "cpu", FakeTeacher()).distillation.fresh_share == BUDGETS["cpu"]["distillation"]["fresh_share"]
+    assert resolve(spec, "cpu", FakeTeacher(paired_decoder=None)).distillation.fresh_share == 0.0  # auto is Fourier there
+    fourier = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"generator": "fourier"})})
+    assert resolve(fourier, "cpu", FakeTeacher()).distillation.fresh_share == 0.0
+    body = {"classes": ["a", "b"], "synthesis": {"generator": "fourier"}, "distillation": {"fresh_share": 0.2}}
+    mine = CustomizeSpec.model_validate(body)
+    assert resolve(mine, "cpu", FakeTeacher()).distillation.fresh_share == 0.2  # a user may ask for them
+
+
+def test_students_and_their_export_facts_come_from_the_registry():
+    assert set(get_args(ExportFormat)) == set(EXPORT_FORMATS)
+    with pytest.raises(ValidationError) as unknown:
+        CustomizeSpec.model_validate({"classes": ["a", "b"], "student": {"arch": "vgg16"}})
+    assert unknown.value.errors()[0]["type"] == "unknown_student"
+    STUDENTS.add("onnx_only", StudentEntry("test", "core.students:build_tiny_cnn", None, 8.0, 98_970, export_formats=("onnx",)))
+    try:
+        assert CustomizeSpec.model_validate({"classes": ["a", "b"], "student": {"arch": "onnx_only"}, "export": {"formats": ["onnx"]}})
+        with pytest.raises(ValidationError) as refused:
+            CustomizeSpec.model_validate({"classes": ["a", "b"], "student": {"arch": "onnx_only"}})  # torchscript by default
+        assert refused.value.errors()[0]["type"] == "unsupported_export_format"
+        budgets = dict(BUDGETS["cpu"]["student"])
+        BUDGETS["cpu"]["student"]["arch"] = "onnx_only"  # a budget's student is checked when the spec is resolved
+        try:
+            with pytest.raises(UnsupportedExportError):
+                resolve(CustomizeSpec.model_validate({"classes": ["a", "b"]}), "cpu", FakeTeacher())
+        finally:
+            BUDGETS["cpu"]["student"].update(budgets)
+    finally:
+        STUDENTS.remove("onnx_only")

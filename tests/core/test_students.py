@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from core.registry import UnknownNameError
+from core.spec import BUDGETS
+from core.student_catalog import EXPORT_FORMATS, student_entry
 from core.students import STUDENTS, Student, count_flops, count_parameters, create_student
 
 MEAN = (0.48, 0.46, 0.41)
@@ -19,6 +24,38 @@ def make(arch: str, num_classes: int = 5, image_size: int = 32) -> Student:
 
 def test_registry_names_match_the_spec() -> None:
     assert set(STUDENTS.names()) == set(ARCHS)
+
+
+def test_the_student_catalogue_does_not_import_torch() -> None:
+    code = "import sys, core.student_catalog; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_entrys_size_facts_are_the_models(arch: str) -> None:
+    entry, student = student_entry(arch), make(arch, num_classes=10)
+    assert entry.parameters == count_parameters(student)
+    assert entry.mflops == pytest.approx(count_flops(student, 32) / 1e6, rel=0.01)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_entrys_export_formats_export(arch: str) -> None:
+    from core.export import export_onnx, export_torchscript, quantize_onnx_int8
+
+    student = make(arch).eval()
+    formats = student_entry(arch).export_formats
+    onnx_bytes = export_onnx(student, 32) if {"onnx", "onnx_int8"} & set(formats) else None
+    if "torchscript" in formats:
+        export_torchscript(student, 32)
+    if "onnx_int8" in formats:
+        # Exportable is the fact; how closely INT8 follows fp32 depends on the trained weights (the job checks that).
+        quantize_onnx_int8(onnx_bytes, torch.rand(16, 3, 32, 32).numpy(), max_disagreement=1.0)
+
+
+def test_the_budgets_students_export_to_every_format() -> None:
+    # A budget's student is not checked against the spec's formats at submission (the budget is chosen on the worker).
+    for budget in BUDGETS.values():
+        assert set(student_entry(str(budget["student"]["arch"])).export_formats) == set(EXPORT_FORMATS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
