@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import OPEN_PRINCIPAL, Principal, any_active_key, is_loopback, verify_key
-from service.jobs import ServiceError
+from service.errors import ServiceError
 
 # auto_error=False: a missing or malformed header is answered here, in the service's error shape.
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="an API key from `clipforge keys create --tenant NAME`")

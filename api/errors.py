@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.jobs import ServiceError
+from service.errors import ServiceError
 from service.storage import StorageError, StorageFull, StorageUnavailable
 
 log = logging.getLogger("clipforge.api")

@@ -20,6 +20,13 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+# The error answers every resource's operations may give, for the OpenAPI document (401: a missing or invalid API key;
+# 429: a tenant's quota or rate).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503, 507)
+}
+
+
 class JobError(BaseModel):
     code: str
     message: str | None
@@ -37,6 +44,9 @@ class Job(BaseModel):
     # without one; past that the job goes back to the queue (a lost worker).
     heartbeat_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    # True while the worker has missed its heartbeats (three in a row): it may be gone; the job goes back to the queue
+    # at lease_expires_at unless it recovers. A warning event says so in the event stream.
+    stalled: bool = False
     webhook_url: str | None = None  # where the job's end is delivered, signed (service.webhooks)
     webhook_events: list[str] | None = None
     seed: int
@@ -65,7 +75,7 @@ class Event(BaseModel):
     id: int
     job_id: str
     created_at: datetime
-    kind: Literal["status", "stage", "progress", "metrics", "warning", "error"]
+    kind: Literal["status", "stage", "progress", "metrics", "warning", "error", "resumed"]
     status: str | None = None
     stage: str | None = None
     progress: float | None = None

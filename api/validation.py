@@ -15,7 +15,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from core.spec import CustomizeSpec, normalise_text
 from service import webhooks
 from service.catalog import list_teachers
-from service.jobs import ServiceError
+from service.errors import ServiceError
 from service.settings import Settings
+from service.submissions import JobSubmission
 
 ALLOWED_IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 IMAGE_FIELD = re.compile(r"^images\[(?P<name>.+)\]$")
@@ -52,13 +53,7 @@ class DecodedImage:
     height: int
 
 
-@dataclass
-class Submission:
-    spec: dict[str, Any]  # the validated spec with defaults filled in (upload ids added by the caller)
-    images: list[DecodedImage] = field(default_factory=list)
-    request_hash: str = ""
-    webhook_url: str | None = None  # where the job's end is delivered (service.webhooks); not part of the engine's spec
-    webhook_events: list[str] | None = None
+Submission = JobSubmission  # what a job submission carries to service.submissions
 
 
 WEBHOOK_FIELDS = ("webhook_url", "webhook_events")

@@ -8,13 +8,16 @@ an X_te batch from one held-out style, and minimises L(X_tr; theta) + L(X_te; th
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from core.augment import AugmentConfig, random_views
+from core.checkpoints import DISTILLATION, Checkpoints, from_bytes, to_bytes
 from core.losses import OBJECTIVES, meta_objective
 from core.synthesis import SurrogateSet
 from core.teachers.base import Teacher
@@ -135,7 +138,9 @@ class Distiller:
             labels = torch.cat([labels, labels.new_full((fresh,), -1)])
         return self._views(images, labels, fresh)
 
-    def fit(self, data: SurrogateSet, on_step: StepCallback | None = None) -> dict[str, float]:
+    def fit(self, data: SurrogateSet, on_step: StepCallback | None = None, checkpoints: Checkpoints | None = None) -> dict[str, float]:
+        """Train for the configured steps; with ``checkpoints``, resume from the last saved state and save the state
+        every ``checkpoints.interval_seconds`` (the student ends the same as without them)."""
         config = self.config
         meta = config.method in META_METHODS
         objective = OBJECTIVES.create(META_METHODS.get(config.method, config.method))
@@ -151,7 +156,9 @@ class Distiller:
         test_styles = data.styles[test_pool].unique()
         self.student.train()
         latest: dict[str, float] = {}
-        for step in range(total_steps):
+        start = self._resume(checkpoints, optimizer, schedule, total_steps, latest)
+        last_save = time.monotonic()
+        for step in range(start, total_steps):
             if step < warmup_steps or not meta:
                 x, t, y = self._sample(train_pool if meta else everything, data, fresh_share=config.fresh_share)
                 loss = warmup_objective(self.student(x), t, y, config.temperature)
@@ -177,5 +184,45 @@ class Distiller:
             schedule.step()
             if on_step is not None:
                 on_step(step + 1, total_steps, latest)
+            if checkpoints is not None and step + 1 < total_steps and time.monotonic() - last_save >= checkpoints.interval_seconds:
+                checkpoints.save(DISTILLATION, self._state(step + 1, total_steps, optimizer, schedule, latest))
+                last_save = time.monotonic()
         self.student.eval()
         return latest
+
+    def _state(self, step: int, total_steps: int, optimizer: torch.optim.Optimizer, schedule: Any, latest: dict[str, float]) -> bytes:
+        """Everything the rest of the run depends on, after ``step`` steps."""
+        return to_bytes(
+            {
+                "step": step,
+                "total_steps": total_steps,
+                "method": self.config.method,
+                "student": self.student.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": self.rng.get_state(),
+                "latest": dict(latest),
+            }
+        )
+
+    def _resume(
+        self, checkpoints: Checkpoints | None, optimizer: torch.optim.Optimizer, schedule: Any, total_steps: int, latest: dict[str, float]
+    ) -> int:
+        """The step to start from: the saved state's (restored here), or 0 without one that fits this run."""
+        saved = checkpoints.load(DISTILLATION) if checkpoints is not None else None
+        if saved is None:
+            return 0
+        try:
+            state = from_bytes(saved)
+        except Exception:  # damaged (it was written whole, so another version's): start afresh rather than fail the job
+            return 0
+        if state["total_steps"] != total_steps or state["method"] != self.config.method:
+            return 0  # another run's state (a changed budget): start afresh rather than mix them
+        self.student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        self.rng.set_state(state["rng"])
+        latest.update(state["latest"])
+        if checkpoints is not None and checkpoints.on_resume is not None:
+            checkpoints.on_resume("distilling", int(state["step"]), total_steps)
+        return int(state["step"])

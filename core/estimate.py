@@ -27,6 +27,7 @@ BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
 FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
+MEASURED_TRUST_FRACTION = 0.2  # a stage's measured rate fully replaces its estimate once this share of it has run here
 CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
 TEACHER_COST = {
@@ -98,12 +99,23 @@ class Eta:
     finished: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage: (measured, estimated) seconds
     stage: str | None = None
     stage_began: float = 0.0
+    began_at: tuple[float, float] = (0.0, 0.0)  # (time, stage fraction) this attempt's part of the stage began at
+    measured_share: float = 0.0  # of the last seconds_left: the share resting on measured rates (0: all estimates)
 
     def start_stage(self, stage: str) -> None:
         self.stage, self.stage_began = stage, self.clock()  # type: ignore[operator]
+        self.began_at = (self.stage_began, 0.0)
+
+    def resume(self, stage_fraction: float) -> None:
+        """The current stage goes on from an earlier attempt's checkpoint: only what runs from here is this attempt's rate."""
+        self.began_at = (self.clock(), stage_fraction)  # type: ignore[assignment]
 
     def end_stage(self, stage: str) -> None:
-        self.finished[stage] = (self.clock() - self.stage_began, self.estimates.get(stage, 0.0))  # type: ignore[operator]
+        resumed_from = self.began_at[1]
+        if resumed_from >= 0.95:
+            return  # an earlier attempt did this stage: its few seconds here say nothing of this machine's speed
+        measured = (self.clock() - self.stage_began) / (1.0 - resumed_from)  # type: ignore[operator]
+        self.finished[stage] = (measured, self.estimates.get(stage, 0.0))
 
     @property
     def calibration(self) -> float:
@@ -115,12 +127,23 @@ class Eta:
         return measured / estimated if estimated > 0 and measured > 0 else 1.0
 
     def seconds_left(self, stage_fraction: float) -> float:
+        """The current stage's rest, from its measured rate blended in as it becomes reliable (a fifth of the stage run
+        here: early rates swing with a machine's load), and the later stages at their calibrated estimates."""
         assert self.stage is not None
-        elapsed = self.clock() - self.stage_began  # type: ignore[operator]
-        estimate = self.estimates.get(self.stage, 0.0) * self.calibration
-        if stage_fraction >= 0.05 and elapsed >= 1.0:
-            current = elapsed / stage_fraction * (1.0 - stage_fraction)  # this stage's own measured rate
-        else:
-            current = max(0.0, estimate - elapsed)  # too early to measure: the estimate, less what has passed
+        now = self.clock()
+        began, from_fraction = self.began_at
+        elapsed, progressed = now - began, stage_fraction - from_fraction  # type: ignore[operator]
+        estimated = self.estimates.get(self.stage, 0.0) * self.calibration * (1.0 - stage_fraction)
+        current, trust = estimated, 0.0
+        if progressed >= 0.02 and elapsed >= 1.0:
+            measured = elapsed / progressed * (1.0 - stage_fraction)  # this stage's own rate, in this attempt
+            trust = min(1.0, progressed / MEASURED_TRUST_FRACTION)
+            current = trust * measured + (1.0 - trust) * estimated
         later = STAGES[STAGES.index(self.stage) + 1 :]
-        return current + sum(self.estimates.get(s, 0.0) for s in later) * self.calibration
+        rest = sum(self.estimates.get(s, 0.0) for s in later) * self.calibration
+        # How sure: the share of the seconds left that rests on rates measured on this machine in this job (the current
+        # stage's own rate as far as it is trusted; later stages count as measured once a finished stage calibrated them).
+        measured_now = current - (1.0 - trust) * estimated if progressed >= 0.02 and elapsed >= 1.0 else 0.0
+        measured_later = rest if self.calibration != 1.0 else 0.0
+        self.measured_share = round((measured_now + measured_later) / (current + rest), 3) if current + rest > 0 else 1.0
+        return current + rest

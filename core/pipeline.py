@@ -7,6 +7,7 @@ Progress and cancellation reach the engine as callbacks; nothing here writes fil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -19,6 +20,7 @@ import torch
 from torchvision.utils import make_grid
 
 from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
+from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
@@ -63,6 +65,7 @@ class Progress:
     stage_fraction: float  # 0..1 within the stage
     fraction: float  # 0..1 over the whole job
     eta_seconds: float | None  # remaining time for the whole job, once it can be estimated
+    eta_measured_share: float | None = None  # how sure: the share of eta_seconds resting on rates measured in this job
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -107,11 +110,23 @@ class _Tracker:
             raise CustomizeCancelled(f"cancelled during {stage}")
         fraction = job_fraction(self.estimates, stage, stage_fraction)
         eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
+        share = self.eta.measured_share if eta is not None else None
         if self.on_progress is not None:
-            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}))
+            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}, share))
 
     def timed(self, stage: str) -> _StageTimer:
         return _StageTimer(self, stage)
+
+    def resumed(self, then: Callable[[str, int, int], None] | None) -> Callable[[str, int, int], None]:
+        """An ``on_resume`` callback that first tells the ETA, then ``then``."""
+
+        def on_resume(stage: str, step: int, total: int) -> None:
+            if self.eta.stage == stage and total:
+                self.eta.resume(step / total)
+            if then is not None:
+                then(stage, step, total)
+
+        return on_resume
 
 
 class _StageTimer:
@@ -298,13 +313,15 @@ def customize(
     examples: Mapping[str, torch.Tensor] | None = None,
     on_progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
     Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
-    the same bit for bit (tests/core/test_chunked_synthesis.py).
+    the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
+    distillation's state are saved as the run goes, and resumed from (core.checkpoints): the same result again.
     """
     resolved = resolved_spec(spec, teacher)
     tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(resolved.model_dump(mode="json")))
@@ -313,14 +330,24 @@ def customize(
         with tracker.timed("preparing"):
             preparation = prepare(resolved, teacher, examples)
         with tracker.timed("synthesizing"):
-            surrogate = synthesize(
-                teacher,
-                preparation.targets,
-                preparation.synthesis,
-                seed=resolved.seed,
-                on_step=lambda done, total: tracker.update("synthesizing", done / total),
-            )
-        return _distill_and_export(preparation, teacher, surrogate, tracker)
+            saved = checkpoints.load(SURROGATE) if checkpoints is not None else None
+            if saved is not None:  # an earlier attempt synthesized it: the same set, as the seed fixes it
+                surrogate = surrogate_from_bytes(saved)
+                tracker.eta.resume(1.0)
+                if checkpoints is not None and checkpoints.on_resume is not None:
+                    checkpoints.on_resume("synthesizing", len(surrogate), len(surrogate))
+                tracker.update("synthesizing", 1.0)
+            else:
+                surrogate = synthesize(
+                    teacher,
+                    preparation.targets,
+                    preparation.synthesis,
+                    seed=resolved.seed,
+                    on_step=lambda done, total: tracker.update("synthesizing", done / total),
+                )
+                if checkpoints is not None:
+                    checkpoints.save(SURROGATE, surrogate_to_bytes(surrogate))
+        return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints)
 
 
 def distill_and_export(
@@ -332,6 +359,7 @@ def distill_and_export(
     should_cancel: CancelCheck | None = None,
     stage_seconds: Mapping[str, float] | None = None,
     extra_metrics: Mapping[str, object] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> CustomizeResult:
     """The distilling and exporting stages on a surrogate set synthesized elsewhere (a service's chunks): the student
     and artifacts ``customize`` makes from the same set. ``stage_seconds``: how long the earlier stages took, and
@@ -341,7 +369,7 @@ def distill_and_export(
     tracker.stage_times.update(stage_seconds or {})
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics, checkpoints=checkpoints)
 
 
 def _distill_and_export(
@@ -350,6 +378,8 @@ def _distill_and_export(
     surrogate: SurrogateSet,
     tracker: _Tracker,
     extra_metrics: Mapping[str, object] | None = None,
+    *,
+    checkpoints: Checkpoints | None = None,
 ) -> CustomizeResult:
     spec, synthesis, targets = preparation.spec, preparation.synthesis, preparation.targets
     # The student's initial weights come from torch's global RNG. Neither preparing nor synthesis draws from it, so it is
@@ -357,11 +387,13 @@ def _distill_and_export(
     # synthesized nothing (a service's distillation task) start the same student.
     torch.manual_seed(spec.seed)
     student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
+    if checkpoints is not None:  # a resumed stage tells the ETA that only what runs from there is this attempt's rate
+        checkpoints = dataclasses.replace(checkpoints, on_resume=tracker.resumed(checkpoints.on_resume))
     with tracker.timed("distilling"):
         distillation = distill_config(spec)
         sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
         final_losses = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler).fit(
-            surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses)
+            surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses), checkpoints=checkpoints
         )
     student = student.cpu().eval()
     with tracker.timed("exporting"):

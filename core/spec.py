@@ -253,12 +253,6 @@ class CustomizeSpec(Strict):
             return self.budget
         return "gpu" if device_type == "cuda" else "cpu"
 
-    def resolved(self, device_type: str) -> ResolvedSpec:
-        """Deprecated: ``resolve`` without the teacher's facts, for call sites not yet moved to ``resolve``. It takes the
-        named teacher (else DEFAULT_TEACHER) to have a paired decoder, as the bundled default does; a job resolves
-        with its loaded teacher's facts, so use ``resolve`` (or service.specs.resolve_submitted in the service)."""
-        return resolve(self, device_type, _AssumedTeacher(self.teacher or DEFAULT_TEACHER))
-
 
 class ResolvedSpec(CustomizeSpec):
     """A spec with its defaults filled in for where its job runs (``resolve``): ``budget`` is the one applied, the
@@ -304,11 +298,6 @@ class UnsupportedExportError(ValueError):
     """The budget's student cannot be exported to a format the spec asks for."""
 
     code = "unsupported_export_format"
-
-
-class _AssumedTeacher:
-    def __init__(self, name: str) -> None:
-        self.name, self.paired_decoder = name, "(assumed)"
 
 
 def requested_device(spec_device: str, service_device: str) -> str:

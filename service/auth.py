@@ -21,7 +21,8 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
-from service.jobs import ServiceError, new_id
+from service.errors import ServiceError
+from service.ids import new_id
 from service.models import ApiKey, Tenant, utcnow
 from service.settings import Settings
 

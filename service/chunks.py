@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service import jobs
@@ -45,11 +45,13 @@ from service.jobs import CANCELLED as JOB_CANCELLED
 from service.jobs import CANCELLING as JOB_CANCELLING
 from service.jobs import FAILED as JOB_FAILED
 from service.jobs import RUNNING as JOB_RUNNING
+from service.leases import LeasedTable
 from service.models import Job, JobChunk, Upload, utcnow
 from service.storage import StoredObject
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 OPEN = (QUEUED, RUNNING)
+CHUNKS: Final = LeasedTable(JobChunk, ("job_id", "chunk_index"))  # chunks' leases and outbox flags (service.leases)
 CHUNK_FILE = "surrogate.pt"  # the chunk's images, labels and styles (core.synthesis.chunk_to_bytes)
 
 # What a claim or a stop did for its caller.
@@ -89,13 +91,15 @@ def _chunk(session: Session, job_id: str, index: int) -> JobChunk | None:
 
 def _cas(session: Session, job_id: str, index: int, conditions: Sequence[Any], **values: Any) -> bool:
     """Compare-and-set on one chunk row; True when this caller made the change."""
-    values.setdefault("updated_at", utcnow())
-    statement = update(JobChunk).where(JobChunk.job_id == job_id, JobChunk.chunk_index == index, *conditions).values(**values)
-    return session.execute(statement.execution_options(synchronize_session=False)).rowcount == 1  # type: ignore[attr-defined]
+    return CHUNKS.cas(session, (job_id, index), conditions, **values)
 
 
 def _held(owner: str) -> list[Any]:
-    return [JobChunk.lease_owner == owner, JobChunk.status == RUNNING]
+    return CHUNKS.held_by(owner)
+
+
+def _job_cas(session: Session, job_id: str, conditions: Sequence[Any], **values: Any) -> bool:
+    return jobs.JOBS.cas(session, (job_id,), conditions, **values)
 
 
 def _uploads(session: Session, job_id: str) -> list[tuple[str, str]]:
@@ -120,7 +124,7 @@ def split(
     if job is None or job.status != JOB_RUNNING or job.lease_owner != owner:
         return False
     now = utcnow()
-    if not jobs._cas(
+    if not _job_cas(
         session,
         job_id,
         [Job.lease_owner == owner, Job.status == JOB_RUNNING],
@@ -170,7 +174,7 @@ def claim(session: Session, job_id: str, index: int, owner: str, lease_seconds: 
     if job is None or chunk is None or job.synthesis_chunks is None:
         return SKIPPED, None
     now = utcnow()
-    live = chunk.status == RUNNING and chunk.lease_expires_at is not None and chunk.lease_expires_at >= now
+    live = chunk.status == RUNNING and not CHUNKS.lapsed(chunk, now)
     if job.status == JOB_CANCELLING:
         if chunk.status in OPEN and not live:
             _cas(session, job_id, index, [JobChunk.status == chunk.status], status=CANCELLED, lease_expires_at=None, publish_due_at=None)
@@ -185,8 +189,7 @@ def claim(session: Session, job_id: str, index: int, owner: str, lease_seconds: 
         _end_job(session, job_id, JOB_FAILED, code="worker_lost", message=message)
         return ENDED, None
     same = [JobChunk.status == chunk.status, JobChunk.attempts == chunk.attempts]
-    if not _cas(session, job_id, index, same, status=RUNNING, attempts=chunk.attempts + 1, lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds), publish_due_at=None, progress=0.0, started_at=now):  # fmt: skip
+    if not CHUNKS.claim(session, (job_id, index), same, owner, lease_seconds, now, progress=0.0):
         return SKIPPED, None
     batches = list(range(chunk.first_batch, chunk.first_batch + chunk.batch_count))
     return CLAIMED, ChunkTask(job_id, index, batches, chunk.attempts + 1, dict(job.spec), _uploads(session, job_id))
@@ -197,7 +200,7 @@ def renew_lease(session: Session, job_id: str, index: int, owner: str, lease_sec
     job row first: every transaction takes a job's row before its chunks'), so the API shows the job is alive."""
     now = utcnow()
     session.execute(update(Job).where(Job.id == job_id, Job.status.in_((JOB_RUNNING, JOB_CANCELLING))).values(heartbeat_at=now))
-    return _cas(session, job_id, index, _held(owner), lease_expires_at=now + timedelta(seconds=lease_seconds))
+    return CHUNKS.renew(session, (job_id, index), owner, lease_seconds)
 
 
 def state(session: Session, job_id: str, index: int, owner: str) -> str | None:
@@ -229,7 +232,7 @@ def record_progress(session: Session, job_id: str, index: int, owner: str, progr
     if not _cas(session, job_id, index, _held(owner), progress=min(1.0, max(0.0, progress))):
         return False
     fraction = max(job.progress or 0.0, round(job_fraction(synthesis_fraction(session, job_id)), 4))
-    if jobs._cas(session, job_id, [Job.status.in_((JOB_RUNNING, JOB_CANCELLING)), Job.lease_owner.is_(None)], progress=fraction):
+    if _job_cas(session, job_id, [Job.status.in_((JOB_RUNNING, JOB_CANCELLING)), Job.lease_owner.is_(None)], progress=fraction):
         jobs.add_event(session, job_id, "progress", stage="synthesizing", progress=fraction, data={"chunk": index, "eta_seconds": None})
     return True
 
@@ -258,7 +261,7 @@ def complete(
         return Completion(True)
     due = now + timedelta(seconds=publish_grace_seconds)
     conditions = [Job.status == JOB_RUNNING, Job.lease_owner.is_(None), Job.publish_due_at.is_(None)]
-    if not jobs._cas(session, job_id, conditions, publish_due_at=due, progress=max(job.progress or 0.0, job_progress)):
+    if not _job_cas(session, job_id, conditions, publish_due_at=due, progress=max(job.progress or 0.0, job_progress)):
         return Completion(True)
     jobs.add_event(session, job_id, "progress", stage="synthesizing", progress=max(job.progress or 0.0, job_progress),
                    message=f"all {job.synthesis_chunks} chunks synthesized; distillation queued")  # fmt: skip
@@ -344,7 +347,7 @@ def claim_distillation(session: Session, job_id: str, owner: str, lease_seconds:
     rows = list(session.scalars(select(JobChunk).where(JobChunk.job_id == job_id).order_by(JobChunk.chunk_index)))
     if len(rows) != job.synthesis_chunks or any(r.status != DONE or r.storage_key is None or r.sha256 is None for r in rows):
         return SKIPPED, None
-    if not jobs._cas(session, job_id, [Job.status == JOB_RUNNING, Job.lease_owner.is_(None)], lease_owner=owner,
+    if not _job_cas(session, job_id, [Job.status == JOB_RUNNING, Job.lease_owner.is_(None)], lease_owner=owner,
                      lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, publish_due_at=None):  # fmt: skip
         return SKIPPED, None
     began = min(r.created_at for r in rows)
@@ -362,17 +365,9 @@ def unpublished_distillations(
 ) -> list[tuple[str, datetime]]:
     """(job id, its ``publish_due_at``) of split jobs waiting for their distillation message: flagged by the finisher (or
     by the reaper after a lost distillation) and due by ``due_by``, or among ``including``. Cleared by jobs.mark_published."""
-    due = Job.publish_due_at <= due_by
-    if including:
-        due = due | Job.id.in_(tuple(including))
-    query = (
-        select(Job.id, Job.publish_due_at)
-        .where(Job.status == JOB_RUNNING, Job.synthesis_chunks.is_not(None), Job.lease_owner.is_(None))
-        .where(Job.publish_due_at.is_not(None), due)
-        .order_by(Job.publish_due_at, Job.id)
-        .limit(limit)
-    )
-    return [(job_id, due_at) for job_id, due_at in session.execute(query).all()]
+    waiting = [Job.status == JOB_RUNNING, Job.synthesis_chunks.is_not(None), Job.lease_owner.is_(None)]
+    found = jobs.JOBS.unpublished(session, due_by=due_by, including=[(job_id,) for job_id in including], where=waiting, limit=limit)
+    return [(job_id, due_at) for (job_id,), due_at in found]
 
 
 # ------------------------------------------------------------------------------------------
@@ -385,14 +380,8 @@ def unpublished(
 ) -> list[tuple[str, int, datetime]]:
     """(job id, chunk index, ``publish_due_at``) of queued chunks to publish: due by ``due_by``, or among ``including``
     (just requeued by this caller). Oldest first; a backlog drains over rounds."""
-    due = or_(JobChunk.publish_due_at <= due_by, *(and_(JobChunk.job_id == j, JobChunk.chunk_index == i) for j, i in including))
-    query = (
-        select(JobChunk.job_id, JobChunk.chunk_index, JobChunk.publish_due_at)
-        .where(JobChunk.status == QUEUED, JobChunk.publish_due_at.is_not(None), due)
-        .order_by(JobChunk.publish_due_at, JobChunk.job_id, JobChunk.chunk_index)
-        .limit(limit)
-    )
-    return [(job_id, index, due_at) for job_id, index, due_at in session.execute(query).all()]
+    found = CHUNKS.unpublished(session, due_by=due_by, including=including, limit=limit)
+    return [(job_id, index, due_at) for (job_id, index), due_at in found]
 
 
 def publication_flags(session: Session, job_id: str) -> list[tuple[int, datetime]]:
@@ -405,8 +394,7 @@ def publication_flags(session: Session, job_id: str) -> list[tuple[int, datetime
 
 def mark_published(session: Session, job_id: str, index: int, publish_due_at: datetime) -> bool:
     """Clear a chunk's flag after a successful publish, only if it is still the one read before publishing."""
-    statement = update(JobChunk).where(JobChunk.job_id == job_id, JobChunk.chunk_index == index, JobChunk.publish_due_at == publish_due_at)
-    return session.execute(statement.values(publish_due_at=None).execution_options(synchronize_session=False)).rowcount == 1  # type: ignore[attr-defined]
+    return CHUNKS.mark_published(session, (job_id, index), publish_due_at)
 
 
 @dataclass
@@ -420,11 +408,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
     ``max_attempts``); cancelling split jobs that nothing runs any more end ``cancelled``. Jobs in id order, each under
     its row lock."""
     now = now or utcnow()
-    expired = session.execute(
-        select(JobChunk.job_id, JobChunk.chunk_index)
-        .where(JobChunk.status == RUNNING, JobChunk.lease_expires_at.is_not(None), JobChunk.lease_expires_at < now)
-        .order_by(JobChunk.job_id, JobChunk.chunk_index)
-    ).all()
+    expired = [CHUNKS.key_of(chunk) for chunk in CHUNKS.expired(session, now)]
     stalled = session.scalars(
         select(Job.id).where(Job.status == JOB_CANCELLING, Job.synthesis_chunks.is_not(None), Job.lease_owner.is_(None))
     ).all()
@@ -436,10 +420,10 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
         job = _lock_job(session, job_id)
         for index in by_job[job_id]:
             chunk = _chunk(session, job_id, index)
-            if chunk is None or chunk.status != RUNNING or chunk.lease_expires_at is None or chunk.lease_expires_at >= now:
+            if chunk is None or chunk.status != RUNNING or chunk.lease_expires_at is None or not CHUNKS.lapsed(chunk, now):
                 continue  # renewed, completed or taken over since the first read
             jobs.increment(session, "leases_lost")
-            same = [JobChunk.status == RUNNING, JobChunk.lease_owner == chunk.lease_owner, JobChunk.lease_expires_at < now]
+            same = CHUNKS.same_expired(chunk, now)
             if job is None or job.status != JOB_RUNNING:
                 _cas(session, job_id, index, same, status=CANCELLED, lease_expires_at=None, publish_due_at=None)
             elif chunk.attempts >= max_attempts:
@@ -447,8 +431,7 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
                             message=f"the worker of chunk {index} was lost {chunk.attempts} times"):  # fmt: skip
                     result.ended.append(job_id)
                 break
-            elif _cas(session, job_id, index, same, status=QUEUED, lease_owner=None, lease_expires_at=None, progress=0.0,
-                      publish_due_at=now + timedelta(seconds=publish_grace_seconds)):  # fmt: skip
+            elif CHUNKS.requeue(session, (job_id, index), same, now, publish_grace_seconds, progress=0.0):
                 jobs.add_event(session, job_id, "warning", stage="synthesizing",
                                message=f"worker {chunk.lease_owner} of chunk {index} lost its lease; chunk requeued",
                                data={"chunk": index})  # fmt: skip

@@ -14,21 +14,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service import webhooks
+from service.errors import ServiceError
+from service.ids import new_id
 from service.jobs import SUCCEEDED as JOB_SUCCEEDED
-from service.jobs import ServiceError, TenantScope, get_job, new_id
-from service.models import Evaluation, EvaluationArtifact, EvaluationImage, Job, utcnow
+from service.jobs import TenantScope, get_job
+from service.leases import LeasedTable
+from service.models import Evaluation, EvaluationArtifact, EvaluationImage, Job, stored_file_values, utcnow
 from service.storage import StoredObject
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 ID_PREFIX = "eval"
+EVALUATIONS: Final = LeasedTable(Evaluation, ("id",))  # evaluations' leases and outbox flags (service.leases)
 
 
 @dataclass
@@ -94,11 +98,7 @@ def create(
             class_name=image.class_name,
             position=image.position,
             filename=image.filename,
-            content_type=image.content_type,
-            size=image.stored.size,
-            sha256=image.stored.sha256,
-            storage_key=image.stored.key,
-            created_at=now,
+            **stored_file_values(image.stored, image.content_type, now),
         )
         for image in images
     )
@@ -167,45 +167,25 @@ def delete_one(session: Session, job_id: str, evaluation_id: str, tenant_id: Ten
 # ------------------------------------------------------------------------------------------
 
 
-def _cas(session: Session, evaluation_id: str, conditions: Sequence[Any], **values: Any) -> bool:
-    values.setdefault("updated_at", utcnow())
-    statement = update(Evaluation).where(Evaluation.id == evaluation_id, *conditions).values(**values)
-    return session.execute(statement.execution_options(synchronize_session=False)).rowcount == 1  # type: ignore[attr-defined]
-
-
 def claim(session: Session, evaluation_id: str, owner: str, lease_seconds: float, max_attempts: int) -> Evaluation | None:
     """Take a queued evaluation (or one whose worker's lease lapsed) for this worker; None when it is not ours to run."""
     evaluation = session.get(Evaluation, evaluation_id)
     now = utcnow()
-    if evaluation is None or evaluation.status in TERMINAL:
-        return None
-    lapsed = evaluation.lease_expires_at is None or evaluation.lease_expires_at < now
-    if evaluation.status == RUNNING and not lapsed:
+    if evaluation is None or evaluation.status in TERMINAL or not EVALUATIONS.lapsed(evaluation, now):
         return None
     same = [Evaluation.status == evaluation.status, Evaluation.attempts == evaluation.attempts]
     if evaluation.attempts >= max_attempts:
         finish(session, evaluation_id, evaluation.lease_owner, FAILED, code="worker_lost",
                message=f"the evaluation's worker was lost {evaluation.attempts} times", conditions=same)  # fmt: skip
         return None
-    if not _cas(
-        session,
-        evaluation_id,
-        same,
-        status=RUNNING,
-        attempts=evaluation.attempts + 1,
-        lease_owner=owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
-        publish_due_at=None,
-        started_at=now,
-    ):
+    if not EVALUATIONS.claim(session, (evaluation_id,), same, owner, lease_seconds, now):
         return None
     session.refresh(evaluation)
     return evaluation
 
 
 def renew_lease(session: Session, evaluation_id: str, owner: str, lease_seconds: float) -> bool:
-    conditions = [Evaluation.lease_owner == owner, Evaluation.status == RUNNING]
-    return _cas(session, evaluation_id, conditions, lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    return EVALUATIONS.renew(session, (evaluation_id,), owner, lease_seconds)
 
 
 def finish(
@@ -223,26 +203,17 @@ def finish(
     """End an evaluation held by ``owner``: status, result, artifact rows and its webhook in one transaction."""
     assert status in TERMINAL
     if conditions is None:
-        owned = Evaluation.lease_owner == owner if owner is not None else Evaluation.lease_owner.is_(None)
-        conditions = [owned, Evaluation.status == RUNNING]
+        conditions = [EVALUATIONS.owned_by(owner), Evaluation.status == RUNNING]
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "lease_owner": None, "lease_expires_at": None, "publish_due_at": None}
     if result is not None:
         values["result"] = result
     if code is not None:
         values.update(error_code=code, error_message=message)
-    if not _cas(session, evaluation_id, conditions, **values):
+    if not EVALUATIONS.cas(session, (evaluation_id,), conditions, **values):
         return False
     session.add_all(
-        EvaluationArtifact(
-            evaluation_id=evaluation_id,
-            name=name,
-            size=stored.size,
-            sha256=stored.sha256,
-            content_type=content_type,
-            storage_key=stored.key,
-            created_at=now,
-        )
+        EvaluationArtifact(evaluation_id=evaluation_id, name=name, **stored_file_values(stored, content_type, now))
         for name, content_type, stored in artifacts
     )
     evaluation = session.get(Evaluation, evaluation_id)
@@ -269,45 +240,22 @@ def webhook_data(evaluation: Evaluation) -> dict[str, Any]:
 def reap_expired(session: Session, max_attempts: int, now: datetime | None = None, publish_grace_seconds: float = 0.0) -> list[str]:
     """Running evaluations whose worker stopped renewing: queued again (flagged for publication) or failed; the ids requeued."""
     now = now or utcnow()
-    expired = session.execute(
-        select(Evaluation.id, Evaluation.attempts, Evaluation.lease_owner).where(
-            Evaluation.status == RUNNING, Evaluation.lease_expires_at.is_not(None), Evaluation.lease_expires_at < now
-        )
-    ).all()
     requeued = []
-    for evaluation_id, attempts, owner in expired:
-        same = [Evaluation.status == RUNNING, Evaluation.lease_owner == owner, Evaluation.lease_expires_at < now]
+    for evaluation in EVALUATIONS.expired(session, now):
+        evaluation_id, attempts, same = evaluation.id, evaluation.attempts, EVALUATIONS.same_expired(evaluation, now)
         if attempts >= max_attempts:
-            finish(session, evaluation_id, owner, FAILED, code="worker_lost", message=f"the evaluation's worker was lost {attempts} times",
-                   conditions=same)  # fmt: skip
-        elif _cas(
-            session,
-            evaluation_id,
-            same,
-            status=QUEUED,
-            lease_owner=None,
-            lease_expires_at=None,
-            publish_due_at=now + timedelta(seconds=publish_grace_seconds),
-        ):
+            finish(session, evaluation_id, evaluation.lease_owner, FAILED, code="worker_lost",
+                   message=f"the evaluation's worker was lost {attempts} times", conditions=same)  # fmt: skip
+        elif EVALUATIONS.requeue(session, (evaluation_id,), same, now, publish_grace_seconds):
             requeued.append(evaluation_id)
     return requeued
 
 
 def unpublished(session: Session, *, due_by: datetime, including: Sequence[str] = (), limit: int = 100) -> list[tuple[str, datetime]]:
     """(id, publish_due_at) of queued evaluations to publish: due by ``due_by``, or flagged among ``including``."""
-    due = Evaluation.publish_due_at <= due_by
-    if including:
-        due = due | Evaluation.id.in_(tuple(including))
-    query = (
-        select(Evaluation.id, Evaluation.publish_due_at)
-        .where(Evaluation.status == QUEUED, Evaluation.publish_due_at.is_not(None), due)
-        .order_by(Evaluation.publish_due_at, Evaluation.id)
-        .limit(limit)
-    )
-    return [(evaluation_id, due_at) for evaluation_id, due_at in session.execute(query).all()]
+    found = EVALUATIONS.unpublished(session, due_by=due_by, including=[(evaluation_id,) for evaluation_id in including], limit=limit)
+    return [(evaluation_id, due_at) for (evaluation_id,), due_at in found]
 
 
 def mark_published(session: Session, evaluation_id: str, publish_due_at: datetime) -> bool:
-    statement = update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.publish_due_at == publish_due_at)
-    result = session.execute(statement.values(publish_due_at=None).execution_options(synchronize_session=False))
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return EVALUATIONS.mark_published(session, (evaluation_id,), publish_due_at)

@@ -16,11 +16,7 @@ the distillation again (not the whole job: its chunks are done and stored).
 
 from __future__ import annotations
 
-import re
-import secrets
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -28,8 +24,12 @@ from typing import Any, Final
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from core.estimate import STAGES
 from service import webhooks
-from service.models import Artifact, Evaluation, Job, JobChunk, JobEvent, ServiceCounter, Tenant, Upload, utcnow
+from service.errors import ServiceError
+from service.ids import new_id
+from service.leases import LeasedTable
+from service.models import Artifact, Evaluation, Job, JobChunk, JobEvent, ServiceCounter, Tenant, Upload, stored_file_values, utcnow
 from service.storage import StoredObject, job_prefixes
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -45,18 +45,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
     CANCELLED: frozenset(),
 }
-STAGES = ("preparing", "synthesizing", "distilling", "exporting")
-
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-class ServiceError(Exception):
-    """An error with a machine-readable code; the API answers ``http_status``."""
-
-    def __init__(self, code: str, message: str, http_status: int = 400, details: Any = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.http_status, self.details = code, message, http_status, details
-        self.headers = headers  # extra response headers, e.g. Retry-After
 
 
 class _AnyTenant:
@@ -69,6 +57,7 @@ class _AnyTenant:
 ANY_TENANT: Final = _AnyTenant()
 # A tenant id; None: the anonymous tenant of an open service (jobs with no tenant); ANY_TENANT: no scoping.
 TenantScope = str | None | _AnyTenant
+JOBS: Final = LeasedTable(Job, ("id",))  # jobs' leases and outbox flags (service.leases)
 
 
 def _in_scope(job: Job, tenant_id: TenantScope) -> bool:
@@ -86,43 +75,6 @@ def scoped_idempotency_key(tenant_id: str | None, key: str) -> str:
 
 def can_transition(current: str, new: str) -> bool:
     return new in TRANSITIONS[current]
-
-
-class MonotonicIds:
-    """ULID-like ids (48-bit milliseconds, then 80 random bits, Crockford base32) that sort in creation order within a
-    process even inside one millisecond or when the wall clock steps back: such an id takes the previous one's
-    time and its random part plus one (a monotonic ULID). Ids of two processes in the same millisecond are still
-    unique (80 random bits) and each process's own ids keep their order."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last = 0  # the previous id's 128-bit value
-
-    def new(self, prefix: str) -> str:
-        with self._lock:
-            value = (int(self._clock() * 1000) << 80) | secrets.randbits(80)
-            if value >> 80 <= self._last >> 80:  # same millisecond, or the clock went back: just after the previous id
-                value = self._last + 1
-            self._last = value
-        chars = []
-        for _ in range(26):
-            chars.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return f"{prefix}_{''.join(reversed(chars))}"
-
-
-_IDS = MonotonicIds()  # one sequence per process: no settings involved
-
-
-def new_id(prefix: str) -> str:
-    """A new time-ordered id (see MonotonicIds): listings sort by id, newest first."""
-    return _IDS.new(prefix)
-
-
-def is_id(value: str, prefix: str) -> bool:
-    """Whether ``value`` has the form of ``new_id(prefix)`` (a cursor must be one)."""
-    return re.fullmatch(f"{re.escape(prefix)}_[{_CROCKFORD}]{{26}}", value) is not None
 
 
 @dataclass
@@ -212,13 +164,9 @@ def create_job(
                 class_name=upload.class_name,
                 position=upload.position,
                 filename=upload.filename,
-                content_type=upload.content_type,
-                size=upload.stored.size,
-                sha256=upload.stored.sha256,
                 width=upload.width,
                 height=upload.height,
-                storage_key=upload.stored.key,
-                created_at=now,
+                **stored_file_values(upload.stored, upload.content_type, now),
             )
         )
     add_event(session, job_id, "status", status=QUEUED, progress=0.0, message="job queued")
@@ -287,9 +235,7 @@ def list_uploads(session: Session, job_id: str) -> list[Upload]:
 
 def _cas(session: Session, job_id: str, conditions: Sequence[Any], **values: Any) -> bool:
     """Compare-and-set on one job row; True when this caller made the change."""
-    values.setdefault("updated_at", utcnow())
-    result = session.execute(update(Job).where(Job.id == job_id, *conditions).values(**values).execution_options(synchronize_session=False))
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return JOBS.cas(session, (job_id,), conditions, **values)
 
 
 def request_cancel(session: Session, job_id: str, tenant_id: TenantScope = ANY_TENANT) -> Job:
@@ -374,21 +320,18 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
         if _fail_worker_lost(session, job_id, [runnable], job.attempts, now) and taken_over:
             increment(session, "leases_lost")
         return None
-    claimed = _cas(
+    claimed = JOBS.claim(
         session,
-        job_id,
+        (job_id,),
         [runnable],
-        status=RUNNING,
+        owner,
+        lease_seconds,
+        now,
         stage=STAGES[0],
         progress=0.0,
         eta_seconds=None,
         metrics=None,
-        attempts=Job.attempts + 1,
-        lease_owner=owner,
-        lease_expires_at=now + timedelta(seconds=lease_seconds),
         heartbeat_at=now,
-        publish_due_at=None,  # a message reached a worker: nothing left to publish
-        started_at=now,
         finished_at=None,
         error_code=None,
         error_message=None,
@@ -402,15 +345,41 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     return job
 
 
+def is_stalled(job: Job, now: datetime, stall_after_seconds: float) -> bool:
+    """A running job whose worker missed its heartbeats: still leased, but silent for ``stall_after_seconds``."""
+    return (
+        job.status in (RUNNING, CANCELLING)
+        and job.lease_owner is not None
+        and job.heartbeat_at is not None
+        and (now - job.heartbeat_at).total_seconds() > stall_after_seconds
+    )
+
+
+def warn_stalled(session: Session, now: datetime, stall_after_seconds: float) -> list[str]:
+    """A warning event, once per silence, for each leased job whose worker missed its heartbeats: the event stream says
+    so at once, not when the lease lapses. The ids warned now."""
+    silent = select(Job).where(
+        Job.status.in_((RUNNING, CANCELLING)),
+        Job.lease_owner.is_not(None),
+        Job.heartbeat_at < now - timedelta(seconds=stall_after_seconds),
+    )
+    warned = []
+    for job in session.scalars(silent):
+        said = select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.kind == "warning", JobEvent.created_at > job.heartbeat_at)
+        if session.scalar(said.where(JobEvent.message.like("stalled:%")).limit(1)) is not None:
+            continue  # this silence was already reported
+        requeue_at = job.lease_expires_at.isoformat() if job.lease_expires_at else None
+        add_event(session, job.id, "warning", stage=job.stage, progress=job.progress,
+                  message=f"stalled: worker {job.lease_owner} sent no heartbeat since {job.heartbeat_at.isoformat()}; "
+                  f"the job goes back to the queue at {requeue_at} unless it recovers",
+                  data={"stalled": True, "heartbeat_at": job.heartbeat_at.isoformat(), "requeue_at": requeue_at})  # fmt: skip
+        warned.append(job.id)
+    return warned
+
+
 def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> str | None:
     """Extend this worker's lease; the job's status, or None when the lease is no longer this worker's."""
-    if not _cas(
-        session,
-        job_id,
-        [Job.lease_owner == owner, Job.status.in_((RUNNING, CANCELLING))],
-        lease_expires_at=(now := utcnow()) + timedelta(seconds=lease_seconds),
-        heartbeat_at=now,
-    ):
+    if not JOBS.renew(session, (job_id,), owner, lease_seconds, (RUNNING, CANCELLING), heartbeat_at=utcnow()):
         return None
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
@@ -431,19 +400,29 @@ def record_progress(
     stage: str,
     progress: float,
     eta_seconds: float | None,
+    eta_measured_share: float | None = None,
     metrics: dict[str, float],
     stage_changed: bool,
 ) -> bool:
     values: dict[str, Any] = {"stage": stage, "progress": progress, "eta_seconds": eta_seconds}
     if metrics:
         values["metrics"] = metrics
-    if not _cas(session, job_id, [Job.lease_owner == owner, Job.status.in_((RUNNING, CANCELLING))], **values):
+    if not _cas(session, job_id, JOBS.held_by(owner, (RUNNING, CANCELLING)), **values):
         return False
     if stage_changed:
         add_event(session, job_id, "stage", stage=stage, progress=progress, message=f"stage {stage}")
-    add_event(session, job_id, "progress", stage=stage, progress=progress, data={"eta_seconds": eta_seconds})
+    add_event(session, job_id, "progress", stage=stage, progress=progress,
+              data={"eta_seconds": eta_seconds, "eta_measured_share": eta_measured_share})  # fmt: skip
     if metrics:
         add_event(session, job_id, "metrics", stage=stage, progress=progress, data=metrics)
+    return True
+
+
+def record_resumed(session: Session, job_id: str, owner: str, *, stage: str, step: int, total: int, message: str) -> bool:
+    """A ``resumed`` event: ``owner``'s attempt goes on from an earlier attempt's checkpoint at ``step`` of ``total``."""
+    if session.scalar(select(Job.id).where(Job.id == job_id, *JOBS.held_by(owner, (RUNNING, CANCELLING)))) is None:
+        return False
+    add_event(session, job_id, "resumed", stage=stage, message=message, data={"step": step, "total": total})
     return True
 
 
@@ -467,22 +446,11 @@ def finish(
         values["metrics"] = metrics
     if code is not None:
         values.update(error_code=code, error_message=message)
-    owned = Job.lease_owner == owner if owner is not None else Job.lease_owner.is_(None)
-    if not _cas(session, job_id, [owned, Job.status.in_((RUNNING, CANCELLING))], **values):
+    if not _cas(session, job_id, [JOBS.owned_by(owner), Job.status.in_((RUNNING, CANCELLING))], **values):
         return False
     now = utcnow()
     for name, content_type, stored in artifacts:
-        session.add(
-            Artifact(
-                job_id=job_id,
-                name=name,
-                size=stored.size,
-                sha256=stored.sha256,
-                content_type=content_type,
-                storage_key=stored.key,
-                created_at=now,
-            )
-        )
+        session.add(Artifact(job_id=job_id, name=name, **stored_file_values(stored, content_type, now)))
     for warning in (metrics or {}).get("warnings") or []:  # what the engine says a user should know of the result
         add_event(session, job_id, "warning", message=str(warning))
     kind = "error" if status == FAILED else "status"
@@ -511,46 +479,34 @@ def reap_expired(session: Session, max_attempts: int, now: datetime | None = Non
     """Jobs whose worker stopped renewing its lease: requeue them (flagged for publication, as ``create_job`` does; the
     caller re-sends their messages), or end them."""
     now = now or utcnow()
-    expired = session.execute(
-        select(Job.id, Job.status, Job.attempts, Job.lease_owner, Job.synthesis_chunks).where(
-            Job.status.in_((RUNNING, CANCELLING)), Job.lease_expires_at.is_not(None), Job.lease_expires_at < now
-        )
-    ).all()
     result = ReapResult([], [], [])
-    for job_id, status, attempts, owner, split in expired:
-        lost_before = len(result.requeued) + len(result.failed) + len(result.cancelled) + len(result.distillations)
-        same = [Job.status == status, Job.lease_owner == owner, Job.lease_expires_at < now]
-        if status == CANCELLING:
-            if _cas(session, job_id, same, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None):
+    for job in JOBS.expired(session, now, (RUNNING, CANCELLING)):
+        job_id, owner, same = job.id, job.lease_owner, JOBS.same_expired(job, now)
+        if job.status == CANCELLING:
+            lost = _cas(session, job_id, same, status=CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None)
+            if lost:
                 add_event(session, job_id, "status", status=CANCELLED, message="cancelled; its worker was lost")
                 result.cancelled.append(job_id)
-        elif attempts >= max_attempts:
-            if _fail_worker_lost(session, job_id, same, attempts, now):
+        elif job.attempts >= max_attempts:
+            lost = _fail_worker_lost(session, job_id, same, job.attempts, now)
+            if lost:
                 result.failed.append(job_id)
-        elif split is not None:
+        elif job.synthesis_chunks is not None:
             # A split job's distillation lost its worker: its chunks are done and stored, so only the distillation goes
             # back (flagged for its message, as a requeued job is); the attempt counts as a claim would count it.
-            if _cas(session, job_id, same, lease_owner=None, lease_expires_at=None, eta_seconds=None, attempts=Job.attempts + 1,
-                    publish_due_at=now + timedelta(seconds=publish_grace_seconds)):  # fmt: skip
+            lost = _cas(session, job_id, same, lease_owner=None, lease_expires_at=None, eta_seconds=None, attempts=Job.attempts + 1,
+                        publish_due_at=now + timedelta(seconds=publish_grace_seconds))  # fmt: skip
+            if lost:
                 add_event(session, job_id, "warning", message=f"worker {owner} lost its lease; distillation requeued")
                 result.distillations.append(job_id)
                 increment(session, "jobs_requeued")
-        elif _cas(
-            session,
-            job_id,
-            same,
-            status=QUEUED,
-            stage=None,
-            progress=0.0,
-            eta_seconds=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            publish_due_at=now + timedelta(seconds=publish_grace_seconds),
-        ):
-            add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
-            result.requeued.append(job_id)
-            increment(session, "jobs_requeued")
-        if len(result.requeued) + len(result.failed) + len(result.cancelled) + len(result.distillations) > lost_before:
+        else:
+            lost = JOBS.requeue(session, (job_id,), same, now, publish_grace_seconds, stage=None, progress=0.0, eta_seconds=None)
+            if lost:
+                add_event(session, job_id, "warning", status=QUEUED, progress=0.0, message=f"worker {owner} lost its lease; job requeued")
+                result.requeued.append(job_id)
+                increment(session, "jobs_requeued")
+        if lost:
             increment(session, "leases_lost")
     return result
 
@@ -584,25 +540,10 @@ def counters(session: Session) -> dict[str, int]:
 def unpublished_jobs(session: Session, *, due_by: datetime, including: Sequence[str] = (), limit: int = 100) -> list[tuple[str, datetime]]:
     """(job id, its ``publish_due_at``) of the queued jobs to publish: those due by ``due_by``, and the flagged ones among
     ``including`` (just requeued by this caller, who publishes them at once). Oldest first; a backlog drains over rounds."""
-    due = Job.publish_due_at <= due_by
-    if including:
-        due = or_(due, Job.id.in_(tuple(including)))
-    query = (
-        select(Job.id, Job.publish_due_at)
-        .where(Job.status == QUEUED, Job.publish_due_at.is_not(None), due)
-        .order_by(Job.publish_due_at, Job.id)
-        .limit(limit)
-    )
-    return [(job_id, due_at) for job_id, due_at in session.execute(query).all()]
+    found = JOBS.unpublished(session, due_by=due_by, including=[(job_id,) for job_id in including], limit=limit)
+    return [(job_id, due_at) for (job_id,), due_at in found]
 
 
 def mark_published(session: Session, job_id: str, publish_due_at: datetime) -> bool:
-    """Clear the flag after a successful publish, only if it is still the one read before publishing: a job requeued
-    meanwhile carries a new flag for a new message, which must stay. ``updated_at`` is left alone (nothing visible changed)."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.publish_due_at == publish_due_at)
-        .values(publish_due_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    """Clear the job's outbox flag if it is still ``publish_due_at`` (service.leases)."""
+    return JOBS.mark_published(session, (job_id,), publish_due_at)

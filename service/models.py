@@ -144,6 +144,11 @@ class StoredFileColumns:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+def stored_file_values(stored: Any, content_type: str, created_at: datetime) -> dict[str, Any]:
+    """StoredFileColumns' values for an object just stored (a service.storage.StoredObject: key, size, sha256)."""
+    return {"size": stored.size, "sha256": stored.sha256, "content_type": content_type, "storage_key": stored.key, "created_at": created_at}
+
+
 class Artifact(StoredFileColumns, Base):
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "name"),)

@@ -5,7 +5,7 @@ Messages carry a job id only; everything else is in the database and storage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from celery import Celery, group
 
@@ -67,20 +67,27 @@ def transport_options(settings: Settings) -> dict[str, object]:
     return {"polling_interval": settings.broker_polling_interval_seconds}
 
 
-def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
-    """Publish the job's message; BrokerUnavailable (within seconds) when the broker cannot take it."""
+def _publish(what: str, send: Callable[[], object]) -> None:
+    """The one broker-error path: ``send`` publishes; any failure to (kombu's OperationalError, redis' ConnectionError
+    and TimeoutError, OSError) is BrokerUnavailable, within seconds (the timeouts above)."""
     try:
-        app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue)
-    except Exception as exc:  # kombu's OperationalError, redis' ConnectionError and TimeoutError, OSError
-        raise BrokerUnavailable(f"the broker did not take the job's message: {exc}") from exc
+        send()
+    except Exception as exc:
+        raise BrokerUnavailable(f"the broker did not take the {what}: {exc}") from exc
+
+
+def _send_task(app: Celery, settings: Settings, task: str, *args: object) -> Callable[[], object]:
+    return lambda: app.send_task(task, args=list(args), queue=settings.queue)
+
+
+def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
+    """Publish the job's message (its id only); BrokerUnavailable when the broker cannot take it."""
+    _publish("job's message", _send_task(app, settings, RUN_JOB_TASK, job_id))
 
 
 def enqueue_evaluation(app: Celery, settings: Settings, evaluation_id: str) -> None:
     """Publish an evaluation's message (its id only); BrokerUnavailable when the broker cannot take it."""
-    try:
-        app.send_task(RUN_EVALUATION_TASK, args=[evaluation_id], queue=settings.queue)
-    except Exception as exc:  # as enqueue_job
-        raise BrokerUnavailable(f"the broker did not take the evaluation's message: {exc}") from exc
+    _publish("evaluation's message", _send_task(app, settings, RUN_EVALUATION_TASK, evaluation_id))
 
 
 def enqueue_chunks(app: Celery, settings: Settings, job_id: str, indices: Sequence[int]) -> None:
@@ -88,18 +95,12 @@ def enqueue_chunks(app: Celery, settings: Settings, job_id: str, indices: Sequen
     the database (service.chunks), so the group has no callback and needs no result backend. BrokerUnavailable when
     the broker cannot take them (the chunks stay flagged in the outbox)."""
     signatures = [app.signature(SYNTHESIZE_CHUNK_TASK, args=(job_id, index), queue=settings.queue) for index in indices]
-    try:
-        group(signatures, app=app).apply_async()
-    except Exception as exc:  # as enqueue_job
-        raise BrokerUnavailable(f"the broker did not take the chunks' messages: {exc}") from exc
+    _publish("chunks' messages", group(signatures, app=app).apply_async)
 
 
 def enqueue_distillation(app: Celery, settings: Settings, job_id: str) -> None:
     """Publish a split job's distillation message (its id); BrokerUnavailable when the broker cannot take it."""
-    try:
-        app.send_task(DISTILL_JOB_TASK, args=[job_id], queue=settings.queue)
-    except Exception as exc:  # as enqueue_job
-        raise BrokerUnavailable(f"the broker did not take the distillation's message: {exc}") from exc
+    _publish("distillation's message", _send_task(app, settings, DISTILL_JOB_TASK, job_id))
 
 
 def ping_broker(app: Celery, timeout: float = 2.0) -> None:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Worker leases: a running job whose lease is not renewed in time is requeued (or failed after max_attempts).
     lease_seconds: Annotated[float, Field(gt=0)] = 30.0
     reaper_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # A running job's worker writes a heartbeat this often (at most a third of the lease); three missed in a row and the
+    # job says it is stalled (the API's ``stalled``, a warning event) long before its lease lapses.
+    heartbeat_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
     # The reaper publishes a queued job whose message may be missing (its publisher died after the commit) once it is
     # this late: long enough for the API's own publish right after the commit, so that it rarely sends a duplicate.
@@ -95,6 +98,9 @@ class Settings(BaseSettings):
     webhook_allow_private_targets: bool = False  # SSRF guard: only public addresses unless an operator allows these
     event_stream_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often a live event stream reads new events
     cancel_check_interval_seconds: Annotated[float, Field(ge=0)] = 0.5
+    # Distillation state saved to storage this often (core.checkpoints): the most work a worker's death costs a job;
+    # each save is the student and optimiser state (a few MB for the CPU students). 0: no checkpoints.
+    checkpoint_interval_seconds: Annotated[float, Field(ge=0)] = 10.0
     broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600  # Redis: redelivery of unacked messages
     broker_polling_interval_seconds: Annotated[float, Field(gt=0)] = 0.5  # server-less transports poll
 
@@ -121,6 +127,16 @@ class Settings(BaseSettings):
     @property
     def uses_object_storage(self) -> bool:
         return bool(self.storage_url)
+
+    @property
+    def beat_seconds(self) -> float:
+        """How often a worker renews its lease and writes its heartbeat."""
+        return min(self.heartbeat_interval_seconds, self.lease_seconds / 3)
+
+    @property
+    def stall_after_seconds(self) -> float:
+        """A running job whose heartbeat is older than this is stalled: three beats missed."""
+        return 3 * self.beat_seconds
 
     def ensure_local_dirs(self) -> None:
         """Create the folders that SQLite files and local storage need (none for storage in an object store)."""

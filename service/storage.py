@@ -192,5 +192,14 @@ def artifact_key(job_id: str, name: str) -> str:
     return f"artifacts/{job_id}/{name}"
 
 
+def checkpoints_prefix(job_id: str) -> str:
+    """A running job's checkpoints (core.checkpoints), under its artifact prefix: internal files, never artifact rows."""
+    return f"artifacts/{job_id}/checkpoints"
+
+
+def checkpoint_key(job_id: str, name: str) -> str:
+    return f"{checkpoints_prefix(job_id)}/{name}"
+
+
 def job_prefixes(job_id: str) -> tuple[str, str]:
     return f"uploads/{job_id}", f"artifacts/{job_id}"

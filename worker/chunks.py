@@ -13,22 +13,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.pipeline import CustomizeCancelled, job_fraction, prepare, stage_estimates, synthesize_chunk
-from core.spec import CustomizeSpec
+from core.pipeline import job_fraction, prepare, stage_estimates, synthesize_chunk
 from core.synthesis import chunk_to_bytes
 from service import chunks
 from service import jobs as repo
 from service.db import session_scope
-from service.queue import BrokerUnavailable, enqueue_distillation
+from service.outbox import DISTILLATION
 from service.settings import Settings
 from service.storage import Storage
-from worker.runner import LeaseKeeper, LeaseLost, new_owner, read_examples
-from worker.teachers import get_teacher
+from worker.attempts import CancelCheck, LeaseKeeper, LeaseLost, new_owner, settle
+from worker.runner import read_examples, resolve_for_worker
 
 log = logging.getLogger("clipforge.worker")
 
@@ -58,12 +56,12 @@ class ChunkRunner:
             log.info("job %s: chunk %d is not ours to run (done, running elsewhere, or its job ended)", job_id, index)
             return ChunkOutcome(job_id, index, "skipped")
         folder = chunks.chunk_folder(job_id, index, uuid.uuid4().hex[:12])
+        seconds = self.settings.lease_seconds
         keeper = LeaseKeeper(
             self.factory,
             f"{job_id}/{index}",
-            owner,
-            self.settings.lease_seconds,
-            renew=lambda session, _name, lease_owner, seconds: chunks.renew_lease(session, job_id, index, lease_owner, seconds),
+            self.settings.beat_seconds,
+            lambda session: chunks.renew_lease(session, job_id, index, owner, seconds),
         )
         keeper.start()
         try:
@@ -73,17 +71,16 @@ class ChunkRunner:
 
     def _execute(self, task: chunks.ChunkTask, owner: str, folder: str, keeper: LeaseKeeper) -> ChunkOutcome:
         job_id, index = task.job_id, task.index
-        try:
-            spec = CustomizeSpec.model_validate(task.spec)
-            teacher = get_teacher(spec.teacher, self.settings.device, self.settings.cache_dir)
+
+        def attempt() -> ChunkOutcome:
+            spec, teacher = resolve_for_worker(task.spec, self.settings)
             preparation = prepare(spec, teacher, read_examples(self.storage, task.uploads, teacher.image_size))
             estimates = stage_estimates(preparation.spec)
             reporter = ChunkReporter(self, task, owner, keeper, lambda fraction: job_fraction(estimates, SYNTHESIZING, fraction))
             began = time.monotonic()
             progress, cancel = reporter.on_progress, reporter.should_cancel
             chunk = synthesize_chunk(preparation, teacher, task.batches, on_progress=progress, should_cancel=cancel)
-            if keeper.lost:
-                raise LeaseLost(job_id)
+            keeper.check()
             stored = self.storage.put(f"{folder}/{chunks.CHUNK_FILE}", chunk_to_bytes(chunk))
             done = round(job_fraction(estimates, SYNTHESIZING, 1.0), 4)
             grace = self.settings.publish_grace_seconds
@@ -96,19 +93,21 @@ class ChunkRunner:
                 self.storage.delete_prefix(chunks.chunks_prefix(job_id))
                 return ChunkOutcome(job_id, index, repo.CANCELLED)
             if completion.distill_due_at is not None:
-                self._publish_distillation(job_id, completion.distill_due_at)
+                DISTILLATION.try_publish(self.celery, self.settings, self.factory, (job_id,), completion.distill_due_at)
             return ChunkOutcome(job_id, index, "done")
-        except LeaseLost:
+
+        def lost() -> ChunkOutcome:
             # The chunk is no longer ours (requeued, its job ended or deleted): only the file this attempt wrote is.
             self.storage.delete_prefix(folder)
-            log.warning("job %s: chunk %d's lease lost; stopping without touching it", job_id, index)
             return ChunkOutcome(job_id, index, "lost")
-        except CustomizeCancelled:
-            return self._stop(task, owner, folder, repo.CANCELLED)
-        except Exception as exc:
-            code = str(getattr(exc, "code", None) or "internal_error")
-            log.exception("job %s: chunk %d failed [%s]", job_id, index, code)
-            return self._stop(task, owner, folder, repo.FAILED, code=code, message=f"{type(exc).__name__}: {exc}")
+
+        return settle(
+            f"job {job_id}: chunk {index}",
+            attempt,
+            lost=lost,
+            cancelled=lambda: self._stop(task, owner, folder, repo.CANCELLED),
+            failed=lambda code, message: self._stop(task, owner, folder, repo.FAILED, code=code, message=message),
+        )
 
     def _stop(
         self, task: chunks.ChunkTask, owner: str, folder: str, status: str, *, code: str | None = None, message: str | None = None
@@ -122,19 +121,6 @@ class ChunkRunner:
         log.info("job %s: chunk %d %s%s", task.job_id, task.index, status, "; job ended" if ended else "")
         return ChunkOutcome(task.job_id, task.index, status)
 
-    def _publish_distillation(self, job_id: str, due_at: datetime) -> None:
-        """The finisher's publish; a broker that refuses it leaves the job flagged, and the reaper publishes it."""
-        if self.celery is None:
-            return
-        try:
-            enqueue_distillation(self.celery, self.settings, job_id)
-        except BrokerUnavailable:
-            log.exception("job %s: every chunk is done; its distillation's message waits for the reaper", job_id)
-            return
-        with session_scope(self.factory) as session:
-            repo.mark_published(session, job_id, due_at)
-        log.info("job %s: every chunk is done; distillation queued", job_id)
-
 
 class ChunkReporter:
     """A chunk's progress to its row and the job's (throttled as a job's), and the job row's cancellation, read at most
@@ -145,8 +131,7 @@ class ChunkReporter:
     ) -> None:
         self.runner, self.task, self.owner, self.keeper, self.to_job_fraction = runner, task, owner, keeper, to_job_fraction
         self.last_write = 0.0
-        self.last_check = 0.0
-        self.cancel_requested = False
+        self.should_cancel = CancelCheck(keeper, runner.settings.cancel_check_interval_seconds, self._read_status)
 
     def on_progress(self, fraction: float) -> None:
         now = time.monotonic()
@@ -157,16 +142,6 @@ class ChunkReporter:
             if not chunks.record_progress(session, self.task.job_id, self.task.index, self.owner, fraction, self.to_job_fraction):
                 raise LeaseLost(self.task.job_id)
 
-    def should_cancel(self) -> bool:
-        if self.keeper.lost:
-            raise LeaseLost(self.task.job_id)
-        now = time.monotonic()
-        if self.cancel_requested or now - self.last_check < self.runner.settings.cancel_check_interval_seconds:
-            return self.cancel_requested
-        self.last_check = now
+    def _read_status(self) -> str | None:
         with session_scope(self.runner.factory) as session:
-            status = chunks.state(session, self.task.job_id, self.task.index, self.owner)
-        if status not in (repo.RUNNING, repo.CANCELLING):  # requeued, or its job ended or was deleted
-            raise LeaseLost(self.task.job_id)
-        self.cancel_requested = status == repo.CANCELLING
-        return self.cancel_requested
+            return chunks.state(session, self.task.job_id, self.task.index, self.owner)

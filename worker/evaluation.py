@@ -11,9 +11,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +29,7 @@ from service import jobs
 from service.db import session_scope
 from service.settings import Settings
 from service.storage import Storage
-from worker.runner import LeaseKeeper, LeaseLost
+from worker.attempts import LeaseKeeper, LeaseLost, new_owner, settle
 from worker.teachers import get_teacher
 
 log = logging.getLogger("clipforge.worker")
@@ -57,7 +54,7 @@ class EvaluationRunner:
         self.settings, self.factory, self.storage = settings, factory, storage
 
     def run(self, evaluation_id: str) -> str:
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        owner = new_owner()
         with session_scope(self.factory) as session:
             evaluation = repo.claim(session, evaluation_id, owner, self.settings.lease_seconds, self.settings.max_attempts)
             if evaluation is None:
@@ -72,13 +69,18 @@ class EvaluationRunner:
                 [(u.class_name, u.storage_key) for u in jobs.list_uploads(session, job_id)],
                 [(i.id, i.class_name, i.storage_key, i.filename) for i in repo.images(session, evaluation_id)],
             )
-        keeper = LeaseKeeper(self.factory, evaluation_id, owner, self.settings.lease_seconds, renew=repo.renew_lease)
-        keeper.start()
+        seconds = self.settings.lease_seconds
+        keeper = LeaseKeeper(
+            self.factory,
+            evaluation_id,
+            self.settings.beat_seconds,
+            lambda session: repo.renew_lease(session, evaluation_id, owner, seconds),
+        )
         prefix = repo.prefixes(job_id, evaluation_id)[1]
-        try:
+
+        def attempt() -> str:
             result, files = self._evaluate(inputs)
-            if keeper.lost:
-                raise LeaseLost(evaluation_id)
+            keeper.check()
             stored = [(name, CONTENT_TYPES[name], self.storage.put(repo.artifact_key(job_id, evaluation_id, name), data))
                       for name, data in sorted(files.items())]  # fmt: skip
             with session_scope(self.factory) as session:
@@ -87,16 +89,16 @@ class EvaluationRunner:
             log.info("evaluation %s succeeded: student %.4f, teacher %.4f", evaluation_id, result["student"]["accuracy"],
                      result["teacher"]["accuracy"])  # fmt: skip
             return repo.SUCCEEDED
-        except LeaseLost:
-            log.warning("evaluation %s: lease lost; stopping without touching it", evaluation_id)
-            return "lost"
-        except Exception as exc:
+
+        def failed(code: str, message: str) -> str:
             self.storage.delete_prefix(prefix)
-            code = getattr(exc, "code", None) or "internal_error"
-            log.exception("evaluation %s failed [%s]", evaluation_id, code)
             with session_scope(self.factory) as session:
-                repo.finish(session, evaluation_id, owner, repo.FAILED, code=str(code), message=f"{type(exc).__name__}: {exc}")
+                repo.finish(session, evaluation_id, owner, repo.FAILED, code=code, message=message)
             return repo.FAILED
+
+        keeper.start()
+        try:
+            return settle(f"evaluation {evaluation_id}", attempt, lost=lambda: "lost", failed=failed)
         finally:
             keeper.stop()
 
@@ -111,7 +113,7 @@ class EvaluationRunner:
         spec = inputs.spec
         names = spec.class_names
         index = {name: k for k, name in enumerate(names)}
-        teacher = get_teacher(spec.teacher, self.settings.device, self.settings.cache_dir)
+        teacher = get_teacher(spec.teacher or self.settings.default_teacher, self.settings.device, self.settings.cache_dir)
         onnx_bytes = self.storage.read(inputs.onnx_key)
         keys = [key for _, _, key, _ in inputs.images]
         labels = np.array([index[class_name] for _, class_name, _, _ in inputs.images], dtype=np.int64)

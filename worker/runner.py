@@ -14,11 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
-import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +24,8 @@ from celery import Celery
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.checkpoints import Checkpoints
+from core.devices import job_device
 from core.images import to_pixels
 from core.pipeline import (
     CARD_FILE,
@@ -47,15 +45,16 @@ from core.pipeline import (
     stage_estimates,
     synthesis_plan,
 )
-from core.spec import CustomizeSpec
+from core.spec import CustomizeSpec, ResolvedSpec, resolve
 from core.synthesis import chunk_from_bytes
 from core.teachers.base import Teacher
 from service import chunks
 from service import jobs as repo
 from service.db import session_scope
-from service.queue import BrokerUnavailable, enqueue_chunks
+from service.outbox import CHUNK
 from service.settings import Settings
-from service.storage import Storage, StorageError, artifact_key, sha256_hex
+from service.storage import Storage, StorageError, artifact_key, checkpoint_key, checkpoints_prefix, sha256_hex
+from worker.attempts import CancelCheck, LeaseKeeper, LeaseLost, new_owner, settle
 from worker.teachers import get_teacher
 
 log = logging.getLogger("clipforge.worker")
@@ -70,10 +69,6 @@ CONTENT_TYPES = {
 }
 
 
-class LeaseLost(Exception):
-    """The job was deleted or taken over by another worker: stop without touching it."""
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     job_id: str
@@ -83,44 +78,8 @@ class RunOutcome:
 SPLIT = "split"
 
 
-def new_owner() -> str:
-    """A lease owner: this process (host and pid, so a chunk's row says which worker made it) and a token per run."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 # What a job's run computes once the job is claimed: its result, or None when it split its synthesis over workers.
-Compute = Callable[[CustomizeSpec, Teacher, dict[str, torch.Tensor], "ProgressReporter"], CustomizeResult | None]
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews a lease (a job's, or through ``renew`` an evaluation's) every third of its length; notes when it is lost."""
-
-    def __init__(
-        self,
-        factory: sessionmaker[Session],
-        job_id: str,
-        owner: str,
-        lease_seconds: float,
-        renew: Callable[[Session, str, str, float], object] = repo.renew_lease,
-    ) -> None:
-        super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.factory, self.job_id, self.owner, self.lease_seconds = factory, job_id, owner, lease_seconds
-        self.renew = renew  # falsy result: the lease is no longer this owner's
-        self.stopped = threading.Event()
-        self.lost = False
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.lease_seconds / 3):
-            try:
-                with session_scope(self.factory) as session:
-                    if not self.renew(session, self.job_id, self.owner, self.lease_seconds):
-                        self.lost = True
-                        return
-            except Exception:  # a database hiccup: try again at the next beat, the lease has slack
-                log.exception("lease renewal of %s failed", self.job_id)
-
-    def stop(self) -> None:
-        self.stopped.set()
+Compute = Callable[[ResolvedSpec, Teacher, dict[str, torch.Tensor], "ProgressReporter"], CustomizeResult | None]
 
 
 class JobRunner:
@@ -137,7 +96,7 @@ class JobRunner:
                 return RunOutcome(job_id, "skipped")
             spec_data = dict(job.spec)
             uploads = [(u.class_name, u.storage_key) for u in repo.list_uploads(session, job_id)]
-        keeper = LeaseKeeper(self.factory, job_id, owner, self.settings.lease_seconds)
+        keeper = self._keeper(job_id, owner)
         keeper.start()
         try:
             return self._execute(job_id, owner, spec_data, uploads, keeper, functools.partial(self._whole_or_split, job_id, owner))
@@ -157,19 +116,51 @@ class JobRunner:
         if task is None:
             log.info("job %s: its distillation is not ours to run (not ready, finished, or running elsewhere)", job_id)
             return RunOutcome(job_id, "skipped")
-        keeper = LeaseKeeper(self.factory, job_id, owner, self.settings.lease_seconds)
+        keeper = self._keeper(job_id, owner)
         keeper.start()
         try:
             return self._execute(job_id, owner, task.spec, task.uploads, keeper, functools.partial(self._distill, task), split=True)
         finally:
             keeper.stop()
 
+    def _checkpoints(self, job_id: str, reporter: ProgressReporter) -> Checkpoints | None:
+        """The job's checkpoints in storage, under its artifact prefix (internal files, never artifact rows): a requeued
+        attempt resumes from them; the job's end removes them."""
+        if not self.settings.checkpoint_interval_seconds:
+            return None
+
+        def load(name: str) -> bytes | None:
+            key = checkpoint_key(job_id, name)
+            try:
+                return self.storage.read(key) if self.storage.exists(key) else None
+            except StorageError:
+                log.exception("job %s: checkpoint %s unreadable; starting that stage afresh", job_id, name)
+                return None
+
+        def save(name: str, data: bytes) -> None:
+            try:
+                self.storage.put(checkpoint_key(job_id, name), data)
+            except StorageError:  # the run goes on; a lost worker would cost more, nothing else
+                log.exception("job %s: checkpoint %s not saved", job_id, name)
+
+        return Checkpoints(load, save, self.settings.checkpoint_interval_seconds, on_resume=reporter.on_resume)
+
+    def _resolve(self, spec_data: dict[str, Any]) -> tuple[ResolvedSpec, Teacher]:
+        return resolve_for_worker(spec_data, self.settings)
+
+    def _keeper(self, job_id: str, owner: str) -> LeaseKeeper:
+        seconds = self.settings.lease_seconds
+        return LeaseKeeper(
+            self.factory, job_id, self.settings.beat_seconds, lambda session: repo.renew_lease(session, job_id, owner, seconds)
+        )
+
     def _whole_or_split(
         self, job_id: str, owner: str, spec: CustomizeSpec, teacher: Teacher, examples: dict[str, torch.Tensor], reporter: ProgressReporter
     ) -> CustomizeResult | None:
         plan = synthesis_plan(spec, teacher, self.settings.synthesis_chunk_batches, self.settings.synthesis_max_chunks)
         if len(plan) < 2:  # one chunk: nothing to share, the job runs here whole
-            return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel)
+            return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
+                             checkpoints=self._checkpoints(job_id, reporter))  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 
@@ -185,7 +176,7 @@ class JobRunner:
     ) -> None:
         """Prepare (which checks the prompts and example images before any chunk runs), then hand the synthesis over to
         chunks and publish them as a group. A broker that refuses them leaves them flagged: the reaper publishes them."""
-        estimates = stage_estimates(spec.resolved(teacher.device.type))
+        estimates = stage_estimates(spec)
         reporter.on_progress(Progress("preparing", 0.0, job_fraction(estimates, "preparing", 0.0), None))
         if reporter.should_cancel():
             raise CustomizeCancelled("cancelled during preparing")
@@ -197,17 +188,9 @@ class JobRunner:
                     raise CustomizeCancelled("cancelled during preparing")
                 raise LeaseLost(job_id)
             flagged = chunks.publication_flags(session, job_id)
-        if self.celery is None:
-            log.warning("job %s: split into %d chunks; no broker here, the reaper publishes them", job_id, len(plan))
-            return
-        try:
-            enqueue_chunks(self.celery, self.settings, job_id, [index for index, _ in flagged])
-        except BrokerUnavailable:
-            log.exception("job %s: split into %d chunks; their messages wait for the reaper", job_id, len(plan))
-            return
-        with session_scope(self.factory) as session:
-            for index, due in flagged:
-                chunks.mark_published(session, job_id, index, due)
+        for index, due in flagged:  # a broker that refuses one leaves it and the rest flagged: the reaper publishes them
+            if not CHUNK.try_publish(self.celery, self.settings, self.factory, (job_id, index), due):
+                break
         log.info("job %s: synthesis split into %d chunks of %s batches", job_id, len(plan), [len(c) for c in plan])
 
     def _distill(
@@ -236,6 +219,7 @@ class JobRunner:
             should_cancel=reporter.should_cancel,
             stage_seconds=task.stage_seconds,
             extra_metrics={"synthesis_chunks": synthesis_metrics},
+            checkpoints=self._checkpoints(task.job_id, reporter),
         )
 
     def _execute(
@@ -252,45 +236,54 @@ class JobRunner:
         """Run ``compute`` under the job's lease and end the job with what it gives: artifacts stored and the job
         succeeded, or failed, or cancelled (its files removed). ``split``: the job's chunk files go once it succeeds."""
         prefix = f"artifacts/{job_id}"
-        try:
-            spec = CustomizeSpec.model_validate(spec_data)
-            teacher = get_teacher(spec.teacher, self.settings.device, self.settings.cache_dir)
+
+        def attempt() -> RunOutcome:
+            spec, teacher = self._resolve(spec_data)
             examples = self._examples(uploads, teacher.image_size)
             reporter = ProgressReporter(self, job_id, owner, keeper)
             result = compute(spec, teacher, examples, reporter)
             if result is None:
                 return RunOutcome(job_id, SPLIT)
-            if keeper.lost:
-                raise LeaseLost(job_id)
+            keeper.check()
             stored = [(name, CONTENT_TYPES.get(name, "application/octet-stream"), self.storage.put(artifact_key(job_id, name), data))
                       for name, data in sorted(result.artifacts.items())]  # fmt: skip
             with session_scope(self.factory) as session:
                 if not repo.finish(session, job_id, owner, repo.SUCCEEDED, artifacts=stored, metrics=_json_safe(result.metrics)):
                     raise LeaseLost(job_id)
+            self.storage.delete_prefix(checkpoints_prefix(job_id))  # internal, as the chunks: the job's artifacts are out
             if split:
-                self.storage.delete_prefix(chunks.chunks_prefix(job_id))  # internal: the job's artifacts are out
+                self.storage.delete_prefix(chunks.chunks_prefix(job_id))
             log.info("job %s succeeded", job_id)
             return RunOutcome(job_id, repo.SUCCEEDED)
-        except LeaseLost:
-            # Another worker owns the job now (or it was deleted): its files are that worker's business.
-            log.warning("job %s: lease lost; stopping without touching it", job_id)
-            return RunOutcome(job_id, "lost")
-        except CustomizeCancelled:
+
+        def end(status: str, code: str | None = None, message: str | None = None) -> RunOutcome:
+            # Another worker owns the job when the lease is lost (its files are that worker's business); otherwise the
+            # attempt's files go and the job ends.
             self.storage.delete_prefix(prefix)
             with session_scope(self.factory) as session:
-                repo.finish(session, job_id, owner, repo.CANCELLED, message="cancelled while running")
-            log.info("job %s cancelled", job_id)
-            return RunOutcome(job_id, repo.CANCELLED)
-        except Exception as exc:
-            self.storage.delete_prefix(prefix)
-            code = getattr(exc, "code", None) or "internal_error"
-            log.exception("job %s failed [%s]", job_id, code)
-            with session_scope(self.factory) as session:
-                repo.finish(session, job_id, owner, repo.FAILED, code=str(code), message=f"{type(exc).__name__}: {exc}")
-            return RunOutcome(job_id, repo.FAILED)
+                repo.finish(session, job_id, owner, status, code=code, message=message)
+            log.info("job %s %s", job_id, status)
+            return RunOutcome(job_id, status)
+
+        return settle(
+            f"job {job_id}",
+            attempt,
+            lost=lambda: RunOutcome(job_id, "lost"),
+            cancelled=lambda: end(repo.CANCELLED, message="cancelled while running"),
+            failed=lambda code, message: end(repo.FAILED, code, message),
+        )
 
     def _examples(self, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
         return read_examples(self.storage, uploads, size)
+
+
+def resolve_for_worker(spec_data: dict[str, Any], settings: Settings) -> tuple[ResolvedSpec, Teacher]:
+    """A stored spec resolved once, on the device it asks for (``device_unavailable`` when this worker has none, never a
+    silent fall-back), with its teacher loaded there: what every stage of the job then runs with."""
+    spec = CustomizeSpec.model_validate(spec_data)
+    device = job_device(spec.device, settings.device)
+    teacher = get_teacher(spec.teacher or settings.default_teacher, str(device), settings.cache_dir)
+    return resolve(spec, teacher.device.type, teacher), teacher
 
 
 def read_examples(storage: Storage, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
@@ -310,8 +303,7 @@ class ProgressReporter:
         self.runner, self.job_id, self.owner, self.keeper = runner, job_id, owner, keeper
         self.stage: str | None = None
         self.last_write = 0.0
-        self.last_check = 0.0
-        self.cancel_requested = False
+        self.should_cancel = CancelCheck(keeper, runner.settings.cancel_check_interval_seconds, self._read_status)
 
     def on_progress(self, progress: Progress) -> None:
         now = time.monotonic()
@@ -329,24 +321,24 @@ class ProgressReporter:
                 stage=progress.stage,
                 progress=round(progress.fraction, 4),
                 eta_seconds=eta,
+                eta_measured_share=progress.eta_measured_share,
                 metrics={k: float(v) for k, v in progress.metrics.items()},
                 stage_changed=stage_changed,
             ):
                 raise LeaseLost(self.job_id)
 
-    def should_cancel(self) -> bool:
-        if self.keeper.lost:
-            raise LeaseLost(self.job_id)
-        now = time.monotonic()
-        if self.cancel_requested or now - self.last_check < self.runner.settings.cancel_check_interval_seconds:
-            return self.cancel_requested
-        self.last_check = now
+    def _read_status(self) -> str | None:
         with session_scope(self.runner.factory) as session:
-            status = repo.current_status(session, self.job_id, self.owner)
-        if status is None:
-            raise LeaseLost(self.job_id)
-        self.cancel_requested = status == repo.CANCELLING
-        return self.cancel_requested
+            return repo.current_status(session, self.job_id, self.owner)
+
+    def on_resume(self, stage: str, step: int, total: int) -> None:
+        """An earlier attempt's checkpoint was found: the job's events say what this attempt skips."""
+        what = f"the surrogate set of {total} images" if stage == "synthesizing" else f"step {step} of {total}"
+        with session_scope(self.runner.factory) as session:
+            if not repo.record_resumed(
+                session, self.job_id, self.owner, stage=stage, step=step, total=total, message=f"{stage}: resumed from {what}"
+            ):
+                raise LeaseLost(self.job_id)
 
 
 def _json_safe(value: object) -> object:

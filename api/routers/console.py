@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
-from service.jobs import ServiceError
+from service.errors import ServiceError
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
 MEDIA_TYPES = {

@@ -12,23 +12,19 @@ from starlette.concurrency import run_in_threadpool
 
 from api import schemas
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
-from api.evaluation_input import ARCHIVE_FIELD, EvaluationInput, evaluation_input
+from api.evaluation_input import ARCHIVE_FIELD, evaluation_input
+from api.files import FILE_RESPONSES, STREAM_QUERY, check_artifact_name, stored_file_response
 from api.multipart import read_form
-from api.routers.jobs import ARTIFACT_RESPONSES as JOB_ARTIFACT_RESPONSES
-from api.routers.jobs import ERRORS, STREAM_QUERY, check_artifact_name, stored_file_response
 from api.validation import invalid
 from core.artifacts import ONNX_FILE
 from service import evaluations as repo
-from service import jobs
+from service import jobs, submissions
 from service.db import session_scope
 from service.models import Evaluation, EvaluationArtifact
-from service.queue import BrokerUnavailable
-from service.reaper import publish_evaluation
-from service.settings import Settings
-from service.storage import Storage, StorageError, StorageFull
 
 log = logging.getLogger("clipforge.api")
 router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"])
+ERRORS = schemas.ERROR_RESPONSES
 
 SUBMIT_BODY = {
     "required": True,
@@ -85,55 +81,6 @@ def job_classes(factory: sessionmaker[Session], job_id: str, tenant_id: str | No
         return names
 
 
-def store_and_publish(
-    job_id: str, checked: EvaluationInput, factory: sessionmaker[Session], storage: Storage, queue: QueueDep, settings: Settings
-) -> Evaluation:
-    """Store the images, then the rows (flagged for publication), then publish; on any failure nothing is left behind."""
-    evaluation_id = repo.new_evaluation_id()
-    try:
-        stored = []
-        for image in checked.images:
-            image_id = repo.new_image_id()
-            stored.append(
-                repo.NewImage(
-                    image.class_name,
-                    image.position,
-                    image.filename,
-                    image.content_type,
-                    storage.put(repo.image_key(job_id, evaluation_id, image_id), image.content),
-                    image_id,
-                )
-            )
-        with session_scope(factory) as session:
-            repo.evaluable_job(session, job_id, jobs.ANY_TENANT)  # the job may have gone meanwhile
-            evaluation = repo.create(
-                session,
-                evaluation_id=evaluation_id,
-                job_id=job_id,
-                counts=checked.counts,
-                images=stored,
-                publish_grace_seconds=settings.publish_grace_seconds,
-            )
-            due_at = evaluation.publish_due_at
-    except BaseException as exc:
-        for prefix in repo.prefixes(job_id, evaluation_id):  # whatever failed, no image of it is left behind
-            storage.delete_prefix(prefix)
-        if isinstance(exc, StorageError):
-            raise invalid(exc.code, f"the images could not be stored: {exc}", status=507 if isinstance(exc, StorageFull) else 503) from None
-        raise
-    assert due_at is not None
-    try:
-        publish_evaluation(queue, settings, factory, evaluation_id, due_at)
-    except BrokerUnavailable as exc:
-        with session_scope(factory) as session:  # as a job: rolled back, so that the client's retry starts afresh
-            repo.delete_rows(session, job_id, evaluation_id)
-        for prefix in repo.prefixes(job_id, evaluation_id):
-            storage.delete_prefix(prefix)
-        raise invalid("broker_unavailable", f"the evaluation could not be queued; try again: {exc}", status=503) from None
-    with session_scope(factory) as session:
-        return session.get_one(Evaluation, evaluation_id)
-
-
 @router.post("", status_code=201, response_model=schemas.Evaluation, responses=ERRORS, openapi_extra={"requestBody": SUBMIT_BODY})
 async def submit_evaluation(
     job_id: str, request: Request, settings: SettingsDep, storage: StorageDep, queue: QueueDep, principal: PrincipalDep
@@ -153,7 +100,9 @@ async def submit_evaluation(
         hint="send images[CLASS] files or one 'archive' zip",
     )
     checked = await run_in_threadpool(evaluation_input, files, class_names, settings)
-    evaluation = await run_in_threadpool(store_and_publish, job_id, checked, factory, storage, queue, settings)
+    evaluation = await run_in_threadpool(
+        submissions.submit_evaluation, job_id, checked.images, checked.counts, factory, storage, queue, settings
+    )
     headers = {"Location": f"/v1/jobs/{job_id}/evaluations/{evaluation.id}"}
     return JSONResponse(evaluation_out(evaluation, []).model_dump(mode="json"), status_code=201, headers=headers)
 
@@ -181,11 +130,8 @@ def delete_evaluation(job_id: str, evaluation_id: str, session: SessionDep, stor
     return Response(status_code=204)
 
 
-ARTIFACT_RESPONSES = {**ERRORS, **{status: JOB_ARTIFACT_RESPONSES[status] for status in (200, 206, 307)}}
-
-
-@router.get("/{evaluation_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES)
-@router.head("/{evaluation_id}/artifacts/{name:path}", responses=ARTIFACT_RESPONSES, operation_id="head_evaluation_artifact")
+@router.get("/{evaluation_id}/artifacts/{name:path}", responses=FILE_RESPONSES)
+@router.head("/{evaluation_id}/artifacts/{name:path}", responses=FILE_RESPONSES, operation_id="head_evaluation_artifact")
 def download_evaluation_artifact(
     job_id: str,
     evaluation_id: str,

@@ -14,7 +14,8 @@ from api.auth import client_is_loopback
 from api.deps import QueueDep, SessionDep, SettingsDep, StorageDep
 from api.errors import error_response
 from service.db import ping
-from service.jobs import STATUSES, ServiceError, counters
+from service.errors import ServiceError
+from service.jobs import STATUSES, counters
 from service.models import Job
 from service.queue import ping_broker
 from service.settings import Settings

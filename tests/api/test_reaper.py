@@ -39,3 +39,26 @@ def test_a_submitted_job_is_unflagged_once_the_api_has_published_it(api, http):
         assert job is not None and job.status == "queued" and job.publish_due_at is None
         events, _ = repo.list_events(session, job_id)
         assert [e.status for e in events] == ["queued"]
+
+
+def test_a_silent_worker_makes_its_job_stalled_at_once_and_a_heartbeat_clears_it(api, http):
+    # The test settings' beat is 1 s (a third of the 3 s lease), so three missed beats are 3 s: the job says "stalled"
+    # from then on, and the event stream says so once, while the lease (60 s here) has long to run.
+    settings = api.app.state.settings
+    job_id = http.post("/v1/jobs", json={"classes": ["a", "b"]}).json()["id"]
+    with session_scope(api.app.state.session_factory) as session:
+        assert repo.claim(session, job_id, "worker-that-hangs", lease_seconds=60, max_attempts=3) is not None
+    assert http.get(f"/v1/jobs/{job_id}").json()["stalled"] is False
+    stalled = wait_until(lambda: (j := http.get(f"/v1/jobs/{job_id}").json())["stalled"] and j, settings.stall_after_seconds + 5,
+                         what="job stalled")  # fmt: skip
+    assert stalled["status"] == "running"
+
+    def warnings() -> list[dict]:
+        return [e for e in http.get(f"/v1/jobs/{job_id}/events").json()["data"] if e["kind"] == "warning"]
+
+    said = wait_until(lambda: warnings() or None, settings.reaper_interval_seconds * 4 + 5, what="a stalled warning")
+    assert said[0]["message"].startswith("stalled:") and "worker-that-hangs" in said[0]["message"] and said[0]["data"]["stalled"]
+    with session_scope(api.app.state.session_factory) as session:  # the worker comes back: its next renewal
+        assert repo.renew_lease(session, job_id, "worker-that-hangs", 60) == "running"
+    assert http.get(f"/v1/jobs/{job_id}").json()["stalled"] is False
+    assert len(warnings()) == 1  # one warning per silence

@@ -11,6 +11,7 @@ from cli.main import main
 from client import ApiError, ClipforgeClient
 from service import jobs as repo
 from service.db import session_scope
+from service.ids import new_id
 from service.storage import artifact_key
 from tests.servers import ApiThread, settings_for
 
@@ -30,7 +31,7 @@ def client(api):
 def _finished_job_with_artifacts(api, artifacts: dict[str, bytes]) -> str:
     """A job as a worker leaves it: succeeded, its artifacts stored and recorded (the worker tests cover the real run)."""
     factory, storage = api.app.state.session_factory, api.app.state.storage
-    job_id = repo.new_id("job")
+    job_id = new_id("job")
     with session_scope(factory) as session:
         repo.create_job(session, job_id=job_id, spec={"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 1})
     with session_scope(factory) as session:

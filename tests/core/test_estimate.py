@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from core.estimate import STAGES, Eta, estimate_seconds, estimate_stage_seconds, teacher_cost
-from core.spec import CustomizeSpec
+from core.spec import CustomizeSpec, resolve
+from tests.core.teacher_facts import SHAPES_MINI
 
 SHAPE8 = ["circle", "square", "triangle", "star", "hexagon", "cross", "heart", "ring"]
 
 
 def _resolved(**fields) -> dict:
-    return CustomizeSpec(teacher="shapes-mini", classes=SHAPE8, **fields).resolved("cpu").model_dump(mode="json")
+    return resolve(CustomizeSpec(teacher="shapes-mini", classes=SHAPE8, **fields), "cpu", SHAPES_MINI).model_dump(mode="json")
 
 
 def test_the_default_cpu_job_is_estimated_near_its_measured_duration():
@@ -25,7 +26,7 @@ def test_more_work_costs_more_and_unknowns_have_no_estimate():
     assert estimate_seconds(_resolved(student={"arch": "resnet18"})) > 5 * base
     assert estimate_seconds(_resolved(synthesis={"steps": 100})) > base + 100
     assert estimate_seconds(_resolved(distillation={"method": "meta_kd"})) > 2 * base
-    gpu = CustomizeSpec(teacher="shapes-mini", classes=SHAPE8).resolved("cuda").model_dump(mode="json")
+    gpu = resolve(CustomizeSpec(teacher="shapes-mini", classes=SHAPE8), "cuda", SHAPES_MINI).model_dump(mode="json")
     assert estimate_seconds(gpu) is None  # no reference rates for a GPU here
     assert estimate_seconds({**_resolved(), "teacher": "my-own-checkpoint"}) is None
     assert teacher_cost("ViT-B-32/openai") == teacher_cost("ViT-B-32") > 100 * teacher_cost("shapes-mini")
@@ -46,7 +47,7 @@ def test_the_eta_is_honest_from_the_first_minute_when_the_estimates_are_off():
     truth = {stage: 2 * seconds for stage, seconds in estimates.items()}
     clock = Clock()
     eta = Eta(dict(estimates), clock=clock)
-    errors = []
+    errors, shares = [], []
     for stage in STAGES:
         eta.start_stage(stage)
         for tenth in range(10):
@@ -55,11 +56,15 @@ def test_the_eta_is_honest_from_the_first_minute_when_the_estimates_are_off():
             left = eta.seconds_left(fraction)
             true_left = truth[stage] * (1 - fraction) + sum(truth[s] for s in STAGES[STAGES.index(stage) + 1 :])
             errors.append((stage, fraction, left / true_left if true_left else 1.0))
+            shares.append((stage, fraction, eta.measured_share))
         eta.end_stage(stage)
     first_minute = [ratio for stage, fraction, ratio in errors if stage in ("preparing", "synthesizing") and fraction <= 0.1]
     assert all(0.45 < r < 2.2 for r in first_minute), first_minute
     later = [ratio for stage, fraction, ratio in errors if stage == "distilling" and fraction < 0.9]
     assert all(0.9 < r < 1.1 for r in later), later  # calibrated by the finished synthesis stage
+    # How sure it says it is: mostly estimates at first, all measured once synthesis has calibrated the rest.
+    assert all(share < 0.5 for stage, fraction, share in shares if stage == "synthesizing" and fraction <= 0.1)
+    assert all(share == 1.0 for stage, fraction, share in shares if stage == "distilling" and fraction >= 0.2)
 
 
 def test_a_short_fixed_cost_stage_does_not_scale_the_later_estimates():
@@ -72,3 +77,25 @@ def test_a_short_fixed_cost_stage_does_not_scale_the_later_estimates():
     eta.start_stage("synthesizing")
     clock.now += 0.5
     assert eta.seconds_left(0.01) > 300  # the estimates as they are: 19.5 + 300 + 6
+
+
+def test_a_resumed_stage_is_timed_from_where_this_attempt_took_it_up():
+    """Distilling resumed at half way from an earlier attempt's checkpoint, synthesis skipped (its set was saved): the ETA
+    neither takes the skipped synthesis as this machine's speed nor credits this attempt with the earlier half."""
+    estimates = {"preparing": 2.0, "synthesizing": 100.0, "distilling": 300.0, "exporting": 6.0}
+    clock = Clock()
+    eta = Eta(dict(estimates), clock=clock)
+    for stage in ("preparing", "synthesizing"):
+        eta.start_stage(stage)
+        clock.now += 0.05
+        if stage == "synthesizing":
+            eta.resume(1.0)
+        eta.end_stage(stage)
+    assert eta.calibration == 1.0
+    eta.start_stage("distilling")
+    eta.resume(0.5)
+    for tenth in range(1, 5):  # the rest at twice the estimated rate: 300 s of the stage's second half
+        clock.now += 60.0
+        left = eta.seconds_left(0.5 + tenth / 10)
+        true_left = 600 * (0.5 - tenth / 10) + 6
+        assert 0.6 < left / true_left < 1.1, (tenth, left, true_left)

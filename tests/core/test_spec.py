@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from core.spec import BUDGETS, DEFAULT_STYLES, CustomizeSpec, ExportFormat, ResolvedSpec, UnsupportedExportError, resolve
 from core.student_catalog import EXPORT_FORMATS, STUDENTS, StudentEntry
+from tests.core.teacher_facts import SHAPES_MINI
 
 
 class FakeTeacher:
@@ -62,17 +63,21 @@ def test_spec_module_does_not_import_torch():
 
 def test_unset_fields_take_the_budget_of_the_device_and_set_ones_are_kept():
     spec = CustomizeSpec.model_validate({"classes": ["cat", "dog"]})
-    cpu, gpu = spec.resolved("cpu"), spec.resolved("cuda")
+    cpu, gpu = resolve(spec, "cpu", SHAPES_MINI), resolve(spec, "cuda", SHAPES_MINI)
     assert cpu.budget == "cpu" and gpu.budget == "gpu"
     for resolved, budget in ((cpu, BUDGETS["cpu"]), (gpu, BUDGETS["gpu"])):
         for section, defaults in budget.items():
             for field, value in defaults.items():
                 assert getattr(getattr(resolved, section), field) == value, (section, field)
     assert gpu.student.arch == "resnet18" and gpu.synthesis.steps == 400  # the paper's budget on CUDA
-    assert cpu.resolved("cuda") == cpu  # resolving twice changes nothing; the budget is fixed once chosen
-    mine = CustomizeSpec.model_validate(
-        {"classes": ["a", "b"], "budget": "gpu", "student": {"arch": "tiny_cnn"}, "distillation": {"epochs": 3}}
-    ).resolved("cpu")
+    assert resolve(cpu, "cuda", SHAPES_MINI) == cpu  # resolving twice changes nothing; the budget is fixed once chosen
+    mine = resolve(
+        CustomizeSpec.model_validate(
+            {"classes": ["a", "b"], "budget": "gpu", "student": {"arch": "tiny_cnn"}, "distillation": {"epochs": 3}}
+        ),
+        "cpu",
+        SHAPES_MINI,
+    )
     assert mine.budget == "gpu" and mine.student.arch == "tiny_cnn" and mine.synthesis.steps == 400
     assert mine.distillation.epochs == 3 and mine.distillation.steps is None  # epochs given: the budget's steps do not apply
 

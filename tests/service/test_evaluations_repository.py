@@ -10,13 +10,15 @@ import pytest
 from service import evaluations as repo
 from service import jobs
 from service.db import session_scope
+from service.errors import ServiceError
+from service.ids import new_id
 from service.models import Evaluation, EvaluationImage, WebhookDelivery, utcnow
 from service.storage import StoredObject
 from tests.service.test_jobs_repository import SPEC, factory  # noqa: F401  (the two-database fixture)
 
 
 def _succeeded_job(factory, **job_fields) -> str:  # noqa: F811
-    job_id = jobs.new_id("job")
+    job_id = new_id("job")
     with session_scope(factory) as session:
         jobs.create_job(session, job_id=job_id, spec=SPEC, **job_fields)
     with session_scope(factory) as session:
@@ -91,17 +93,17 @@ def test_the_outbox_flag_is_due_after_its_grace_and_cleared_once(factory):  # no
 
 
 def test_only_a_succeeded_job_is_evaluable_and_deleting_the_job_removes_its_evaluations(factory):  # noqa: F811
-    queued = jobs.new_id("job")
+    queued = new_id("job")
     with session_scope(factory) as session:
         jobs.create_job(session, job_id=queued, spec=SPEC)
-    with session_scope(factory) as session, pytest.raises(jobs.ServiceError) as refused:
+    with session_scope(factory) as session, pytest.raises(ServiceError) as refused:
         repo.evaluable_job(session, queued, jobs.ANY_TENANT)
     assert refused.value.code == "job_not_succeeded"
     job_id = _succeeded_job(factory)
     evaluation_id = _evaluation(factory, job_id)
     with session_scope(factory) as session:
         repo.claim(session, evaluation_id, "w", 30, 3)
-    with session_scope(factory) as session, pytest.raises(jobs.ServiceError) as busy:
+    with session_scope(factory) as session, pytest.raises(ServiceError) as busy:
         jobs.delete_job(session, job_id)
     assert busy.value.code == "evaluation_active"
     with session_scope(factory) as session:

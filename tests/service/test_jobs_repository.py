@@ -9,6 +9,8 @@ import pytest
 
 from service import jobs as repo
 from service.db import downgrade, make_engine, make_session_factory, migrate, session_scope
+from service.errors import ServiceError
+from service.ids import MonotonicIds, new_id
 from service.models import Job, utcnow
 from service.storage import LocalStorage, artifact_key, upload_key
 
@@ -29,7 +31,7 @@ def factory(request, tmp_path):
 
 
 def _new(factory, **kwargs) -> str:
-    job_id = repo.new_id("job")
+    job_id = new_id("job")
     with session_scope(factory) as session:
         repo.create_job(session, job_id=job_id, spec=SPEC, **kwargs)
     return job_id
@@ -41,11 +43,11 @@ def _job(factory, job_id) -> Job:
 
 
 def test_ids_sort_by_creation():
-    ids = [repo.new_id("job") for _ in range(50)]
+    ids = [new_id("job") for _ in range(50)]
     assert len(set(ids)) == 50
     import time
 
-    later = (time.sleep(0.002), repo.new_id("job"))[1]
+    later = (time.sleep(0.002), new_id("job"))[1]
     assert all(later > i for i in ids)
 
 
@@ -112,7 +114,7 @@ def test_cancelling_a_finished_job_is_a_conflict(factory):
     with session_scope(factory) as session:
         repo.claim(session, job_id, "w1", 30, 3)
         repo.finish(session, job_id, "w1", repo.FAILED, code="boom", message="failed")
-    with session_scope(factory) as session, pytest.raises(repo.ServiceError) as error:
+    with session_scope(factory) as session, pytest.raises(ServiceError) as error:
         repo.request_cancel(session, job_id)
     assert error.value.code == "job_finished" and error.value.http_status == 409
 
@@ -181,7 +183,7 @@ def _all_pages(session, limit: int) -> list[str]:
 
 def test_ids_keep_creation_order_within_a_millisecond_and_when_the_clock_steps_back():
     times = iter([1.0, 1.0, 1.0, 0.5, 0.5, 2.0])  # seconds: three in one millisecond, then the clock goes back
-    ids = repo.MonotonicIds(clock=lambda: next(times))
+    ids = MonotonicIds(clock=lambda: next(times))
     made = [ids.new("job") for _ in range(6)]
     assert made == sorted(made) and len(set(made)) == 6
 
@@ -196,10 +198,11 @@ CREATE_JOBS = """
 import sys
 from service import jobs as repo
 from service.db import make_engine, make_session_factory, session_scope
+from service.ids import new_id
 factory = make_session_factory(make_engine(sys.argv[1]))
 spec = {"teacher": "shapes-mini", "classes": [{"name": "a"}, {"name": "b"}], "seed": 7}
 for _ in range(int(sys.argv[2])):
-    job_id = repo.new_id("job")
+    job_id = new_id("job")
     with session_scope(factory) as session:
         repo.create_job(session, job_id=job_id, spec=spec)
     print(job_id, flush=True)
@@ -234,7 +237,7 @@ def test_delete_removes_rows_and_files_but_not_a_running_job(factory, tmp_path):
     storage.put(artifact_key("job_x", "student.onnx"), b"onnx")
     with session_scope(factory) as session:
         repo.claim(session, "job_x", "w1", 30, 3)
-    with session_scope(factory) as session, pytest.raises(repo.ServiceError) as error:
+    with session_scope(factory) as session, pytest.raises(ServiceError) as error:
         repo.delete_job(session, "job_x")
     assert error.value.code == "job_active"
     with session_scope(factory) as session:
@@ -244,7 +247,7 @@ def test_delete_removes_rows_and_files_but_not_a_running_job(factory, tmp_path):
     assert storage.exists(upload_key("job_x", "upl_1"))  # files go only after the commit
     for prefix in prefixes:
         storage.delete_prefix(prefix)
-    with session_scope(factory) as session, pytest.raises(repo.ServiceError):
+    with session_scope(factory) as session, pytest.raises(ServiceError):
         repo.get_job(session, "job_x")
     assert not (tmp_path / "s" / "uploads" / "job_x").exists() and not (tmp_path / "s" / "artifacts" / "job_x").exists()
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs as repo
 from service.db import make_engine, make_session_factory, migrate, session_scope
+from service.ids import new_id
 from service.models import Job, utcnow
 from service.queue import BrokerUnavailable, create_celery, enqueue_job
 from service.reaper import reap_once
@@ -42,7 +43,7 @@ class Outbox:
 
     def committed_but_not_published(self) -> str:
         """What the API leaves behind when it dies between the commit of the row and the publish of its message."""
-        job_id = repo.new_id("job")
+        job_id = new_id("job")
         with session_scope(self.factory) as session:
             repo.create_job(session, job_id=job_id, spec=SPEC, publish_grace_seconds=self.settings.publish_grace_seconds)
         return job_id
