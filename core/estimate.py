@@ -27,7 +27,7 @@ BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
 FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
-MEASURED_TRUST_FRACTION = 0.2  # a stage's measured rate fully replaces its estimate once this share of it has run here
+MEASURED_TRUST_FRACTION = 0.05  # a stage's measured rate fully replaces its estimate once this share of it has run here
 CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
 TEACHER_COST = {
@@ -127,7 +127,7 @@ class Eta:
         return measured / estimated if estimated > 0 and measured > 0 else 1.0
 
     def seconds_left(self, stage_fraction: float) -> float:
-        """The current stage's rest, from its measured rate blended in as it becomes reliable (a fifth of the stage run
+        """The current stage's rest, from its measured rate blended in as it becomes reliable (5 % of the stage run
         here: early rates swing with a machine's load), and the later stages at their calibrated estimates."""
         assert self.stage is not None
         now = self.clock()

@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 
 from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
+from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
@@ -254,6 +255,7 @@ class Preparation:
     synthesis: SynthesisConfig
     styles: list[str]
     targets: InversionTargets
+    coverage: Coverage  # how well the generator's prior covers each class (core.coverage); its thin classes are in synthesis
 
     @property
     def used_styles(self) -> list[str]:
@@ -266,7 +268,9 @@ def prepare(spec: CustomizeSpec, teacher: Teacher, examples: Mapping[str, torch.
     synthesis = synthesis_config(spec, teacher)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
-    return Preparation(spec, synthesis, styles, targets)
+    coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=synthesis.coverage_threshold)
+    synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
+    return Preparation(spec, synthesis, styles, targets, coverage)
 
 
 def synthesis_plan(spec: CustomizeSpec, teacher: Teacher, batches_per_chunk: int, max_chunks: int) -> list[list[int]]:
@@ -399,10 +403,16 @@ def _distill_and_export(
     with tracker.timed("exporting"):
         # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
         quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
+        coverage = preparation.coverage.as_dict(spec.class_names)
+        for name, after in zip(
+            spec.class_names, surrogate_coverage(teacher, targets.classifier, surrogate.images, surrogate.labels), strict=True
+        ):
+            coverage[name]["surrogate"] = round(after, 4)
         metrics: dict[str, object] = {
             "budget": spec.budget,
             "quality": quality,
-            "warnings": quality_warnings(quality, len(spec.classes)),
+            "warnings": quality_warnings(quality, len(spec.classes)) + coverage_warnings(coverage),
+            "coverage": coverage,
             "surrogate_images": len(surrogate),
             "surrogate_sha256": surrogate_sha256(surrogate),
             "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},

@@ -107,6 +107,10 @@ class SynthesisSpec(Strict):
     use_styles: bool = True  # style dictionary diversification (SDD)
     class_consistency_weight: Annotated[float, Field(ge=0, le=100)] = 1.0  # CCM weight; 0 disables it
     batch_size: Annotated[int | None, Field(ge=1, le=4096)] = None  # images optimised together
+    # Classes the prior covers thinly (core.coverage: the teacher's confidence in the prior samples most like the class,
+    # below coverage_threshold) get this many inversion steps for their images when ``steps`` is 0; None: the budget's.
+    thin_class_steps: Annotated[int | None, Field(ge=0, le=5000)] = None
+    coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # prior coverage below which a class is thin
 
 
 class DistillationSpec(Strict):
@@ -158,12 +162,12 @@ class ExportSpec(Strict):
 # class, a ResNet-18 distilled for 60 epochs with meta-KD); not measured on our machines.
 BUDGETS: dict[str, dict[str, dict[str, object]]] = {
     "cpu": {
-        "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4},
+        "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4, "thin_class_steps": 0},
         "distillation": {"method": "kd", "steps": 4000, "fresh_share": 0.5},
         "student": {"arch": "tiny_cnn"},
     },
     "gpu": {
-        "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1},
+        "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1, "thin_class_steps": 0},
         "distillation": {"method": "meta_kd", "epochs": 60, "fresh_share": 0.0},
         "student": {"arch": "resnet18"},
     },

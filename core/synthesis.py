@@ -103,6 +103,15 @@ class SynthesisConfig:
     neighbours: int = 0  # pool growth: extra images per optimised one, decoded from its parameters + neighbour_scale * noise
     neighbour_scale: float = 0.5  # noise on the generator's parameters (whitened codes for the decoder)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    thin_class_steps: int = 0  # with steps 0: inversion steps for the images of thin_classes only (no pool growth then)
+    coverage_threshold: float = 0.9  # prior coverage below which a class is thin (core.coverage, in the preparing stage)
+    thin_classes: tuple[int, ...] = ()  # the classes found thin: set by the preparing stage, the same in every process
+
+    def thin_steps_for(self, labels: torch.Tensor) -> int:
+        """Inversion steps a batch with these labels gets beyond ``steps``: thin_class_steps when it holds a thin class."""
+        if self.steps or not self.thin_class_steps or not self.thin_classes or self.neighbours:
+            return 0
+        return self.thin_class_steps if bool(torch.isin(labels, torch.tensor(self.thin_classes)).any()) else 0
 
 
 StepCallback = Callable[[int, int], None]  # (units done, units in total); may raise to cancel
@@ -175,8 +184,7 @@ def synthesize_batches(
     positions = torch.cat([torch.arange(*ranges[b]) for b in batch_indices]) if batch_indices else torch.zeros(0, dtype=torch.long)
     images = torch.empty(len(positions), 3, teacher.image_size, teacher.image_size)
     grown = torch.empty(config.neighbours, *images.shape)
-    units_per_batch = config.steps + 1
-    total_units = len(batch_indices) * units_per_batch
+    total_units = sum(config.steps + config.thin_steps_for(labels[slice(*ranges[b])]) + 1 for b in batch_indices)
     done, offset = 0, 0
     for batch_index in batch_indices:
         start, stop = ranges[batch_index]
@@ -206,6 +214,30 @@ def synthesize_batches(
             if on_step is not None:
                 on_step(done, total_units)
         size = stop - start
+        if thin_steps := config.thin_steps_for(y.cpu()):
+            # The thin classes' images alone are inverted from their starts; the others stay the prior samples chosen.
+            with torch.no_grad():
+                images[offset : offset + size] = generator().float().cpu()
+            thin = torch.isin(y.cpu(), torch.tensor(config.thin_classes)).nonzero(as_tuple=True)[0]
+            generator.keep(thin)
+            optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
+            for _ in range(thin_steps):
+                loss = _inversion_loss(teacher, targets, config, generator(), y[thin.to(device)], s[thin.to(device)], rng)
+                if config.prior_weight > 0:
+                    loss = loss + config.prior_weight * generator.prior_loss()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                done += 1
+                if on_step is not None:
+                    on_step(done, total_units)
+            with torch.no_grad():
+                images[offset + thin] = generator().float().cpu()
+            offset += size
+            done += 1
+            if on_step is not None:
+                on_step(done, total_units)
+            continue
         with torch.no_grad():
             images[offset : offset + size] = generator().float().cpu()
             for copy in range(config.neighbours):

@@ -1,0 +1,60 @@
+"""How well a generator's prior covers each of a job's classes, before any inversion step: the teacher's confidence in the
+prior samples that look most like each class. A class the prior's images never showed (a user's own class, beyond what
+the decoder was trained on) gets only samples that look like something else, and low confidence; the synthesis then
+spends inversion steps on that class's images (core.synthesis: ``thin_classes``), and the job reports the figure.
+
+Deterministic per (seed, teacher, prior): every process that prepares the job finds the same thin classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from core.synthesis import SEED_STRIDE, SynthesisConfig, prior_sampler, teacher_probabilities
+from core.teachers.base import Teacher
+
+COVERAGE_SAMPLES = 1024  # prior samples the teacher looks at (decoded and scored once, in the preparing stage)
+COVERAGE_TOP = 64  # the best samples per class whose confidence is averaged
+STAYS_THIN = 0.5  # a class whose surrogate images the teacher gives less than this on average stays thin (a warning)
+COVERAGE_STREAM = 999_983  # offset of the coverage draw's seed from the synthesis batches' (a prime, never a batch index)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    prior: list[float]  # per class: mean teacher probability of its COVERAGE_TOP most class-like prior samples
+    threshold: float  # below it a class is thin
+    thin: tuple[int, ...]  # the thin classes' indices
+
+    def as_dict(self, class_names: list[str]) -> dict[str, dict[str, float | bool]]:
+        return {name: {"prior": round(self.prior[k], 4), "thin": k in self.thin} for k, name in enumerate(class_names)}
+
+
+@torch.no_grad()
+def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float) -> Coverage:
+    rng = torch.Generator().manual_seed(seed * SEED_STRIDE + COVERAGE_STREAM)
+    samples = prior_sampler(config, teacher.image_size, teacher.device)(COVERAGE_SAMPLES, rng)
+    probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
+    best = probabilities.topk(min(COVERAGE_TOP, len(probabilities)), dim=0).values.mean(0)
+    prior = [float(p) for p in best.cpu()]
+    return Coverage(prior, threshold, tuple(k for k, p in enumerate(prior) if p < threshold))
+
+
+@torch.no_grad()
+def surrogate_coverage(teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per class: the teacher's mean probability of the class on the surrogate images made for it (after inversion)."""
+    probabilities = teacher_probabilities(teacher, classifier, images.to(teacher.device)).cpu()
+    own = probabilities[torch.arange(len(labels)), labels]
+    return [float(own[labels == k].mean()) if bool((labels == k).any()) else 0.0 for k in range(classifier.shape[0])]
+
+
+def coverage_warnings(coverage: dict[str, dict[str, float | bool]], threshold: float = 0.0) -> list[str]:
+    """A warning for each class whose surrogate images still do not look like it to the teacher (a class that stays
+    thin): its student accuracy is the least to be trusted."""
+    return [
+        f"class {name!r} stays thin: the teacher gives its surrogate images {figures['surrogate']:.2f} on average "
+        f"(its best prior samples {figures['prior']:.2f}); evaluate the student on labelled images of it"
+        for name, figures in coverage.items()
+        if float(figures.get("surrogate", 1.0)) < max(threshold, STAYS_THIN)
+    ]

@@ -1,0 +1,62 @@
+"""Prior coverage and inversion for thin classes: the preparing stage scores how well the decoder's prior covers each
+class, and with no inversion steps otherwise, only the thin classes' images are inverted (the others stay the prior
+samples the teacher chose), the same in every process."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from core.coverage import coverage_warnings, prior_coverage
+from core.pipeline import prepare
+from core.spec import CustomizeSpec
+from core.synthesis import synthesize_batches
+from core.teachers import create_teacher
+from core.teachers.base import Teacher
+
+# The cpu budget's kind of synthesis, small: prior samples chosen by the teacher, no inversion steps.
+SPEC = {
+    "teacher": "shapes-mini",
+    "classes": ["circle", "square", "star"],
+    "synthesis": {"images_per_class": 4, "steps": 0, "cutouts": 1, "batch_size": 6, "init_candidates": 2, "thin_class_steps": 3},
+    "seed": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Teacher:
+    return create_teacher("shapes-mini", device="cpu")
+
+
+def test_coverage_scores_every_class_and_the_threshold_decides_which_are_thin(teacher: Teacher) -> None:
+    preparation = prepare(CustomizeSpec.model_validate(SPEC), teacher)
+    coverage = preparation.coverage
+    assert len(coverage.prior) == 3 and all(0.0 <= p <= 1.0 for p in coverage.prior)
+    assert coverage.prior == prepare(CustomizeSpec.model_validate(SPEC), teacher).coverage.prior  # deterministic
+    config, classifier = preparation.synthesis, preparation.targets.classifier
+    assert prior_coverage(teacher, classifier, config, seed=4, threshold=1.01).thin == (0, 1, 2)
+    assert prior_coverage(teacher, classifier, config, seed=4, threshold=0.0).thin == ()
+    assert preparation.synthesis.thin_classes == coverage.thin
+
+
+def test_only_thin_classes_are_inverted_and_batches_stay_independent(teacher: Teacher) -> None:
+    preparation = prepare(CustomizeSpec.model_validate(SPEC), teacher)
+    config, targets = preparation.synthesis, preparation.targets
+    plain = synthesize_batches(teacher, targets, replace(config, thin_classes=()), [0, 1], seed=4)
+    thin = synthesize_batches(teacher, targets, replace(config, thin_classes=(2,)), [0, 1], seed=4)
+    star = thin.labels == 2
+    assert torch.equal(thin.images[~star], plain.images[~star])  # the covered classes keep their chosen prior samples
+    assert not torch.equal(thin.images[star], plain.images[star])  # the thin class's images were inverted
+    alone = synthesize_batches(teacher, targets, replace(config, thin_classes=(2,)), [1], seed=4)  # another chunk's view
+    assert torch.equal(alone.images, thin.images[thin.positions >= alone.positions.min()])
+    steps: list[int] = []
+    synthesize_batches(teacher, targets, replace(config, thin_classes=(2,)), [0, 1], seed=4, on_step=lambda d, t: steps.append(t))
+    assert steps[-1] == 2 * (config.thin_class_steps + 1)  # progress counts the thin steps
+
+
+def test_a_class_whose_surrogate_images_stay_unlike_it_gets_a_warning() -> None:
+    coverage = {"heart": {"prior": 0.31, "thin": True, "surrogate": 0.42}, "circle": {"prior": 0.99, "thin": False, "surrogate": 0.97}}
+    [warning] = coverage_warnings(coverage)
+    assert "'heart' stays thin" in warning
