@@ -15,7 +15,6 @@ import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from service import webhooks
 from service.catalog import list_teachers
 from service.errors import ServiceError
 from service.settings import Settings
-from service.submissions import JobSubmission
+from service.submissions import JobSubmission, SubmittedImage
 
 ALLOWED_IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 IMAGE_FIELD = re.compile(r"^images\[(?P<name>.+)\]$")
@@ -42,17 +41,7 @@ def invalid(code: str, message: str, details: Any = None, status: int = 422) -> 
     return ServiceError(code, message, status, details)
 
 
-@dataclass
-class DecodedImage:
-    class_name: str
-    position: int
-    filename: str | None
-    content: bytes
-    content_type: str
-    width: int
-    height: int
-
-
+DecodedImage = SubmittedImage  # an upload decoded and checked here (service.submissions stores it)
 Submission = JobSubmission  # what a job submission carries to service.submissions
 
 

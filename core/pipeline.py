@@ -333,6 +333,9 @@ def customize(
         torch.manual_seed(resolved.seed)
         with tracker.timed("preparing"):
             preparation = prepare(resolved, teacher, examples)
+            # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
+            names = preparation.spec.class_names
+            tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
         with tracker.timed("synthesizing"):
             saved = checkpoints.load(SURROGATE) if checkpoints is not None else None
             if saved is not None:  # an earlier attempt synthesized it: the same set, as the seed fixes it

@@ -201,18 +201,7 @@ def synthesize_batches(
         )
         if config.init_candidates > 1:
             generator.keep(select_starts(teacher, targets.classifier, generator, y))
-        optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
-        for _ in range(config.steps):
-            pixels = generator()
-            loss = _inversion_loss(teacher, targets, config, pixels, y, s, rng)
-            if config.prior_weight > 0:
-                loss = loss + config.prior_weight * generator.prior_loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if on_step is not None:
-                on_step(done, total_units)
+        done = _invert(generator, teacher, targets, config, y, s, rng, config.steps, done, total_units, on_step)
         size = stop - start
         if thin_steps := config.thin_steps_for(y.cpu()):
             # The thin classes' images alone are inverted from their starts; the others stay the prior samples chosen.
@@ -220,17 +209,8 @@ def synthesize_batches(
                 images[offset : offset + size] = generator().float().cpu()
             thin = torch.isin(y.cpu(), torch.tensor(config.thin_classes)).nonzero(as_tuple=True)[0]
             generator.keep(thin)
-            optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
-            for _ in range(thin_steps):
-                loss = _inversion_loss(teacher, targets, config, generator(), y[thin.to(device)], s[thin.to(device)], rng)
-                if config.prior_weight > 0:
-                    loss = loss + config.prior_weight * generator.prior_loss()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                done += 1
-                if on_step is not None:
-                    on_step(done, total_units)
+            on_device = thin.to(device)
+            done = _invert(generator, teacher, targets, config, y[on_device], s[on_device], rng, thin_steps, done, total_units, on_step)
             with torch.no_grad():
                 images[offset + thin] = generator().float().cpu()
             offset += size
@@ -247,6 +227,35 @@ def synthesize_batches(
         if on_step is not None:
             on_step(done, total_units)
     return SurrogateChunk(tuple(batch_indices), positions, images, labels[positions], styles[positions], grown)
+
+
+def _invert(
+    generator: torch.nn.Module,
+    teacher: Teacher,
+    targets: InversionTargets,
+    config: SynthesisConfig,
+    labels: torch.Tensor,
+    styles: torch.Tensor,
+    rng: torch.Generator,
+    steps: int,
+    done: int,
+    total_units: int,
+    on_step: StepCallback | None,
+) -> int:
+    """``steps`` Adam steps of the inversion loss on the generator's images (labels and styles, one per image); the
+    units done after them."""
+    optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=config.lr)
+    for _ in range(steps):
+        loss = _inversion_loss(teacher, targets, config, generator(), labels, styles, rng)
+        if config.prior_weight > 0:
+            loss = loss + config.prior_weight * generator.prior_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if on_step is not None:
+            on_step(done, total_units)
+    return done
 
 
 def assemble(chunks: Sequence[SurrogateChunk]) -> SurrogateSet:

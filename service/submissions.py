@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +34,8 @@ from service.storage import Storage, StorageError, StorageFull, job_prefixes, up
 T = TypeVar("T")
 
 
-class SubmittedImage(Protocol):
+@dataclass
+class SubmittedImage:
     """An image the API decoded and checked: what is stored, and the row's facts about it."""
 
     class_name: str

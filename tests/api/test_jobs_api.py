@@ -143,7 +143,8 @@ def test_unhandled_exceptions_answer_500_in_the_error_shape(tmp_path):
 
 
 def test_teachers_and_students(http):
-    teachers = http.get("/v1/teachers").json()["data"]
-    assert {"name": "shapes-mini", "source": "bundled", "image_size": 32, "default": True}.items() <= teachers[0].items()
+    teachers = {t["name"]: t for t in http.get("/v1/teachers").json()["data"]}
+    assert {"name": "shapes-mini", "source": "bundled", "image_size": 32, "default": True}.items() <= teachers["shapes-mini"].items()
+    assert [name for name, t in teachers.items() if t["default"]] == ["shapes-mini"]  # one default: the service's setting
     students = [s["name"] for s in http.get("/v1/students").json()["data"]]
     assert students == ["resnet18", "mobilenet_v3_small", "tiny_cnn", "small_cnn"]
