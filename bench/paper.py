@@ -157,6 +157,35 @@ def accuracy(student: Student, task: Task, split: Split, images: int) -> float:
     return float((predictions == labels).float().mean())
 
 
+def world_rows(task: str) -> tuple[Row, ...]:
+    """The product tier's references on another world's task, as the shapes rows are: the teacher, noise + KD, real
+    + KD, and the default job, all at a default job's budget."""
+    return (
+        Row(f"teacher_{task}", "references", f"CLIP teacher, zero-shot ({task})", task=task, kind="teacher", tier="product"),
+        Row(f"noise_kd_{task}", "references", f"noise images + KD ({task})", task=task, kind="noise", method="kd", tier="product"),
+        Row(f"real_kd_{task}", "references", f"real images + KD ({task})", task=task, kind="real_kd", method="kd", tier="product"),
+        Row(f"default_{task}", "references", f"the default job ({task})", task=task, tier="product"),
+    )
+
+
+@dataclass(frozen=True)
+class World:
+    teacher: str  # the world's bundled teacher
+    rows: tuple[Row, ...]  # its rows, all run by default
+
+
+WORLDS = {
+    "shapes": World("shapes-mini", ROWS),
+    # Real photos (Fashion-MNIST, bench.fashion): all ten classes and two subsets, on the 10,000 test photos.
+    "fashion": World("fashion-mini", world_rows("fashion10") + world_rows("fashion-footwear") + world_rows("fashion-tops")),
+}
+
+
+def eval_images(task: Task, split: Split, default: int) -> int:
+    """Images a row is scored on: a photo task's whole split (balanced), else ``default`` renders."""
+    return task.available(split) if hasattr(task, "photos") else default
+
+
 @dataclass(frozen=True)
 class RowPlan:
     """A row's resolved configs: what a job with the row's spec would run."""
@@ -236,7 +265,7 @@ class PaperBenchmark:
     def run_row(self, row: Row, seed: int) -> float:
         task = get_task(row.task)
         if row.kind == "teacher":
-            return zero_shot(self.teacher, task, split=self.split, images=self.budget.eval_images).accuracy
+            return zero_shot(self.teacher, task, split=self.split, images=eval_images(task, self.split, self.budget.eval_images)).accuracy
         plan = self.plan(row, seed)
         key = (row.task, row.kind, row.prompts, repr(plan.synthesis), repr(plan.distillation), plan.student, seed)
         if key not in self._trained:
@@ -267,7 +296,7 @@ class PaperBenchmark:
         estimate = None
         if targets is not None and self.track_quality:
             estimate = estimate_quality(student, self.teacher, targets, plan.synthesis, seed=seed)
-        return accuracy(student, task, self.split, self.budget.eval_images), estimate
+        return accuracy(student, task, self.split, eval_images(task, self.split, self.budget.eval_images)), estimate
 
     def run(
         self,

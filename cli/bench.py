@@ -17,7 +17,8 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--quick", action="store_true", help="small budget (about 8 minutes on 2 cores)")
     paper.add_argument("--seeds", type=int, default=3)
     paper.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
-    paper.add_argument("--teacher", default="shapes-mini")
+    paper.add_argument("--world", choices=("shapes", "fashion"), default="shapes", help="the shapes world, or real photos (Fashion-MNIST)")
+    paper.add_argument("--teacher", default=None, help="default: the world's bundled teacher")
     paper.add_argument("--device", default="auto")
     paper.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is robust on a shared CPU)")
     paper.add_argument("--out", type=Path, required=True)
@@ -62,7 +63,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
 def run_paper(args: argparse.Namespace) -> int:
     import json
 
-    from bench.paper import BUDGETS, ROWS, PaperBenchmark, write_report
+    from bench.paper import BUDGETS, WORLDS, PaperBenchmark, write_report
     from core.registry import UnknownNameError
     from core.teachers import create_teacher
 
@@ -77,10 +78,11 @@ def run_paper(args: argparse.Namespace) -> int:
         print((args.out / "paper.md").read_text())
         return 0
 
-    rows = ROWS
+    world = WORLDS[args.world]
+    rows = world.rows
     if args.rows:
         wanted = [key.strip() for key in args.rows.split(",")]
-        known = {row.key: row for row in ROWS}
+        known = {row.key: row for row in world.rows}
         for key in wanted:
             if key not in known:
                 raise UnknownNameError("benchmark row", key, list(known))
@@ -89,7 +91,7 @@ def run_paper(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    teacher = create_teacher(args.teacher, device=args.device)
+    teacher = create_teacher(args.teacher or world.teacher, device=args.device)
     start = time.monotonic()
     benchmark = PaperBenchmark(
         teacher, BUDGETS["quick" if args.quick else "full"], log=lambda line: print(line, file=sys.stderr, flush=True)

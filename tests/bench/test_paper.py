@@ -123,3 +123,18 @@ def test_an_estimate_that_one_run_lacks_is_left_out_of_the_merge_and_of_the_tabl
     assert "agreement_prior_samples_balanced" not in merged and abs(merged["agreement_prior_samples"] - 0.75) < 1e-9
     table = quality_markdown(merge_reports([new, new])["quality_tracking"]) + quality_markdown(merge_reports([old])["quality_tracking"])
     assert "| default | 0.800 | 0.900 | 0.800 | 0.750 |" in table and "| default | 0.800 | 1.000 | 0.700 |" in table  # no column
+
+
+def test_the_fashion_world_runs_the_product_references_on_each_of_its_tasks():
+    from bench.paper import WORLDS
+    from bench.tasks import list_tasks
+
+    world = WORLDS["fashion"]
+    assert world.teacher == "fashion-mini"
+    keys = [row.key for row in world.rows]
+    assert len(keys) == len(set(keys))
+    for task in ("fashion10", "fashion-footwear", "fashion-tops"):
+        assert task in list_tasks()
+        kinds = sorted(row.kind for row in world.rows if row.task == task)
+        assert kinds == ["method", "noise", "real_kd", "teacher"]
+    assert all(row.tier == "product" for row in world.rows)  # each trained exactly as a default job
