@@ -251,7 +251,7 @@ def test_the_bundled_fashion_teacher_loads_and_its_card_meets_the_target() -> No
     from core.teachers import create_teacher, list_teachers
 
     teacher = create_teacher("fashion-mini", device="cpu")
-    assert teacher.image_size == 32 and teacher.paired_decoder is None
+    assert teacher.image_size == 32 and teacher.paired_decoder == "fashion-vae"  # its bundled decoder
     assert set(teacher.default_styles) == set(FASHION_STYLES)
     words = teacher.encode_text(["a photo of a sneaker.", "a photo of a trainer.", "a photo of a running shoe.", "a photo of a bag."])
     assert float(words[0] @ words[1]) > float(words[0] @ words[3]) and float(words[0] @ words[2]) > float(words[0] @ words[3])
