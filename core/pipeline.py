@@ -66,8 +66,8 @@ class Progress:
     stage_fraction: float  # 0..1 within the stage
     fraction: float  # 0..1 over the whole job
     eta_seconds: float | None  # remaining time for the whole job, once it can be estimated
-    eta_measured_share: float | None = None  # how sure: the share of eta_seconds resting on rates measured in this job
     metrics: dict[str, float] = field(default_factory=dict)
+    eta_measured_share: float | None = None  # how sure: the share of eta_seconds resting on rates measured in this job
 
 
 @dataclass
@@ -113,7 +113,7 @@ class _Tracker:
         eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
         share = self.eta.measured_share if eta is not None else None
         if self.on_progress is not None:
-            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics or {}, share))
+            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics=metrics or {}, eta_measured_share=share))
 
     def timed(self, stage: str) -> _StageTimer:
         return _StageTimer(self, stage)
