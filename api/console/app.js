@@ -486,7 +486,11 @@ function openJob(jobId) {
     for (const url of blobUrls) URL.revokeObjectURL(url);
     page = null;
   });
-  $("job-id").textContent = jobId;
+  $("job-heading").replaceChildren("Job ", el("code", { id: "job-id" }, jobId));
+  // The panels appear once the job has been read: a job that does not exist gets none (and no Cancel or Delete).
+  $("job-body").hidden = true;
+  $("job-not-found").hidden = true;
+  $("job-loading").hidden = false;
   for (const id of ["job-samples-section", "job-card-section", "job-artifacts-section", "evaluation-section"]) $(id).hidden = true;
   // The previous job's evaluation inputs go too: a file chosen in a stale input would be lost when this job's are drawn.
   const filled = ["job-error", "job-failure", "job-details", "job-card", "job-artifacts", "job-events", "evaluations", "evaluation-error", "evaluation-inputs"];
@@ -520,9 +524,24 @@ async function loadJob(current) {
     if (page === current) renderJob(current, job);
     return job;
   } catch (error) {
-    if (error.name !== "AbortError" && page === current) showError($("job-error"), error);
+    if (error.name === "AbortError" || page !== current) return null;
+    if (error.code === "job_not_found") showJobNotFound(current);
+    else showError($("job-error"), error);
+    $("job-loading").hidden = true;
     return null;
   }
+}
+
+/** The job does not exist for this sign-in (or no longer: deleted meanwhile): a plain notice, no panels or actions. */
+function showJobNotFound(current) {
+  showError($("job-error"), null);
+  $("job-loading").hidden = true;
+  $("job-body").hidden = true;
+  $("job-not-found-id").textContent = current.jobId;
+  $("job-not-found").hidden = false;
+  $("job-heading").replaceChildren("Job not found");
+  document.title = "Job not found · clipforge console";
+  announce(`Job ${current.jobId} not found.`);
 }
 
 /** Re-reads the job soon (for its ETA and timestamps), at most once every JOB_REFRESH_MIN_MS. */
@@ -541,6 +560,8 @@ function scheduleJobRefresh(current) {
 function renderJob(current, job) {
   const previous = current.job;
   current.job = job;
+  $("job-loading").hidden = true;
+  $("job-body").hidden = false;
   $("job-status").replaceWith(statusBadge(job.status, "job-status"));
   $("job-stage").textContent = job.stage ?? "—";
   setProgress(job.status === "succeeded" ? 1 : job.progress);
@@ -564,19 +585,31 @@ function renderJob(current, job) {
   if (!ACTIVE.has(job.status)) loadFinishedJob(current, job);
 }
 
+/**
+ * The budget the job gets. A spec's "auto" is decided by the worker that runs it (by its device: gpu on CUDA, cpu
+ * otherwise) and known once the job reports it in metrics.budget; until then the console says so instead of guessing.
+ */
+function budgetText(job) {
+  const asked = job.spec?.budget ?? "auto";
+  const got = job.metrics?.budget;
+  if (asked !== "auto") return asked;
+  if (got) return `${got} (auto: decided by the worker)`;
+  return ACTIVE.has(job.status) ? "auto (decided by the worker)" : "auto (not decided: the job did not run to the end)";
+}
+
 function renderJobDetails(job) {
   const facts = [
     ["Classes", classNamesOf(job).join(", ")],
     ["Teacher", job.teacher],
     ["Seed", String(job.seed)],
-    ["Budget", job.metrics?.budget ?? job.spec?.budget ?? "—"],
+    ["Budget", budgetText(job), "job-budget"],
     ["Estimated duration", typeof job.estimated_seconds === "number" ? formatDuration(job.estimated_seconds) : "—"],
     ["Attempts", String(job.attempts)],
     ["Created", formatTime(job.created_at)],
     ["Started", formatTime(job.started_at)],
     ["Finished", formatTime(job.finished_at)],
   ];
-  $("job-details").replaceChildren(...facts.map(([term, value]) => el("div", {}, el("dt", {}, term), el("dd", {}, value))));
+  $("job-details").replaceChildren(...facts.map(([term, value, id]) => el("div", {}, el("dt", {}, term), el("dd", { id }, value))));
 }
 
 /** Follows the job's live event stream until its ``end`` event, resuming after a dropped connection (Last-Event-ID). */
@@ -604,7 +637,8 @@ async function followJob(current) {
     } catch (error) {
       if (current.signal.aborted) return;
       if (error instanceof ApiError && error.status >= 400 && error.status < 500) {
-        showError($("job-error"), error);
+        if (error.code === "job_not_found") showJobNotFound(current); // deleted while open
+        else showError($("job-error"), error);
         state.textContent = "";
         return;
       }
