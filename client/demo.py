@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from client import ClipforgeClient
@@ -68,14 +70,15 @@ def wait_ready(client: ClipforgeClient, process: subprocess.Popen, log: Path) ->
     raise SystemExit(f"clipforge serve was not ready within {READY_TIMEOUT_S} s; see {log}")
 
 
-def main() -> int:
-    Path("runs").mkdir(exist_ok=True)
-    data_dir = Path(tempfile.mkdtemp(prefix="service-demo-", dir="runs")).resolve()
+@contextmanager
+def serving(data_dir: Path) -> Iterator[ClipforgeClient]:
+    """`clipforge serve` on a free port with its data in ``data_dir`` (its log there too), ready, and a client of it;
+    stopped on leaving."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "serve.log"
     print(f"starting clipforge serve on {url} (data in {data_dir}, log in {log})", flush=True)
-    with log.open("wb") as handle:
+    with log.open("ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir)],
             stdout=handle,
@@ -84,31 +87,7 @@ def main() -> int:
     try:
         with ClipforgeClient(url) as client:
             wait_ready(client, process, log)
-            spec = {**json.loads(CONFIG.read_text()), "classes": SHAPE8}
-            began = time.monotonic()
-            job = client.submit(spec)
-            estimate = "" if job.estimated_seconds is None else f"; estimated {job.estimated_seconds / 60:.0f} min"
-            print(f"submitted {job.id} over HTTP: teacher {job.teacher}, seed {job.seed}, {len(SHAPE8)} classes{estimate}", flush=True)
-            job = follow(client, job.id)
-            if job.status != "succeeded":
-                print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
-                return 1
-            seconds = time.monotonic() - began
-            onnx = client.download(job.id, "student.onnx", data_dir / "student.onnx")
-            print(f"job {job.id} took {seconds:.0f} s from submission to success; downloaded {onnx} (sha256 verified)", flush=True)
-            metrics = client.get_job(job.id).metrics or {}
-            print(f"budget {metrics.get('budget')}; the job's own estimate (agreement with the teacher on unseen images): "
-                  f"{json.dumps(metrics.get('quality'))}", flush=True)  # fmt: skip
-            images_dir = data_dir / "evaluation-images"
-            files = write_test_pngs(images_dir)
-            evaluation = client.evaluate(job.id, images=files)
-            evaluation = client.wait_evaluation(job.id, evaluation.id, timeout=600)
-            if evaluation.status != "succeeded" or evaluation.result is None:
-                print(f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}", file=sys.stderr)
-                return 1
-            served = evaluation.result
-            print(f"evaluation {evaluation.id} through the service on {served.images} PNG test images: student "
-                  f"{served.student.accuracy:.4f}, teacher {served.teacher.accuracy:.4f}", flush=True)  # fmt: skip
+            yield client
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -117,6 +96,37 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         print("service stopped", flush=True)
+
+
+def main() -> int:
+    Path("runs").mkdir(exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="service-demo-", dir="runs")).resolve()
+    with serving(data_dir) as client:
+        spec = {**json.loads(CONFIG.read_text()), "classes": SHAPE8}
+        began = time.monotonic()
+        job = client.submit(spec)
+        estimate = "" if job.estimated_seconds is None else f"; estimated {job.estimated_seconds / 60:.0f} min"
+        print(f"submitted {job.id} over HTTP: teacher {job.teacher}, seed {job.seed}, {len(SHAPE8)} classes{estimate}", flush=True)
+        job = follow(client, job.id)
+        if job.status != "succeeded":
+            print(f"job {job.id} {job.status}: {job.error}", file=sys.stderr)
+            return 1
+        seconds = time.monotonic() - began
+        onnx = client.download(job.id, "student.onnx", data_dir / "student.onnx")
+        print(f"job {job.id} took {seconds:.0f} s from submission to success; downloaded {onnx} (sha256 verified)", flush=True)
+        metrics = client.get_job(job.id).metrics or {}
+        print(f"budget {metrics.get('budget')}; the job's own estimate (agreement with the teacher on unseen images): "
+              f"{json.dumps(metrics.get('quality'))}", flush=True)  # fmt: skip
+        images_dir = data_dir / "evaluation-images"
+        files = write_test_pngs(images_dir)
+        evaluation = client.evaluate(job.id, images=files)
+        evaluation = client.wait_evaluation(job.id, evaluation.id, timeout=600)
+        if evaluation.status != "succeeded" or evaluation.result is None:
+            print(f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}", file=sys.stderr)
+            return 1
+        served = evaluation.result
+        print(f"evaluation {evaluation.id} through the service on {served.images} PNG test images: student "
+              f"{served.student.accuracy:.4f}, teacher {served.teacher.accuracy:.4f}", flush=True)  # fmt: skip
     bench = [sys.executable, "-m", "cli.main", "bench", "student", "--onnx", str(onnx), "--task", "shape8"]
     local = json.loads(subprocess.run([*bench, "--images-dir", str(images_dir), "--json"], check=True, capture_output=True).stdout)
     same = abs(local["student_onnx_accuracy"] - served.student.accuracy) < 1e-4
