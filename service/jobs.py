@@ -403,10 +403,13 @@ def record_progress(
     eta_measured_share: float | None = None,
     metrics: dict[str, float],
     stage_changed: bool,
+    budget: str | None = None,
 ) -> bool:
+    """The running job's stage, progress, ETA and latest figures; ``budget``: the one its worker resolved, kept in the
+    row's metrics from the first report on (so that a job submitted with "auto" shows what it got while it runs)."""
     values: dict[str, Any] = {"stage": stage, "progress": progress, "eta_seconds": eta_seconds}
-    if metrics:
-        values["metrics"] = metrics
+    if metrics or budget:
+        values["metrics"] = {**({"budget": budget} if budget else {}), **metrics}
     if not _cas(session, job_id, JOBS.held_by(owner, (RUNNING, CANCELLING)), **values):
         return False
     if stage_changed:

@@ -240,7 +240,7 @@ class JobRunner:
         def attempt() -> RunOutcome:
             spec, teacher = self._resolve(spec_data)
             examples = self._examples(uploads, teacher.image_size)
-            reporter = ProgressReporter(self, job_id, owner, keeper)
+            reporter = ProgressReporter(self, job_id, owner, keeper, budget=spec.budget)
             result = compute(spec, teacher, examples, reporter)
             if result is None:
                 return RunOutcome(job_id, SPLIT)
@@ -299,8 +299,9 @@ class ProgressReporter:
     """Writes progress to the job row and events at most every ``progress_interval_seconds`` or on a stage change,
     and reads the row for cancellation at most every ``cancel_check_interval_seconds``."""
 
-    def __init__(self, runner: JobRunner, job_id: str, owner: str, keeper: LeaseKeeper) -> None:
+    def __init__(self, runner: JobRunner, job_id: str, owner: str, keeper: LeaseKeeper, *, budget: str | None = None) -> None:
         self.runner, self.job_id, self.owner, self.keeper = runner, job_id, owner, keeper
+        self.budget = budget  # the budget the job's spec resolved to: the API shows it while the job runs
         self.stage: str | None = None
         self.last_write = 0.0
         self.should_cancel = CancelCheck(keeper, runner.settings.cancel_check_interval_seconds, self._read_status)
@@ -324,6 +325,7 @@ class ProgressReporter:
                 eta_measured_share=progress.eta_measured_share,
                 metrics={k: float(v) for k, v in progress.metrics.items()},
                 stage_changed=stage_changed,
+                budget=self.budget,
             ):
                 raise LeaseLost(self.job_id)
 

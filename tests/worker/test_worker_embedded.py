@@ -53,7 +53,8 @@ def test_lifecycle_to_succeeded_with_checksummed_artifacts(embedded):
 def test_cancel_while_queued_and_while_running(embedded):
     slow = embedded.submit({**SLOW_SPEC, "classes": ["circle", "square", "star"]})
     behind = embedded.submit({**TINY_SPEC, "classes": ["heart", "ring"]})
-    embedded.wait_for(slow["id"], started, timeout=120, what="slow job running")
+    running = embedded.wait_for(slow["id"], started, timeout=120, what="slow job running")
+    assert running["spec"].get("budget") in (None, "auto") and running["metrics"]["budget"] == "cpu"  # what "auto" got, while it runs
     queued = embedded.http.post(f"/v1/jobs/{behind['id']}/cancel").json()
     assert queued["status"] == "cancelled"  # at once: no worker involved
     cancelling = embedded.http.post(f"/v1/jobs/{slow['id']}/cancel").json()
