@@ -110,7 +110,7 @@ class SynthesisSpec(Strict):
     # Classes the prior covers thinly (core.coverage: the teacher's confidence in the prior samples most like the class,
     # below coverage_threshold) get this many inversion steps for their images when ``steps`` is 0; None: the budget's.
     thin_class_steps: Annotated[int | None, Field(ge=0, le=5000)] = None
-    coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # prior coverage below which a class is thin
+    coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7  # prior coverage below which a class is thin
 
 
 class DistillationSpec(Strict):

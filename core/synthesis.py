@@ -104,7 +104,7 @@ class SynthesisConfig:
     neighbour_scale: float = 0.5  # noise on the generator's parameters (whitened codes for the decoder)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     thin_class_steps: int = 0  # with steps 0: inversion steps for the images of thin_classes only (no pool growth then)
-    coverage_threshold: float = 0.9  # prior coverage below which a class is thin (core.coverage, in the preparing stage)
+    coverage_threshold: float = 0.7  # prior coverage below which a class is thin (core.coverage, in the preparing stage)
     thin_classes: tuple[int, ...] = ()  # the classes found thin: set by the preparing stage, the same in every process
 
     def thin_steps_for(self, labels: torch.Tensor) -> int:
