@@ -456,14 +456,17 @@ def _percent(value: float | None) -> str:
 def to_markdown(report: dict) -> str:
     budget = report["budget"]
     job = budget.get("default_job", {})
+    photos = report["teacher"] == WORLDS["fashion"].teacher
     lines = [
-        "# The paper's tables on the shapes world",
+        "# The paper's tables on " + ("real photos (Fashion-MNIST)" if photos else "the shapes world"),
         "",
         f"Teacher `{report['teacher']}`; student `{report['size']['student']}`; {seeds_text(report)}.",
         f"Every row starts from a default job on the `{budget['device_budget']}` budget: {json.dumps(job)}.",
         f"Product-tier rows train exactly so; ablation-tier rows train the same student for {budget['ablation_steps']} steps",
         "(20 rows at the full budget do not fit 2 CPU cores in 2 hours). Rows with identical configs share one student per seed.",
-        "Accuracy on held-out real test renders (mean ± standard deviation over seeds), beside the paper's",
+        "Accuracy on "
+        + ("the 10,000 Fashion-MNIST test photos (a subset: its classes' photos)" if photos else "held-out real test renders")
+        + " (mean ± standard deviation over seeds), beside the paper's",
         "numbers (ImageNet and Caltech tasks, ViT-B/32 teacher). `ratio` is the accuracy over the teacher's zero-shot",
         "accuracy on the same task; the paper's full method reaches 64.81 / 85.65 = 0.757.",
         "",
