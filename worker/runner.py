@@ -119,7 +119,7 @@ class JobRunner:
         keeper = self._keeper(job_id, owner)
         keeper.start()
         try:
-            return self._execute(job_id, owner, task.spec, task.uploads, keeper, functools.partial(self._distill, task), split=True)
+            return self._execute(job_id, owner, task.spec, task.uploads, keeper, functools.partial(self._distill, job_id, task), split=True)
         finally:
             keeper.stop()
 
@@ -195,6 +195,7 @@ class JobRunner:
 
     def _distill(
         self,
+        job_id: str,
         task: chunks.DistillationTask,
         spec: CustomizeSpec,
         teacher: Teacher,
@@ -219,7 +220,7 @@ class JobRunner:
             should_cancel=reporter.should_cancel,
             stage_seconds=task.stage_seconds,
             extra_metrics={"synthesis_chunks": synthesis_metrics},
-            checkpoints=self._checkpoints(task.job_id, reporter),
+            checkpoints=self._checkpoints(job_id, reporter),
         )
 
     def _execute(
