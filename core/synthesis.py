@@ -203,25 +203,18 @@ def synthesize_batches(
             generator.keep(select_starts(teacher, targets.classifier, generator, y))
         done = _invert(generator, teacher, targets, config, y, s, rng, config.steps, done, total_units, on_step)
         size = stop - start
-        if thin_steps := config.thin_steps_for(y.cpu()):
+        with torch.no_grad():
+            images[offset : offset + size] = generator().float().cpu()
+            for copy in range(config.neighbours):
+                grown[copy, offset : offset + size] = _neighbours(generator, config.neighbour_scale, rng)
+        if thin_steps := config.thin_steps_for(y.cpu()):  # never with neighbours
             # The thin classes' images alone are inverted from their starts; the others stay the prior samples chosen.
-            with torch.no_grad():
-                images[offset : offset + size] = generator().float().cpu()
             thin = torch.isin(y.cpu(), torch.tensor(config.thin_classes)).nonzero(as_tuple=True)[0]
             generator.keep(thin)
             on_device = thin.to(device)
             done = _invert(generator, teacher, targets, config, y[on_device], s[on_device], rng, thin_steps, done, total_units, on_step)
             with torch.no_grad():
                 images[offset + thin] = generator().float().cpu()
-            offset += size
-            done += 1
-            if on_step is not None:
-                on_step(done, total_units)
-            continue
-        with torch.no_grad():
-            images[offset : offset + size] = generator().float().cpu()
-            for copy in range(config.neighbours):
-                grown[copy, offset : offset + size] = _neighbours(generator, config.neighbour_scale, rng)
         offset += size
         done += 1
         if on_step is not None:
