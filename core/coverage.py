@@ -30,6 +30,17 @@ class Coverage:
     def as_dict(self, class_names: list[str]) -> dict[str, dict[str, float | bool]]:
         return {name: {"prior": round(self.prior[k], 4), "thin": k in self.thin} for k, name in enumerate(class_names)}
 
+    def to_json(self) -> dict[str, object]:
+        """Exactly what ``from_json`` restores (a split job measures it once and hands it to its chunks)."""
+        return {"prior": list(self.prior), "threshold": self.threshold, "thin": list(self.thin)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Coverage:
+        prior, thin = data["prior"], data["thin"]
+        if not isinstance(prior, list) or not isinstance(thin, list):
+            raise ValueError("a coverage record holds lists 'prior' and 'thin'")
+        return cls([float(p) for p in prior], float(data["threshold"]), tuple(int(k) for k in thin))
+
 
 @torch.no_grad()
 def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float) -> Coverage:

@@ -262,13 +262,24 @@ class Preparation:
         return self.styles if self.spec.synthesis.use_styles else []
 
 
-def prepare(spec: CustomizeSpec, teacher: Teacher, examples: Mapping[str, torch.Tensor] | None = None) -> Preparation:
-    """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts."""
+def prepare(
+    spec: CustomizeSpec,
+    teacher: Teacher,
+    examples: Mapping[str, torch.Tensor] | None = None,
+    *,
+    coverage: Coverage | None = None,
+) -> Preparation:
+    """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts. ``coverage``:
+    the prior's coverage as this job's first preparation measured it (deterministic, so only saved work): a split job's
+    chunks and distillation take it instead of decoding and scoring the prior samples again."""
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
-    coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=synthesis.coverage_threshold)
+    if coverage is None:
+        coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=synthesis.coverage_threshold)
+    elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
+        raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
     return Preparation(spec, synthesis, styles, targets, coverage)
 

@@ -53,6 +53,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 OPEN = (QUEUED, RUNNING)
 CHUNKS: Final = LeasedTable(JobChunk, ("job_id", "chunk_index"))  # chunks' leases and outbox flags (service.leases)
 CHUNK_FILE = "surrogate.pt"  # the chunk's images, labels and styles (core.synthesis.chunk_to_bytes)
+COVERAGE_FILE = "coverage.json"  # core.coverage.Coverage.to_json of the job, written before its chunks are queued
 
 # What a claim or a stop did for its caller.
 CLAIMED, SKIPPED, ENDED = "claimed", "skipped", "ended"  # ENDED: this call ended the job: remove its chunk files
@@ -61,6 +62,11 @@ CLAIMED, SKIPPED, ENDED = "claimed", "skipped", "ended"  # ENDED: this call ende
 def chunks_prefix(job_id: str) -> str:
     """Every chunk file of the job, under its artifact prefix (so deleting the job removes them)."""
     return f"artifacts/{job_id}/chunks"
+
+
+def coverage_key(job_id: str) -> str:
+    """The prior's coverage the split job's preparation measured (core.coverage), read by its chunks and distillation."""
+    return f"{chunks_prefix(job_id)}/{COVERAGE_FILE}"
 
 
 def chunk_folder(job_id: str, index: int, attempt_token: str) -> str:

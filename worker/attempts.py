@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.pipeline import CustomizeCancelled
 from service.db import session_scope
+from service.jobs import CANCELLING, RUNNING
 
 log = logging.getLogger("clipforge.worker")
 T = TypeVar("T")
@@ -102,7 +103,7 @@ class CancelCheck:
             return self.requested
         self.last_check = now
         status = self.read_status()
-        if status not in ("running", "cancelling"):  # requeued, taken over, ended or deleted
+        if status not in (RUNNING, CANCELLING):  # requeued, taken over, ended or deleted (a chunk's running is the same)
             raise LeaseLost(self.keeper.lease_name)
-        self.requested = status == "cancelling"
+        self.requested = status == CANCELLING
         return self.requested

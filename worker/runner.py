@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.checkpoints import Checkpoints
+from core.coverage import Coverage
 from core.devices import job_device
 from core.images import to_pixels
 from core.pipeline import (
@@ -180,7 +182,8 @@ class JobRunner:
         reporter.on_progress(Progress("preparing", 0.0, job_fraction(estimates, "preparing", 0.0), None))
         if reporter.should_cancel():
             raise CustomizeCancelled("cancelled during preparing")
-        prepare(spec, teacher, examples)
+        preparation = prepare(spec, teacher, examples)
+        self.storage.put(chunks.coverage_key(job_id), json.dumps(preparation.coverage.to_json()).encode())
         progress = round(job_fraction(estimates, "synthesizing", 0.0), 4)
         with session_scope(self.factory) as session:
             if not chunks.split(session, job_id, owner, plan, progress=progress, publish_grace_seconds=self.settings.publish_grace_seconds):
@@ -202,7 +205,7 @@ class JobRunner:
         examples: dict[str, torch.Tensor],
         reporter: ProgressReporter,
     ) -> CustomizeResult:
-        preparation = prepare(spec, teacher, examples)
+        preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id))
         pieces = []
         for stored in task.chunks:
             data = self.storage.read(stored.key)
@@ -285,6 +288,12 @@ def resolve_for_worker(spec_data: dict[str, Any], settings: Settings) -> tuple[R
     device = job_device(spec.device, settings.device)
     teacher = get_teacher(spec.teacher or settings.default_teacher, str(device), settings.cache_dir)
     return resolve(spec, teacher.device.type, teacher), teacher
+
+
+def read_coverage(storage: Storage, job_id: str) -> Coverage | None:
+    """The prior's coverage a split job measured before queueing its chunks; None where none was stored."""
+    key = chunks.coverage_key(job_id)
+    return Coverage.from_json(json.loads(storage.read(key))) if storage.exists(key) else None
 
 
 def read_examples(storage: Storage, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:

@@ -4,12 +4,13 @@ samples the teacher chose), the same in every process."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from core.coverage import coverage_warnings, prior_coverage
+from core.coverage import Coverage, coverage_warnings, prior_coverage
 from core.pipeline import prepare
 from core.spec import CustomizeSpec
 from core.synthesis import synthesize_batches
@@ -39,6 +40,17 @@ def test_coverage_scores_every_class_and_the_threshold_decides_which_are_thin(te
     assert prior_coverage(teacher, classifier, config, seed=4, threshold=1.01).thin == (0, 1, 2)
     assert prior_coverage(teacher, classifier, config, seed=4, threshold=0.0).thin == ()
     assert preparation.synthesis.thin_classes == coverage.thin
+
+
+def test_a_coverage_measured_once_is_taken_as_given_by_later_preparations(teacher: Teacher) -> None:
+    """A split job's chunks and distillation prepare with the coverage its first preparation stored (one measurement a
+    job, not one a process): the stored record restores exactly, decides the thin classes, and must be this job's."""
+    measured = prepare(CustomizeSpec.model_validate(SPEC), teacher).coverage
+    assert Coverage.from_json(json.loads(json.dumps(measured.to_json()))) == measured
+    given = Coverage([0.9, 0.1, 0.2], measured.threshold, (1, 2))  # not what this prior measures: it shows it is used
+    assert prepare(CustomizeSpec.model_validate(SPEC), teacher, coverage=given).synthesis.thin_classes == (1, 2)
+    with pytest.raises(ValueError, match="covers 2 classes"):
+        prepare(CustomizeSpec.model_validate(SPEC), teacher, coverage=Coverage([0.9, 0.1], measured.threshold, ()))
 
 
 def test_only_thin_classes_are_inverted_and_batches_stay_independent(teacher: Teacher) -> None:
