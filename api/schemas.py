@@ -51,7 +51,9 @@ class Job(BaseModel):
     webhook_events: list[str] | None = None
     seed: int
     teacher: str
-    spec: dict[str, Any]  # the full spec with every default filled in
+    spec: dict[str, Any]  # the full spec with every default filled in, the generator, decoder and prior written out
+    # What the submission was warned of: a generator with no image prior asked for by name (its student may be at chance).
+    warnings: list[str] = Field(default_factory=list)
     error: JobError | None = None
     attempts: int
     metrics: dict[str, Any] | None = None

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import ValidationError
 
-from core.spec import CustomizeSpec, normalise_text
+from core.spec import CustomizeSpec, NoImagePriorError, SynthesisSpec, normalise_text, with_image_prior
 from service import webhooks
-from service.catalog import list_teachers
+from service.catalog import find_teacher, list_teachers
 from service.errors import ServiceError
 from service.settings import Settings
 from service.submissions import JobSubmission, SubmittedImage
@@ -224,7 +224,23 @@ def _checked_spec(raw: dict[str, Any], entries: list[dict[str, Any]] | None, set
     spec = validate_spec(filled, problems, classes_checked=entries is None or any(p.code in CLASS_CODES for p in problems.found))
     problems.raise_any()
     assert spec is not None  # no problem recorded means the schema accepted it
+    spec = with_image_prior_written(spec, settings, problems)
+    problems.raise_any()
     return spec
+
+
+def with_image_prior_written(spec: dict[str, Any], settings: Settings, problems: Problems) -> dict[str, Any]:
+    """The spec with the generator, decoder and prior its job uses written out (core.spec.with_image_prior, with the
+    catalogue's paired decoder of its teacher): the 201 and the job say them. 422 ``no_image_prior`` where "auto" would
+    draw noise."""
+    teacher = find_teacher(spec["teacher"], settings.cache_dir, settings.extra_teachers)
+    assert teacher is not None  # fill_defaults refused unknown teachers
+    try:
+        synthesis = with_image_prior(SynthesisSpec.model_validate(spec["synthesis"]), teacher)
+    except NoImagePriorError as exc:
+        problems.add(invalid(NoImagePriorError.code, str(exc), {"teacher": teacher.name}))
+        return spec
+    return {**spec, "synthesis": synthesis.model_dump(mode="json")}
 
 
 def _checked_entries(raw: dict[str, Any], settings: Settings, problems: Problems) -> list[dict[str, Any]] | None:

@@ -89,8 +89,12 @@ def run_customize(args: argparse.Namespace) -> int:
 
     from core.images import load_folder
     from core.pipeline import customize
+    from core.spec import with_image_prior
     from core.teachers import create_teacher
+    from core.teachers.sources import teacher_facts
 
+    if (facts := teacher_facts(spec.teacher, args.cache_dir)) is not None:
+        with_image_prior(spec.synthesis, facts)  # a spec refused for its teacher is refused before the weights load
     teacher = create_teacher(spec.teacher, device=spec.device, cache_dir=args.cache_dir)
     try:
         examples = {c.name: torch.cat([load_folder(folder, teacher.image_size) for folder in c.images]) for c in spec.classes if c.images}

@@ -26,7 +26,7 @@ from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
 from core.quality import estimate_quality, quality_warnings
-from core.spec import CustomizeSpec, ResolvedSpec, generator_for, resolve
+from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -425,7 +425,9 @@ def _distill_and_export(
         metrics: dict[str, object] = {
             "budget": spec.budget,
             "quality": quality,
-            "warnings": quality_warnings(quality, len(spec.classes)) + coverage_warnings(coverage),
+            "warnings": [w for w in [noise_generator_warning(spec.synthesis.generator)] if w]
+            + quality_warnings(quality, len(spec.classes))
+            + coverage_warnings(coverage),
             "coverage": coverage,
             "surrogate_images": len(surrogate),
             "surrogate_sha256": surrogate_sha256(surrogate),

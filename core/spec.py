@@ -198,11 +198,50 @@ class TeacherFacts(Protocol):
 
 def generator_for(synthesis: SynthesisSpec, paired_decoder: str | None) -> tuple[str, str | None]:
     """The generator a job's synthesis uses and its decoder: "auto" is "decoder" with the spec's or the teacher's paired
-    decoder when there is one, else "fourier". ("decoder" without any decoder is the pipeline's error to raise.)"""
+    decoder when there is one, else "fourier" (which ``check_image_prior`` refuses unless asked for by name). ("decoder"
+    without any decoder is the pipeline's error to raise.)"""
     decoder = synthesis.decoder or paired_decoder
     if synthesis.generator == "auto":
         return ("decoder", decoder) if decoder else ("fourier", None)
     return synthesis.generator, decoder if synthesis.generator == "decoder" else None
+
+
+# Generators without a learnt image prior: their images are noise to any teacher but a toy one, and a student distilled
+# on them guesses (the benchmark's generator ablation, shape8: fourier 12.5 %, chance).
+NOISE_GENERATORS = ("fourier", "pixel")
+
+
+class NoImagePriorError(ValueError):
+    """A job whose generator "auto" finds no decoder: it would synthesize noise and distil a student at chance."""
+
+    code = "no_image_prior"
+
+
+def noise_generator_warning(generator: str) -> str | None:
+    """What a job asking for a generator without an image prior by name is told (in its 201, the job and its metrics)."""
+    if generator not in NOISE_GENERATORS:
+        return None
+    return (
+        f"generator {generator!r} has no image prior: its images are noise to a real teacher and the student may be "
+        "near chance (the benchmark: 12.5 % on 8 classes); give a decoder for a useful student"
+    )
+
+
+def with_image_prior(synthesis: SynthesisSpec, teacher: TeacherFacts) -> SynthesisSpec:
+    """``synthesis`` with the generator, decoder and prior it resolves to written out ("auto" made explicit: what a job
+    says it uses), or NoImagePriorError when "auto" would fall back to noise: a teacher with no paired decoder and a
+    spec naming none. The message says what to do instead. Applying it twice changes nothing."""
+    generator, decoder = generator_for(synthesis, teacher.paired_decoder)
+    if synthesis.generator == "auto" and generator in NOISE_GENERATORS:
+        raise NoImagePriorError(
+            f"teacher {teacher.name!r} has no paired decoder and the spec names none, so the synthesis would draw "
+            f"{generator} noise and distil a student at chance. Give a decoder: `clipforge decoders pull taesd`, then "
+            '"synthesis": {"decoder": "taesd"} (or one made with `clipforge decoders train`); or ask for '
+            '"synthesis": {"generator": "fourier"} to run it anyway'
+        )
+    if generator != "decoder" or decoder is None:  # a named noise generator, or "decoder" with none (the pipeline's error)
+        return synthesis.model_copy(update={"generator": generator})
+    return synthesis.model_copy(update={"generator": generator, "decoder": decoder, "prior": synthesis.prior or "fitted"})
 
 
 class CustomizeSpec(Strict):
@@ -274,6 +313,7 @@ def resolve(spec: CustomizeSpec, device_type: str, teacher: TeacherFacts) -> Res
     - the budget: the spec's, or for "auto" "gpu" on ``device_type`` "cuda" and "cpu" otherwise; each field the spec
       left None takes the budget's value (a distillation given in epochs or in steps keeps that unit);
     - the teacher: the spec's, else ``teacher.name`` (a caller picks the teacher first: see DEFAULT_TEACHER);
+    - the generator, decoder and prior are written out (``with_image_prior``): "auto" with no decoder for it is refused;
     - fresh images during distillation are prior samples of a decoder: a budget never asks for them from a generator
       without a learnt prior (Fourier or pixel noise), though a user may;
     - the budget's student must export to the spec's formats (a student the spec names was checked at validation).
@@ -282,9 +322,9 @@ def resolve(spec: CustomizeSpec, device_type: str, teacher: TeacherFacts) -> Res
         return spec
     budget = spec.budget_for(device_type)
     fields: dict[str, Any] = {name: getattr(spec, name) for name in CustomizeSpec.model_fields}
-    fields.update(budget=budget, teacher=spec.teacher or teacher.name)
+    fields.update(budget=budget, teacher=spec.teacher or teacher.name, synthesis=with_image_prior(spec.synthesis, teacher))
     for section, defaults in BUDGETS[budget].items():
-        current = getattr(spec, section)
+        current = fields[section]
         filled = {k: v for k, v in defaults.items() if getattr(current, k) is None}
         if section == "distillation" and current.epochs is not None:
             filled.pop("steps", None)  # the user's epochs decide the length

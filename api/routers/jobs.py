@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -20,6 +20,7 @@ from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.files import FILE_RESPONSES, STREAM_QUERY, check_artifact_name, stored_file_response
 from api.multipart import read_body, read_form
 from api.validation import Submission, invalid, parse_json_spec, submission_from_json, submission_from_multipart
+from core.spec import noise_generator_warning
 from service import jobs as repo
 from service import submissions, webhooks
 from service.db import session_scope
@@ -50,6 +51,7 @@ def job_out(job: Job, stall_after_seconds: float) -> schemas.Job:
         seed=job.seed,
         teacher=job.teacher,
         spec=job.spec,
+        warnings=submission_warnings(job.spec),
         error=error,
         attempts=job.attempts,
         metrics=job.metrics,
@@ -58,6 +60,11 @@ def job_out(job: Job, stall_after_seconds: float) -> schemas.Job:
         finished_at=job.finished_at,
         updated_at=job.updated_at,
     )
+
+
+def submission_warnings(spec: dict[str, Any]) -> list[str]:
+    warning = noise_generator_warning(str((spec.get("synthesis") or {}).get("generator")))
+    return [warning] if warning else []
 
 
 def event_out(event: JobEvent) -> schemas.Event:

@@ -283,6 +283,28 @@ def create_teacher(
 
 
 @dataclass(frozen=True)
+class TeacherFactsOnDisk:
+    """What resolving a spec needs of a teacher (core.spec.TeacherFacts), read without loading its weights."""
+
+    name: str
+    paired_decoder: str | None
+
+
+def teacher_facts(name: str, cache_dir: str | Path | None = None) -> TeacherFactsOnDisk | None:
+    """The facts of teacher ``name`` from its folder's config, or of an open_clip name (no paired decoder), before any
+    weight is read, so that a job refused for its spec is refused at once; None for a programmatic teacher (known only
+    once built) or a name no source has (create_teacher's error to raise)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name in TEACHERS:
+        return None
+    folders = clipforge_teacher_dirs(cache)
+    if name in folders:
+        decoder = TeacherConfig.from_file(folders[name] / CONFIG_FILE).extra.get("decoder")
+        return TeacherFactsOnDisk(name, decoder if isinstance(decoder, str) and decoder else None)
+    return TeacherFactsOnDisk(name, None) if parse_open_clip_name(name) is not None else None
+
+
+@dataclass(frozen=True)
 class TeacherInfo:
     name: str  # what create_teacher takes
     source: str  # "bundled", "cache" or "open_clip"

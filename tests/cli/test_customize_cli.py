@@ -73,3 +73,14 @@ def test_bad_specs_fail_with_a_code_and_write_nothing(tmp_path):
     result = run("customize", "--config", str(bad), "--out", str(out))
     assert result.returncode == 2 and "error [invalid_spec]" in result.stderr
     assert not out.exists()
+
+
+def test_an_open_clip_teacher_without_a_decoder_is_refused_at_once_with_the_fix(tmp_path):
+    """Before any weight is read: the check needs only the teacher's name (an open_clip model has no paired decoder),
+    so the checkpoint's content never matters and the refusal takes the command's start-up time."""
+    checkpoint = tmp_path / "rn50.pt"
+    checkpoint.write_bytes(b"not read")
+    result = run("customize", "--teacher", f"RN50@{checkpoint}", "--classes", "cat,dog", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "error [no_image_prior]" in result.stderr and "clipforge decoders pull" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ from core.pipeline import (
     customize,
     resolved_generator,
 )
-from core.spec import BUDGETS, CustomizeSpec
+from core.spec import BUDGETS, CustomizeSpec, NoImagePriorError
 
 # Budgets far below the defaults: these tests check the machinery, the benchmark checks quality.
 SMALL = {
@@ -124,9 +124,11 @@ def test_auto_generator_uses_the_teachers_paired_decoder(shapes_teacher):
     assert shapes_teacher.paired_decoder == "shapes-vae"
     assert resolved_generator(small_spec(), shapes_teacher) == ("decoder", (("decoder", "shapes-vae"), ("prior", "fitted")))
     assert resolved_generator(small_spec(synthesis={"generator": "fourier"}), shapes_teacher) == ("fourier", ())
-    # A teacher without a paired decoder (any open_clip model): auto falls back to Fourier; "decoder" needs a name.
-    plain = SimpleNamespace(name="ViT-B-32/openai", paired_decoder=None)
-    assert resolved_generator(small_spec(), plain) == ("fourier", ())
+    # A teacher without a paired decoder (any open_clip model): auto is refused (core.spec.with_image_prior, at
+    # resolution), "decoder" needs a name.
+    plain = SimpleNamespace(name="ViT-B-32/openai", paired_decoder=None, device=torch.device("cpu"))
+    with pytest.raises(NoImagePriorError):
+        customize(small_spec(teacher="ViT-B-32/openai"), plain)  # refused before the teacher is asked anything
     named = small_spec(synthesis={"generator": "decoder", "decoder": "shapes-vae"})
     assert resolved_generator(named, plain) == ("decoder", (("decoder", "shapes-vae"), ("prior", "fitted")))
     with pytest.raises(GeneratorUnavailableError, match="no paired decoder"):

@@ -5,7 +5,18 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from core.spec import BUDGETS, DEFAULT_STYLES, CustomizeSpec, ExportFormat, ResolvedSpec, UnsupportedExportError, resolve
+from core.spec import (
+    BUDGETS,
+    DEFAULT_STYLES,
+    CustomizeSpec,
+    ExportFormat,
+    NoImagePriorError,
+    ResolvedSpec,
+    UnsupportedExportError,
+    noise_generator_warning,
+    resolve,
+    with_image_prior,
+)
 from core.student_catalog import EXPORT_FORMATS, STUDENTS, StudentEntry
 from tests.core.teacher_facts import SHAPES_MINI
 
@@ -95,12 +106,30 @@ def test_resolve_names_the_teacher_and_returns_a_resolved_spec_once():
 def test_fresh_prior_samples_only_from_a_generator_with_a_prior():
     spec = CustomizeSpec.model_validate({"classes": ["a", "b"]})
     assert resolve(spec, "cpu", FakeTeacher()).distillation.fresh_share == BUDGETS["cpu"]["distillation"]["fresh_share"]
-    assert resolve(spec, "cpu", FakeTeacher(paired_decoder=None)).distillation.fresh_share == 0.0  # auto is Fourier there
     fourier = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"generator": "fourier"})})
     assert resolve(fourier, "cpu", FakeTeacher()).distillation.fresh_share == 0.0
     body = {"classes": ["a", "b"], "synthesis": {"generator": "fourier"}, "distillation": {"fresh_share": 0.2}}
     mine = CustomizeSpec.model_validate(body)
     assert resolve(mine, "cpu", FakeTeacher()).distillation.fresh_share == 0.2  # a user may ask for them
+
+
+def test_auto_without_a_decoder_is_refused_and_a_job_says_which_image_prior_it_uses():
+    """No silent chance students: "auto" for a teacher with no paired decoder (any open_clip model) and no decoder named
+    would draw Fourier noise; it is refused with its own code and what to do. A resolved spec names its generator,
+    decoder and prior; Fourier asked for by name runs, with a warning to show."""
+    spec = CustomizeSpec.model_validate({"classes": ["a", "b"]})
+    with pytest.raises(NoImagePriorError, match="decoders pull") as refused:
+        resolve(spec, "cpu", FakeTeacher("RN50", paired_decoder=None))
+    assert refused.value.code == "no_image_prior" and '"generator": "fourier"' in str(refused.value)
+    paired = resolve(spec, "cpu", FakeTeacher()).synthesis
+    assert (paired.generator, paired.decoder, paired.prior) == ("decoder", "shapes-vae", "fitted")
+    named = CustomizeSpec.model_validate({"classes": ["a", "b"], "synthesis": {"decoder": "taesd", "prior": "pool"}})
+    mine = resolve(named, "cpu", FakeTeacher("RN50", paired_decoder=None)).synthesis
+    assert (mine.generator, mine.decoder, mine.prior) == ("decoder", "taesd", "pool")
+    fourier = CustomizeSpec.model_validate({"classes": ["a", "b"], "synthesis": {"generator": "fourier"}})
+    assert resolve(fourier, "cpu", FakeTeacher("RN50", paired_decoder=None)).synthesis.decoder is None
+    assert "near chance" in (noise_generator_warning("fourier") or "") and noise_generator_warning("decoder") is None
+    assert with_image_prior(paired, FakeTeacher()) == paired  # written out once; applying it again changes nothing
 
 
 def test_students_and_their_export_facts_come_from_the_registry():

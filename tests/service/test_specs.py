@@ -13,9 +13,10 @@ import torch
 from api.validation import submission_from_json
 from cli.customize import add_commands, build_spec
 from core.pipeline import prepare, resolved_spec
-from core.spec import BUDGETS, DEFAULT_TEACHER, CustomizeSpec, ResolvedSpec, requested_device, resolve
+from core.spec import BUDGETS, DEFAULT_TEACHER, CustomizeSpec, NoImagePriorError, ResolvedSpec, requested_device, resolve
 from core.teachers import create_teacher
 from core.teachers.sources import BUNDLED_DIR
+from service.errors import ServiceError
 from service.settings import Settings
 from service.specs import estimated_duration, resolve_submitted
 
@@ -53,7 +54,8 @@ def test_the_worker_and_the_estimate_resolve_a_spec_alike(body, shapes_teacher):
 
 
 def test_a_teacher_without_a_decoder_resolves_alike_in_the_catalogue_and_the_loader(tmp_path):
-    # A cached copy of the bundled teacher whose config names no decoder: no fresh prior samples in either process.
+    # A cached copy of the bundled teacher whose config names no decoder: "auto" refused in either process, Fourier by
+    # name resolved alike, with no fresh prior samples.
     folder = tmp_path / "teachers" / "plain-mini"
     shutil.copytree(BUNDLED_DIR / "shapes-mini", folder)
     config = json.loads((folder / "config.json").read_text())
@@ -61,8 +63,13 @@ def test_a_teacher_without_a_decoder_resolves_alike_in_the_catalogue_and_the_loa
     config["name"] = "plain-mini"
     (folder / "config.json").write_text(json.dumps(config))
     settings = _settings(device="cpu", cache_dir=tmp_path)
-    submitted = _submitted({"teacher": "plain-mini"}, settings)
+    with pytest.raises(ServiceError) as refused:
+        _submitted({"teacher": "plain-mini"}, settings)
+    assert refused.value.code == "no_image_prior"
     teacher = create_teacher("plain-mini", device="cpu", cache_dir=tmp_path)
+    with pytest.raises(NoImagePriorError):
+        resolve(CustomizeSpec.model_validate({"classes": SHAPES, "teacher": "plain-mini"}), "cpu", teacher)
+    submitted = _submitted({"teacher": "plain-mini", "synthesis": {"generator": "fourier"}}, settings)
     worker_side = resolve(CustomizeSpec.model_validate(submitted), teacher.device.type, teacher)
     assert worker_side.distillation.fresh_share == 0.0 != BUDGETS["cpu"]["distillation"]["fresh_share"]
     assert resolve_submitted(submitted, settings).model_dump() == worker_side.model_dump()
@@ -72,7 +79,7 @@ def test_a_default_job_resolves_to_the_budget_it_always_had(shapes_teacher):
     spec = prepare(CustomizeSpec.model_validate({"classes": SHAPES, "teacher": "shapes-mini"}), shapes_teacher).spec
     assert (spec.budget, spec.student.arch, spec.distillation.method, spec.distillation.steps) == ("cpu", "tiny_cnn", "kd", 4000)
     assert (spec.distillation.fresh_share, spec.synthesis.images_per_class, spec.synthesis.steps) == (0.5, 256, 0)
-    assert spec.synthesis.generator == "auto"  # the generator's choice stays the pipeline's, as before
+    assert (spec.synthesis.generator, spec.synthesis.decoder, spec.synthesis.prior) == ("decoder", "shapes-vae", "fitted")
 
 
 def test_the_default_teacher_is_the_services_setting(shapes_teacher, tmp_path):
@@ -82,8 +89,9 @@ def test_the_default_teacher_is_the_services_setting(shapes_teacher, tmp_path):
     assert _submitted({"teacher": None}, _settings())["teacher"] == DEFAULT_TEACHER  # null is "the default" too
     # An operator's choice is the default for every job that names none, estimate included.
     operator = _settings(default_teacher="plain-mini", extra_teachers=["plain-mini"])
-    assert _submitted({}, operator)["teacher"] == "plain-mini"
-    assert resolve_submitted({"classes": SHAPES}, operator).teacher == "plain-mini"
+    named = {"synthesis": {"decoder": "shapes-vae"}}  # a configured name has no paired decoder: "auto" needs one named
+    assert _submitted(named, operator)["teacher"] == "plain-mini"
+    assert resolve_submitted({"classes": SHAPES, **named}, operator).teacher == "plain-mini"
     # The pipeline names the teacher it was given; the CLI the same default as the service.
     assert resolve(CustomizeSpec(classes=SHAPES), "cpu", shapes_teacher).teacher == "shapes-mini"
     parser = argparse.ArgumentParser()

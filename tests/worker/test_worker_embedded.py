@@ -79,7 +79,9 @@ def test_cancel_while_queued_and_while_running(embedded):
 
 
 def test_worker_errors_fail_the_job_with_a_code(embedded):
-    job = embedded.submit({**TINY_SPEC, "classes": ["circle", "square"], "teacher": "ghost"})
+    # It names a decoder: "auto" for a teacher with no paired one is refused at submission (tests/api/test_image_prior.py).
+    synthesis = {**TINY_SPEC["synthesis"], "decoder": "shapes-vae"}
+    job = embedded.submit({**TINY_SPEC, "synthesis": synthesis, "classes": ["circle", "square"], "teacher": "ghost"})
     done = embedded.wait_finished(job["id"], timeout=60)
     assert done["status"] == "failed" and done["error"]["code"] == "unknown_teacher" and "ghost" in done["error"]["message"]
     errors = [e for e in embedded.events(job["id"]) if e["kind"] == "error"]
