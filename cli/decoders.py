@@ -1,4 +1,4 @@
-"""`clipforge decoders train|list`: latent decoders (the image prior of inversion) for a user's own domain."""
+"""`clipforge decoders train|pull|list`: latent decoders (the image prior of inversion) for a user's own domain."""
 
 from __future__ import annotations
 
@@ -36,6 +36,19 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_run_options(train, replaces="a decoder that already exists there")
     train.set_defaults(handler=run_train)
+
+    pull = commands.add_parser(
+        "pull",
+        help="fetch a pretrained decoder of real images (diffusers) into the cache (needs internet)",
+        description="Fetch a pretrained autoencoder from the Hugging Face hub into <cache>/decoders/NAME: taesd (TAESD, "
+        "the default image prior for open_clip teachers) or movq (a VQGAN). It ships its encoder: build a prior for it "
+        "over your own images with `clipforge priors build --decoder NAME --images DIR --name P`.",
+    )
+    pull.add_argument("name", help="taesd or movq")
+    pull.add_argument("--image-size", type=int, default=224, help="the image side jobs decode at (default 224, ViT-B-32's input)")
+    pull.add_argument("--cache-dir", type=Path, default=None, help="default ~/.cache/clipforge")
+    pull.add_argument("--force", action="store_true", help="replace the decoder if it was pulled before")
+    pull.set_defaults(handler=run_pull)
 
     listing = commands.add_parser("list", help="bundled and cached decoders, with their priors and cards' summary")
     listing.add_argument("--cache-dir", type=Path, default=None)
@@ -135,6 +148,17 @@ def run_train(args: argparse.Namespace) -> int:
     # A job finds a name in the default cache only (core.pipeline passes no cache directory); a path anywhere.
     reference = args.out if args.cache_dir is None and not is_path_reference(args.out) else str(out.resolve())
     print(f'use it in a job as "synthesis": {{"decoder": "{reference}"}}')
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from core.generators.pull import pull_decoder
+
+    if args.image_size < 8 or args.image_size % 8:
+        raise CliError("invalid_argument", f"--image-size must be a positive multiple of 8, not {args.image_size}")
+    folder = pull_decoder(args.name, cache_dir=args.cache_dir, image_size=args.image_size, force=args.force)
+    print(f"pulled decoder {args.name!r} to {folder}")
+    print(f"build its prior over your images: clipforge priors build --decoder {args.name} --images DIR --name fitted")
     return 0
 
 

@@ -55,6 +55,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from core.generators.base import GENERATORS, ImageGenerator
+from core.generators.diffusers_decoders import DIFFUSERS_SUBDIR, DiffusersDecoder, DiffusersEncoder, load_model
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 CONFIG_FILE = "config.json"
@@ -103,8 +104,13 @@ class DecoderConfig:
     widths: tuple[int, ...] = (32, 64, 128)
     blocks_per_level: int = 1  # residual blocks per resolution (decoder and encoder)
     description: str = ""
+    # "vae": this module's VAE (widths, blocks_per_level); else a diffusers family (core.generators.diffusers_decoders),
+    # whose architecture is the saved model's own config and whose latent shape is the fields above.
+    family: str = "vae"
 
     def __post_init__(self) -> None:
+        if self.family != "vae":
+            return
         factor = 2 ** (len(self.widths) - 1)
         if self.latent_size * factor != self.image_size:
             raise ValueError(f"image_size {self.image_size} != latent_size {self.latent_size} * 2**{len(self.widths) - 1}")
@@ -206,8 +212,14 @@ def cache_decoders_dir(cache_dir: str | Path | None = None) -> Path:
     return default_cache_dir() / CACHE_SUBDIR
 
 
+def weights_path(folder: Path) -> Path:
+    """The file whose change means the decoder was rebuilt: clipforge's weights, or a diffusers model's folder."""
+    diffusers_folder = folder / DIFFUSERS_SUBDIR
+    return diffusers_folder if diffusers_folder.is_dir() else folder / WEIGHTS_FILE
+
+
 def is_decoder_dir(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    return (folder / CONFIG_FILE).is_file() and weights_path(folder).exists()
 
 
 def is_path_reference(name: str) -> bool:
@@ -249,12 +261,16 @@ def _load_state(module: nn.Module, path: Path) -> None:
     module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})  # stored fp16 to keep files small
 
 
-def load_decoder_from(folder: str | Path) -> LatentDecoder:
-    """A decoder from ``folder/{config.json,weights.safetensors}``: float32, eval mode, frozen. Not cached."""
+def load_decoder_from(folder: str | Path) -> nn.Module:
+    """A decoder from ``folder/{config.json,weights.safetensors}`` (or a diffusers family's model folder): float32,
+    eval mode, frozen; ``decoder.config`` is its DecoderConfig. Not cached."""
     folder = Path(folder)
     if not is_decoder_dir(folder):
         bundled = ", ".join(bundled_decoder_names()) or "none"
         raise DecoderError(f"no decoder at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); bundled: {bundled}")
+    config = DecoderConfig.from_file(folder / CONFIG_FILE)
+    if config.family != "vae":
+        return DiffusersDecoder(load_model(folder, config.family), config).eval()
     # Random initialisation would draw from torch's global RNG, so a first (uncached) load inside a seeded
     # job would shift every later draw; the weights are overwritten anyway.
     with torch.random.fork_rng(devices=[]):
@@ -271,31 +287,34 @@ def load_encoder_file(path: str | Path, config: DecoderConfig) -> LatentEncoder:
     return encoder.eval().requires_grad_(False)
 
 
-def load_encoder_from(folder: str | Path) -> LatentEncoder:
+def load_encoder_from(folder: str | Path) -> nn.Module:
     """The encoder a decoder folder ships (``encoder.safetensors``); ``decoder_has_no_encoder`` when it has none."""
     folder = Path(folder)
+    config = DecoderConfig.from_file(folder / CONFIG_FILE)
+    if config.family != "vae":  # a diffusers autoencoder keeps its encoder
+        return DiffusersEncoder(load_model(folder, config.family), config).eval()
     path = folder / ENCODER_FILE
     if not path.is_file():
         raise DecoderHasNoEncoderError(
             f"the decoder at {folder} ships no encoder ({ENCODER_FILE}), so it cannot encode new images into a prior; "
             "decoders made by `clipforge decoders train` ship one"
         )
-    return load_encoder_file(path, DecoderConfig.from_file(folder / CONFIG_FILE))
+    return load_encoder_file(path, config)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_decoder(folder: Path, stamp: tuple[int, int]) -> LatentDecoder:
+def _cached_decoder(folder: Path, stamp: tuple[int, int]) -> nn.Module:
     return load_decoder_from(folder)
 
 
-def load_decoder(name: str = DEFAULT_DECODER, cache_dir: str | Path | None = None) -> LatentDecoder:
+def load_decoder(name: str = DEFAULT_DECODER, cache_dir: str | Path | None = None) -> nn.Module:
     """Decoder ``name`` (bundled, cached, or a folder's path; see ``find_decoder_dir``): float32, eval mode, frozen.
 
     Files are read once per process (cached by folder, and read again when rebuilt); every call returns its own
     deep copy, so a caller may ``.to(device)`` or modify it without affecting other callers.
     """
     folder = find_decoder_dir(name, cache_dir)
-    return copy.deepcopy(_cached_decoder(folder, _file_stamp(folder / WEIGHTS_FILE)))
+    return copy.deepcopy(_cached_decoder(folder, _file_stamp(weights_path(folder))))
 
 
 @dataclass(frozen=True)
@@ -450,7 +469,7 @@ def list_decoders(cache_dir: str | Path | None = None) -> list[DecoderInfo]:
                 path=str(folder),
                 image_size=config.image_size,
                 latent_shape=config.latent_shape,
-                has_encoder=(folder / ENCODER_FILE).is_file(),
+                has_encoder=config.family != "vae" or (folder / ENCODER_FILE).is_file(),
                 priors=tuple(sorted(priors, key=lambda p: (p != FITTED_PRIOR, p))),
                 description=config.description,
                 summary=card_summary(card),

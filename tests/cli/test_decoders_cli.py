@@ -4,6 +4,7 @@ every refusal of bad input (``error [code]: ...`` on stderr, exit status 2)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -85,3 +86,14 @@ def test_bad_input_is_an_error_code(trained, tmp_path, capsys):
     assert error_code(capsys, *train, "--images", str(images), "--out", "shapes-vae") == "decoder_exists"
     assert "x.png" in (main([*build, "--decoder", "mine", "--images", str(broken), "--name", "p"]), capsys.readouterr().err)[1]
     assert not (cache / "decoders" / "new").exists()
+
+
+def test_pull_offline_fails_fast_with_a_code_and_what_to_do(tmp_path, capsys, monkeypatch):
+    """No internet here (nor in CI): the probe fails and nothing is written; HF_HUB_OFFLINE makes it so anywhere."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    assert error_code(capsys, "decoders", "pull", "taesd", "--cache-dir", str(tmp_path)) == "decoder_unavailable"
+    assert time.monotonic() - start < 10
+    assert error_code(capsys, "decoders", "pull", "vqgan-imagenet", "--cache-dir", str(tmp_path)) == "unknown_decoder"
+    assert error_code(capsys, "decoders", "pull", "taesd", "--image-size", "100", "--cache-dir", str(tmp_path)) == "invalid_argument"
+    assert not (tmp_path / "decoders").exists()
