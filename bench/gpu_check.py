@@ -1,10 +1,11 @@
-"""A GPU check, ready to run when a CUDA machine is lent (issue 13): one job end to end on a random-weight ViT-B-32
-teacher at 224 px (no download needed), then its synthesis throughput, the TFLOP/s the teacher's forward and backward
+"""A GPU check of the real path, ready to run when a CUDA machine is lent: one `gpu`-budget job end to end on a
+random-weight ViT-B-32 teacher at 224 px drawing through a random-weight TAESD decoder (diffusers' AutoencoderTiny; no
+download needed), then seconds per stage, the synthesis throughput, the TFLOP/s the teacher's forward and backward
 passes achieved, and peak memory. It fails clearly, with exit status 2 and no traceback, when CUDA was asked for and
 is absent or was not used.
 
-    python -m bench.gpu_check                 # CUDA, a budget of a few minutes on one GPU
-    python -m bench.gpu_check --device cpu --images-per-class 2 --steps 2 --distill-steps 4   # a smoke run of the script
+    python -m bench.gpu_check                 # CUDA, sized for under 5 minutes on one data-centre GPU
+    python -m bench.gpu_check --device cpu --image-size 64 --images-per-class 2 --steps 2 --distill-steps 4   # a smoke run
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import open_clip
 import torch
 
 from core.devices import DeviceUnavailableError, resolve_device
+from core.generators.diffusers_decoders import write_decoder_folder
 from core.pipeline import customize
 from core.spec import CustomizeSpec
 from core.students import count_flops
@@ -29,11 +33,20 @@ CLASSES = ["a dog", "a cat", "a car", "a tree"]
 BACKWARD_FLOPS_FACTOR = 3  # a forward and a backward pass cost about three forwards
 
 
-def random_vit_b32(device: torch.device) -> Teacher:
+def random_vit_b32(device: torch.device, image_size: int = 224) -> Teacher:
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    teacher = Teacher("ViT-B-32@random", model, open_clip.get_tokenizer("ViT-B-32"), image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD)
+    model = open_clip.create_model("ViT-B-32", pretrained=None, force_image_size=image_size)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    teacher = Teacher("ViT-B-32@random", model, tokenizer, image_size=image_size, mean=OPENAI_MEAN, std=OPENAI_STD)
     return teacher.to(device)
+
+
+def random_taesd(folder: Path, image_size: int) -> Path:
+    """TAESD's architecture (AutoencoderTiny's defaults) with random weights, as a decoder folder decoding image_size px."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    return write_decoder_folder(AutoencoderTiny(), folder, name="taesd-random", family="taesd", image_size=image_size, card={})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,20 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="inversion steps")
     parser.add_argument("--cutouts", type=int, default=8)
     parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--image-size", type=int, default=224, help="the teacher's and the decoder's image side")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
     except DeviceUnavailableError as exc:
         print(f"error [device_unavailable]: {exc}", file=sys.stderr)
         return 2
-    teacher = random_vit_b32(device)
+    teacher = random_vit_b32(device, args.image_size)
+    scratch = tempfile.TemporaryDirectory(prefix="gpu-check-")
+    decoder = random_taesd(Path(scratch.name) / "taesd-random", args.image_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    synthesis = {"images_per_class": args.images_per_class, "steps": args.steps, "cutouts": args.cutouts}
+    synthesis.update(decoder=str(decoder), prior="standard")  # N(0, I) codes: no images to fit a prior on here
     spec = CustomizeSpec(
         teacher=teacher.name,
         classes=CLASSES,
         budget="gpu",
-        synthesis={"images_per_class": args.images_per_class, "steps": args.steps, "cutouts": args.cutouts, "generator": "fourier"},
+        synthesis=synthesis,
         distillation={"method": "meta_kd", "steps": args.distill_steps},
         student={"arch": "resnet18"},
         export={"formats": ["onnx"]},
@@ -64,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=0,
     )
     began = time.monotonic()
-    result = customize(spec, teacher)
+    with scratch:
+        result = customize(spec, teacher)
     total = time.monotonic() - began
     used = next(teacher.parameters()).device
     if device.type == "cuda" and (used.type != "cuda" or torch.cuda.max_memory_allocated(device) == 0):
@@ -79,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "teacher": teacher.name,
+        "decoder": "TAESD (random weights)",
         "image_size": teacher.image_size,
         "stage_seconds": stages,
         "total_seconds": round(total, 1),
