@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from api.validation import DecodedImage, Problems, decode_image, invalid
 from service.settings import Settings
 
+ARCHIVE_FIELD = "archive"  # the multipart field of a zip
+IMAGES_FIELD = "images"  # the multipart field of an unlabelled image
 DECODE_THREADS = 4  # images decoded at once (Pillow decodes without the GIL)
 # Entries a zip tool adds that are not images: skipped, not refused.
 IGNORED_ENTRIES = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
@@ -91,4 +93,29 @@ def decode_all(items: Sequence[tuple[str, int, str | None, bytes]], settings: Se
         for future in decoded:
             with problems.collect():
                 images.append(future.result())
+    return images
+
+
+def unlabelled_images(files: list[tuple[str, str | None, bytes]], settings: Settings, *, max_images: int) -> list[DecodedImage]:
+    """Images without labels, for an image pool: ``images`` files and/or one ``archive`` zip in any folder layout.
+    ``files``: (form field, file name, content) of every file part. Raises one ServiceError listing every problem."""
+    sent: list[tuple[str | None, bytes]] = []
+    archives = [f for f in files if f[0] == ARCHIVE_FIELD]
+    if len(archives) > 1:
+        raise invalid("unexpected_field", "send at most one 'archive' zip", {"field": ARCHIVE_FIELD})
+    for field_name, filename, content in files:
+        if field_name == ARCHIVE_FIELD:
+            sent.extend((entry.name, entry.content) for entry in read_zip(content, settings, max_files=max_images).files)
+        elif field_name == IMAGES_FIELD:
+            sent.append((filename, content))
+        else:
+            message = f"unexpected file field {field_name!r}; send 'images' files or one 'archive' zip"
+            raise invalid("unexpected_field", message, {"field": field_name})
+    if not sent:
+        raise invalid("no_images", "send unlabelled images: 'images' files, or an 'archive' zip of images")
+    if len(sent) > max_images:
+        raise invalid("too_many_images", f"{len(sent)} images; at most {max_images} per pool", {"limit": max_images}, 413)
+    problems = Problems()
+    images = decode_all([("", position, filename, content) for position, (filename, content) in enumerate(sent)], settings, problems)
+    problems.raise_any()
     return images

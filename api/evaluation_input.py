@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.archives import decode_all, read_zip
+from api.archives import ARCHIVE_FIELD, decode_all, read_zip
 from api.validation import IMAGE_FIELD, DecodedImage, Problems, invalid
 from core.spec import normalise_text
 from service.settings import Settings
-
-ARCHIVE_FIELD = "archive"
 
 
 @dataclass

@@ -192,5 +192,20 @@ class Evaluation(BaseModel):
         return self.status in ("succeeded", "failed")
 
 
+class Pool(BaseModel):
+    id: str
+    name: str | None = None  # the user's label
+    image_count: int  # distinct images (an image sent twice in one request is stored once)
+    duplicates: int  # images dropped as repeats of another of the same request
+    bytes: int  # stored bytes of its images
+    thumbnails_url: str  # a PNG grid of its first images
+    jobs_using: list[str]  # queued or running jobs that read it: while any, it cannot be deleted
+    created_at: datetime
+
+
+class PoolList(BaseModel):
+    data: list[Pool]  # newest first
+
+
 class EvaluationList(BaseModel):
     data: list[Evaluation]  # newest first

@@ -71,6 +71,7 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2000))  # where the job's end is delivered (service.webhooks)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)  # which ends; None: all of them
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pool_id: Mapped[str | None] = mapped_column(String(40), index=True)  # the spec's synthesis.pool: a pool in use is kept
     seed: Mapped[int] = mapped_column(Integer)
     teacher: Mapped[str] = mapped_column(String(300))
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -268,3 +269,35 @@ class EvaluationArtifact(StoredFileColumns, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
+
+
+class Pool(Base):
+    """A tenant's unlabelled images from their own domain (service.pools): a job distils on them beside its synthesized
+    images. Its images are immutable once created; a pool a queued or running job uses cannot be deleted."""
+
+    __tablename__ = "pools"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)  # NULL: created in open mode
+    name: Mapped[str | None] = mapped_column(String(200))  # the user's label, not unique
+    image_count: Mapped[int] = mapped_column(Integer)  # distinct images (duplicates by sha256 are stored once)
+    duplicates: Mapped[int] = mapped_column(Integer)  # images sent again within the same request, dropped
+    bytes: Mapped[int] = mapped_column(BigInteger)  # stored bytes of its images
+    thumbnails_key: Mapped[str] = mapped_column(String(500))  # a grid of its first images (PNG)
+    thumbnails_size: Mapped[int] = mapped_column(Integer)
+    thumbnails_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PoolImage(StoredFileColumns, Base):
+    """One image of a pool, stored as sent (decoded and checked first)."""
+
+    __tablename__ = "pool_images"
+    __table_args__ = (UniqueConstraint("pool_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str | None] = mapped_column(String(300))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # Evaluations (POST /v1/jobs/{id}/evaluations): labelled images per request, and a zip's total uncompressed size
     # and per-entry compression ratio (zip bombs). The request's bytes are bounded by max_request_bytes.
     max_evaluation_images: Annotated[int, Field(ge=1)] = 5000
+    max_pool_images: Annotated[int, Field(ge=1)] = 10000  # unlabelled images in one image pool
     max_archive_uncompressed_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
     max_archive_compression_ratio: Annotated[float, Field(gt=1)] = 100.0
 

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import schemas
+from api.archives import ARCHIVE_FIELD
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
-from api.evaluation_input import ARCHIVE_FIELD, evaluation_input
+from api.evaluation_input import evaluation_input
 from api.files import FILE_RESPONSES, STREAM_QUERY, check_artifact_name, stored_file_response
 from api.multipart import read_form
 from api.validation import invalid

@@ -116,6 +116,25 @@ def test_another_tenants_job_is_not_found_anywhere(server, tenants):
         assert session.get(Job, job_id) is None
 
 
+def test_another_tenants_pool_is_not_found_anywhere(server, tenants):
+    with _client(server, tenants["acme"]) as acme, _client(server, tenants["globex"]) as globex:
+        pool = acme.post("/v1/pools", files=[("images", ("p.png", png_bytes(), "image/png"))]).json()
+        for method, path in [
+            ("GET", f"/v1/pools/{pool['id']}"),
+            ("GET", f"/v1/pools/{pool['id']}/thumbnails.png"),
+            ("HEAD", f"/v1/pools/{pool['id']}/thumbnails.png"),
+            ("DELETE", f"/v1/pools/{pool['id']}"),
+        ]:
+            response = globex.request(method, path)
+            if method == "HEAD":
+                assert response.status_code == 404
+            else:
+                _assert_error(response, 404, "pool_not_found")
+        assert pool["id"] not in {p["id"] for p in globex.get("/v1/pools").json()["data"]}
+        assert pool["id"] in {p["id"] for p in acme.get("/v1/pools").json()["data"]}
+        assert acme.delete(f"/v1/pools/{pool['id']}").status_code == 204
+
+
 def test_idempotency_keys_are_per_tenant(server, tenants):
     with _client(server, tenants["acme"]) as acme, _client(server, tenants["globex"]) as globex:
         headers = {"Idempotency-Key": "shared-key"}

@@ -26,7 +26,7 @@ TABLES = {
     "evaluation_artifacts",
     "job_chunks",
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 def _tables(url: str) -> set[str]:

@@ -1,0 +1,160 @@
+"""Image pools: a tenant's unlabelled images from their own domain, kept to be distilled on by later jobs.
+
+Created whole or not at all (the files first, then the rows in one transaction; any failure removes the files), owned
+by one tenant (another tenant's pool is not found, 404), listed newest first, deleted with its files unless a queued or
+running job uses it (409 ``pool_in_use``). An image sent twice in one request is stored once (by sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import jobs
+from service.db import session_scope
+from service.errors import ServiceError
+from service.ids import new_id
+from service.jobs import ANY_TENANT, TenantScope
+from service.models import Job, Pool, PoolImage, stored_file_values, utcnow
+from service.storage import Storage, StorageError, StorageFull
+
+THUMBNAILS_FILE = "thumbnails.png"
+THUMBNAIL_SIDE = 64  # pixels of each image in the grid
+THUMBNAIL_COLUMNS = 8
+THUMBNAIL_IMAGES = 64  # the first images of the pool, in the order sent
+IN_USE = (jobs.QUEUED, jobs.RUNNING, jobs.CANCELLING)  # a job in these states reads the pool's images
+
+
+@dataclass(frozen=True)
+class PoolImageInput:
+    """An image the API decoded and checked."""
+
+    position: int
+    filename: str | None
+    content: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Thumbnails:
+    """A pool's thumbnail grid as a stored file (api.files.StoredFile), served as artifacts are."""
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    storage_key: str
+
+    @classmethod
+    def of(cls, pool: Pool) -> Thumbnails:
+        return cls(THUMBNAILS_FILE, pool.thumbnails_size, pool.thumbnails_sha256, "image/png", pool.thumbnails_key)
+
+
+def prefix(pool_id: str) -> str:
+    return f"pools/{pool_id}"
+
+
+def image_key(pool_id: str, sha256: str) -> str:
+    return f"{prefix(pool_id)}/images/{sha256}"
+
+
+def thumbnails_png(images: Sequence[PoolImageInput]) -> bytes:
+    """A grid of the first THUMBNAIL_IMAGES images, each fitted into a THUMBNAIL_SIDE square."""
+    shown = list(images[:THUMBNAIL_IMAGES])
+    rows = max(1, -(-len(shown) // THUMBNAIL_COLUMNS))
+    grid = Image.new("RGB", (THUMBNAIL_COLUMNS * THUMBNAIL_SIDE, rows * THUMBNAIL_SIDE), "white")
+    for index, image in enumerate(shown):
+        with Image.open(io.BytesIO(image.content)) as opened:
+            thumb = opened.convert("RGB")
+            thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            x = (index % THUMBNAIL_COLUMNS) * THUMBNAIL_SIDE + (THUMBNAIL_SIDE - thumb.width) // 2
+            y = (index // THUMBNAIL_COLUMNS) * THUMBNAIL_SIDE + (THUMBNAIL_SIDE - thumb.height) // 2
+            grid.paste(thumb, (x, y))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def create(
+    images: Sequence[PoolImageInput], name: str | None, tenant_id: str | None, factory: sessionmaker[Session], storage: Storage
+) -> Pool:
+    """Store the distinct images and the thumbnails, then the rows; on any failure nothing is left behind."""
+    pool_id = new_id("pool")
+    distinct: dict[str, PoolImageInput] = {}
+    for image in images:
+        distinct.setdefault(hashlib.sha256(image.content).hexdigest(), image)
+    try:
+        now = utcnow()
+        rows = []
+        for sha256, image in distinct.items():
+            stored = storage.put(image_key(pool_id, sha256), image.content)
+            values = stored_file_values(stored, image.content_type, now)
+            rows.append(PoolImage(pool_id=pool_id, position=image.position, filename=image.filename, width=image.width,
+                                  height=image.height, **values))  # fmt: skip
+        thumbnails = storage.put(f"{prefix(pool_id)}/{THUMBNAILS_FILE}", thumbnails_png(list(distinct.values())))
+        pool = Pool(
+            id=pool_id,
+            tenant_id=tenant_id,
+            name=name,
+            image_count=len(distinct),
+            duplicates=len(images) - len(distinct),
+            bytes=sum(row.size for row in rows),
+            thumbnails_key=thumbnails.key,
+            thumbnails_size=thumbnails.size,
+            thumbnails_sha256=thumbnails.sha256,
+            created_at=now,
+        )
+        with session_scope(factory) as session:
+            session.add(pool)
+            session.add_all(rows)
+    except BaseException as exc:
+        storage.delete_prefix(prefix(pool_id))
+        if isinstance(exc, StorageError):
+            raise ServiceError(exc.code, f"the pool could not be stored: {exc}", 507 if isinstance(exc, StorageFull) else 503) from None
+        raise
+    with session_scope(factory) as session:
+        return session.get_one(Pool, pool_id)
+
+
+def get(session: Session, pool_id: str, tenant_id: TenantScope) -> Pool:
+    """Another tenant's pool is not found either (404): its existence is not revealed."""
+    pool = session.get(Pool, pool_id)
+    if pool is None or not (tenant_id is ANY_TENANT or pool.tenant_id == tenant_id):
+        raise ServiceError("pool_not_found", f"no pool {pool_id!r}", 404)
+    return pool
+
+
+def list_for_tenant(session: Session, tenant_id: str | None) -> list[Pool]:
+    """Newest first (ids are time-ordered)."""
+    condition = Pool.tenant_id.is_(None) if tenant_id is None else Pool.tenant_id == tenant_id
+    return list(session.scalars(select(Pool).where(condition).order_by(Pool.id.desc())))
+
+
+def jobs_using(session: Session, pool_id: str) -> list[str]:
+    """Ids of the queued, running or cancelling jobs that read the pool."""
+    return list(session.scalars(select(Job.id).where(Job.pool_id == pool_id, Job.status.in_(IN_USE)).order_by(Job.id)))
+
+
+def delete_one(session: Session, pool_id: str, tenant_id: TenantScope) -> str:
+    """Delete the rows (the caller commits, then removes the files under the returned prefix); 409 while in use."""
+    pool = get(session, pool_id, tenant_id)
+    using = jobs_using(session, pool_id)
+    if using:
+        message = f"pool {pool_id!r} is used by {len(using)} queued or running job(s) ({', '.join(using[:5])}); delete it once they end"
+        raise ServiceError("pool_in_use", message, 409, {"jobs": using})
+    session.execute(delete(PoolImage).where(PoolImage.pool_id == pool.id))
+    session.delete(pool)
+    return prefix(pool_id)
+
+
+def images(session: Session, pool_id: str) -> list[PoolImage]:
+    """The pool's image rows in the order they were sent."""
+    return list(session.scalars(select(PoolImage).where(PoolImage.pool_id == pool_id).order_by(PoolImage.position)))

@@ -1,0 +1,107 @@
+"""Image pools over HTTP against the real app under uvicorn: create (files or a zip, duplicates stored once), list,
+show, the thumbnail grid, delete; every hostile input with its own code and nothing left behind; another tenant's
+pool is 404 from every endpoint; a pool a queued job uses cannot be deleted (409)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from PIL import Image
+
+from service import pools as repo
+from service.db import session_scope
+from service.models import Job
+from tests.api.conftest import LIMITS, png_bytes
+from tests.servers import ApiThread, settings_for
+
+POOL_LIMITS = {**LIMITS, "max_pool_images": 6, "max_archive_uncompressed_bytes": 200_000}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    with ApiThread(settings_for(tmp_path_factory.mktemp("pools"), **POOL_LIMITS)) as server:
+        yield server
+
+
+@pytest.fixture
+def http(api):
+    with api.client() as client:
+        yield client
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _files(api) -> set[str]:
+    root = api.app.state.settings.data_dir / "storage" / "pools"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_create_from_files_and_a_zip_then_list_show_thumbnails_and_delete(http, api):
+    red, blue, green = png_bytes(color="red"), png_bytes(color="blue"), png_bytes((20, 12), color="green")
+    parts = [("images", ("a.png", red, "image/png")), ("images", ("b.png", blue, "image/png")), ("images", ("c.png", red, "image/png"))]
+    parts += [("archive", ("more.zip", _zip({"x/y/g.png": green, "__MACOSX/._g.png": b"junk"}), "application/zip"))]
+    created = http.post("/v1/pools", files=parts, data={"name": "my shop"})
+    assert created.status_code == 201, created.text
+    pool = created.json()
+    assert created.headers["location"] == f"/v1/pools/{pool['id']}" and pool["id"].startswith("pool_")
+    assert (pool["name"], pool["image_count"], pool["duplicates"], pool["jobs_using"]) == ("my shop", 3, 1, [])
+    assert pool["bytes"] == len(red) + len(blue) + len(green)
+    assert http.get(f"/v1/pools/{pool['id']}").json() == pool
+    assert pool["id"] in [p["id"] for p in http.get("/v1/pools").json()["data"]]
+    grid = http.get(pool["thumbnails_url"])
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(grid.content)).size == (repo.THUMBNAIL_COLUMNS * repo.THUMBNAIL_SIDE, repo.THUMBNAIL_SIDE)
+    assert any(name.startswith(pool["id"]) for name in _files(api))
+    assert http.delete(f"/v1/pools/{pool['id']}").status_code == 204
+    assert http.get(f"/v1/pools/{pool['id']}").json()["error"]["code"] == "pool_not_found"
+    assert not any(name.startswith(pool["id"]) for name in _files(api))
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "code"),
+    [
+        ([], 422, "no_images"),
+        ([("images", ("x.png", b"not an image", "image/png"))], 422, "invalid_image"),
+        ([("images", ("x.ico", png_bytes(fmt="ICO"), "image/png"))], 415, "unsupported_image_type"),
+        ([("images", (f"{i}.png", png_bytes(color=(i, 0, 0)), "image/png")) for i in range(POOL_LIMITS["max_pool_images"] + 1)], 413,
+         "too_many_images"),
+        ([("photos", ("x.png", png_bytes(), "image/png"))], 422, "unexpected_field"),
+        ([("archive", ("a.zip", b"PK not a zip", "application/zip"))], 400, "invalid_archive"),
+        ([("archive", ("a.zip", _zip({"../escape.png": png_bytes()}), "application/zip"))], 422, "unsafe_archive_path"),
+        ([("archive", ("a.zip", _zip({"bomb.png": b"\0" * 150_000}), "application/zip"))], 413, "archive_too_large"),
+        ([("images", ("big.png", png_bytes((600, 600)), "image/png"))], 422, "decompression_bomb"),
+    ],
+)  # fmt: skip
+def test_hostile_input_is_refused_with_its_code_and_leaves_nothing(http, api, parts, status, code):
+    before = (_files(api), len(http.get("/v1/pools").json()["data"]))
+    response = http.post("/v1/pools", files=parts or [("name", (None, "x"))])
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert (_files(api), len(http.get("/v1/pools").json()["data"])) == before
+
+
+def test_a_json_body_and_a_long_name_are_refused(http):
+    assert http.post("/v1/pools", json={"images": []}).json()["error"]["code"] == "unsupported_media_type"
+    response = http.post("/v1/pools", files=[("images", ("a.png", png_bytes(), "image/png"))], data={"name": "n" * 201})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_name"
+
+
+def test_a_pool_a_queued_job_uses_cannot_be_deleted(http, api):
+    pool = http.post("/v1/pools", files=[("images", ("a.png", png_bytes(), "image/png"))]).json()
+    job = http.post("/v1/jobs", json={"classes": ["circle", "square"]}).json()
+    with session_scope(api.app.state.session_factory) as session:
+        session.get_one(Job, job["id"]).pool_id = pool["id"]  # as a job naming the pool records it
+    assert http.get(f"/v1/pools/{pool['id']}").json()["jobs_using"] == [job["id"]]
+    refused = http.delete(f"/v1/pools/{pool['id']}")
+    error = refused.json()["error"]
+    assert refused.status_code == 409 and error["code"] == "pool_in_use" and job["id"] in error["message"]
+    assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # a queued job is cancelled at once
+    assert http.delete(f"/v1/pools/{pool['id']}").status_code == 204
