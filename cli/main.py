@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import bench, customize, decoders, jobs, keys, priors, serve, teachers
+from cli import bench, customize, decoders, jobs, keys, pools, priors, serve, teachers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_commands(groups)
     serve.add_commands(groups)
     jobs.add_commands(groups)
+    pools.add_commands(groups)
     keys.add_commands(groups)
     return parser
 

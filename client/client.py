@@ -13,7 +13,20 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from api.schemas import ArtifactList, Evaluation, EvaluationList, Event, EventPage, Health, Job, JobPage, StudentList, TeacherList
+from api.schemas import (
+    ArtifactList,
+    Evaluation,
+    EvaluationList,
+    Event,
+    EventPage,
+    Health,
+    Job,
+    JobPage,
+    Pool,
+    PoolList,
+    StudentList,
+    TeacherList,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ImageInput = str | Path | bytes
@@ -214,6 +227,32 @@ class ClipforgeClient:
     def download_evaluation_artifact(self, job_id: str, evaluation_id: str, name: str, dest: str | Path) -> Path:
         return self._download(f"/v1/jobs/{job_id}/evaluations/{evaluation_id}/artifacts/{name}", name, dest)
 
+    # -- image pools ---------------------------------------------------------------------
+
+    def create_pool(self, *, images: Sequence[ImageInput] = (), archive: str | Path | bytes | None = None, name: str | None = None) -> Pool:
+        """A pool of unlabelled images from your domain: ``images`` (paths or bytes) and/or ``archive`` (a zip of images
+        in any layout); a job distils on it with ``"synthesis": {"pool": pool.id}``."""
+        files = [("images", _file_part(item, index)) for index, item in enumerate(images)]
+        if archive is not None:
+            content = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
+            files.append(("archive", ("images.zip", content, "application/zip")))
+        if not files:
+            raise ValueError("pass images or an archive")
+        data = {"name": name} if name else None
+        return Pool.model_validate(self._request("POST", "/v1/pools", files=files, data=data).json())
+
+    def pools(self) -> PoolList:
+        return PoolList.model_validate(self._request("GET", "/v1/pools").json())
+
+    def get_pool(self, pool_id: str) -> Pool:
+        return Pool.model_validate(self._request("GET", f"/v1/pools/{pool_id}").json())
+
+    def delete_pool(self, pool_id: str) -> None:
+        self._request("DELETE", f"/v1/pools/{pool_id}")
+
+    def download_pool_thumbnails(self, pool_id: str, dest: str | Path) -> Path:
+        return self._download(f"/v1/pools/{pool_id}/thumbnails.png", "thumbnails.png", dest)
+
     # -- artifacts -----------------------------------------------------------------------
 
     def artifacts(self, job_id: str) -> ArtifactList:
@@ -273,17 +312,17 @@ class ClipforgeClient:
         return Health.model_validate(self._request("GET", "/readyz").json())
 
 
+def _file_part(item: ImageInput, index: int) -> tuple[str, bytes, str]:
+    """One image as a multipart file: its file name (or its index, for bytes) and content."""
+    if isinstance(item, bytes):
+        return f"{index}", item, "application/octet-stream"
+    path = Path(item)
+    return path.name, path.read_bytes(), "application/octet-stream"
+
+
 def _image_parts(images: Mapping[str, Sequence[ImageInput]]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart file parts named ``images[CLASS]``."""
-    files = []
-    for class_name, items in images.items():
-        for index, item in enumerate(items):
-            if isinstance(item, bytes):
-                files.append((f"images[{class_name}]", (f"{index}", item, "application/octet-stream")))
-            else:
-                path = Path(item)
-                files.append((f"images[{class_name}]", (path.name, path.read_bytes(), "application/octet-stream")))
-    return files
+    return [(f"images[{class_name}]", _file_part(item, index)) for class_name, items in images.items() for index, item in enumerate(items)]
 
 
 def _error_from(response: httpx.Response) -> ApiError:

@@ -122,3 +122,29 @@ def test_jobs_command_line(api, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "samples.png"]
     assert main(["jobs", "submit", *url, "--classes", "solo"]) == 2
     assert "error [too_few_classes]" in capsys.readouterr().err
+
+
+def test_pools_with_the_client_and_the_command_line(client, api, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "shop" / "nested"
+    folder.mkdir(parents=True)
+    for index, color in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (12, 12), color).save(folder / f"{index}.png")
+    (folder / "notes.txt").write_text("not an image: skipped by the command, never sent")
+    assert main(["pools", "create", "--url", api.url, "--images", str(tmp_path / "shop"), "--name", "shop", "--json"]) == 0
+    pool = json.loads(capsys.readouterr().out)
+    assert pool["image_count"] == 3 and pool["name"] == "shop"
+    assert client.get_pool(pool["id"]).image_count == 3 and pool["id"] in [p.id for p in client.pools().data]
+    assert main(["pools", "show", "--url", api.url, pool["id"], "--thumbnails", str(tmp_path / "grid.png")]) == 0
+    assert f"{pool['id']} 'shop': 3 images" in capsys.readouterr().out and Image.open(tmp_path / "grid.png").format == "PNG"
+    assert main(["pools", "list", "--url", api.url]) == 0 and pool["id"] in capsys.readouterr().out
+    made = client.create_pool(images=[(folder / "0.png").read_bytes()] * 2)
+    assert (made.image_count, made.duplicates) == (1, 1)
+    client.delete_pool(made.id)
+    assert main(["pools", "delete", "--url", api.url, pool["id"]]) == 0
+    with pytest.raises(ApiError) as missing:
+        client.get_pool(pool["id"])
+    assert missing.value.code == "pool_not_found" and missing.value.status == 404
+    assert main(["pools", "create", "--url", api.url, "--images", str(tmp_path / "empty")]) == 2
+    assert "error [invalid_images]" in capsys.readouterr().err
