@@ -46,6 +46,7 @@ class DistillConfig:
     batch_size: int = 64
     mixup: float = 0.0  # share of each batch replaced by mixes of two images (weight ~ U(0, 1)); teacher labels the mix
     fresh_share: float = 0.0  # share of each (X_tr) batch replaced by fresh images from the sampler (online synthesis)
+    pool_share: float = 0.0  # share of each (X_tr) batch drawn from the user's unlabelled images (the pool sampler)
     augment: AugmentConfig = field(default_factory=lambda: DISTILL_AUGMENT)
 
 
@@ -88,13 +89,18 @@ class Distiller:
         *,
         seed: int,
         sampler: ImageSampler | None = None,
+        pool_sampler: ImageSampler | None = None,
     ) -> None:
         if config.method not in PLAIN_METHODS and config.method not in META_METHODS:
             raise ValueError(f"unknown distillation method {config.method!r}")
         if config.fresh_share > 0 and sampler is None:
             raise ValueError("fresh_share > 0 needs a sampler of fresh images")
+        if config.pool_share > 0 and pool_sampler is None:
+            raise ValueError("pool_share > 0 needs a sampler of the pool's images")
+        if config.fresh_share + config.pool_share >= 1:
+            raise ValueError("fresh_share + pool_share must leave room for the surrogate set's images (below 1)")
         self.student, self.teacher, self.classifier, self.config = student, teacher, classifier, config
-        self.sampler = sampler
+        self.sampler, self.pool_sampler = sampler, pool_sampler
         self.device = teacher.device
         self.rng = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         self.image_size = int(getattr(student, "image_size", teacher.image_size))
@@ -124,19 +130,22 @@ class Distiller:
         return views, teacher_logits, labels
 
     def _sample(
-        self, pool: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0
+        self, indices: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0, pool_share: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        size = min(self.config.batch_size, len(pool))
-        fresh = round(size * fresh_share)
-        pick = pool[torch.randint(len(pool), (size - fresh,), generator=self.rng)]
+        """A batch of surrogate images drawn from ``indices``, then fresh prior samples and the user's pool images
+        (unlabelled: they take the teacher's class) in the given shares."""
+        size = min(self.config.batch_size, len(indices))
+        fresh, pooled = round(size * fresh_share), round(size * pool_share)
+        pick = indices[torch.randint(len(indices), (size - fresh - pooled,), generator=self.rng)]
         images, labels = data.images[pick].to(self.device), data.labels[pick]
-        if fresh:
-            assert self.sampler is not None
-            with torch.no_grad():
-                new = self.sampler(fresh, self.rng)
-            images = torch.cat([images, new.to(self.device, images.dtype)])
-            labels = torch.cat([labels, labels.new_full((fresh,), -1)])
-        return self._views(images, labels, fresh)
+        for count, sampler in ((fresh, self.sampler), (pooled, self.pool_sampler)):
+            if count:
+                assert sampler is not None
+                with torch.no_grad():
+                    new = sampler(count, self.rng)
+                images = torch.cat([images, new.to(self.device, images.dtype)])
+                labels = torch.cat([labels, labels.new_full((count,), -1)])
+        return self._views(images, labels, fresh + pooled)
 
     def fit(self, data: SurrogateSet, on_step: StepCallback | None = None, checkpoints: Checkpoints | None = None) -> dict[str, float]:
         """Train for the configured steps; with ``checkpoints``, resume from the last saved state and save the state
@@ -160,7 +169,8 @@ class Distiller:
         last_save = time.monotonic()
         for step in range(start, total_steps):
             if step < warmup_steps or not meta:
-                x, t, y = self._sample(train_pool if meta else everything, data, fresh_share=config.fresh_share)
+                indices = train_pool if meta else everything
+                x, t, y = self._sample(indices, data, fresh_share=config.fresh_share, pool_share=config.pool_share)
                 loss = warmup_objective(self.student(x), t, y, config.temperature)
                 latest = {"loss": loss.item()}
             else:
@@ -170,7 +180,7 @@ class Distiller:
                 loss, loss_tr, loss_te = meta_objective(
                     self.student,
                     objective,
-                    self._sample(train_pool, data, fresh_share=config.fresh_share),
+                    self._sample(train_pool, data, fresh_share=config.fresh_share, pool_share=config.pool_share),
                     self._sample(pool, data),
                     temperature=config.temperature,
                     inner_lr=config.inner_lr,

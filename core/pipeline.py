@@ -25,6 +25,7 @@ from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
+from core.pools import PoolSplit, held_out_agreement, pool_sampler, split_pool
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
 from core.students import Student, count_flops, count_parameters, create_student_for
@@ -167,7 +168,7 @@ def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tupl
 def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     # The spec and the engine config share field names; a field one lacks fails loudly here.
     generator, options = resolved_generator(spec, teacher)
-    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior"}, exclude_none=True)
+    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior", "pool"}, exclude_none=True)  # pool: distillation's
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
@@ -329,10 +330,12 @@ def customize(
     on_progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     checkpoints: Checkpoints | None = None,
+    pool: torch.Tensor | None = None,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
-    ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts.
+    ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts. ``pool``: the images of
+    the spec's ``synthesis.pool`` (N, 3, S, S) at the teacher's size, in [0, 1] (core.pools).
     Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
     the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
@@ -365,7 +368,7 @@ def customize(
                 )
                 if checkpoints is not None:
                     checkpoints.save(SURROGATE, surrogate_to_bytes(surrogate))
-        return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints, pool=pool)
 
 
 def distill_and_export(
@@ -378,6 +381,7 @@ def distill_and_export(
     stage_seconds: Mapping[str, float] | None = None,
     extra_metrics: Mapping[str, object] | None = None,
     checkpoints: Checkpoints | None = None,
+    pool: torch.Tensor | None = None,
 ) -> CustomizeResult:
     """The distilling and exporting stages on a surrogate set synthesized elsewhere (a service's chunks): the student
     and artifacts ``customize`` makes from the same set. ``stage_seconds``: how long the earlier stages took, and
@@ -387,7 +391,7 @@ def distill_and_export(
     tracker.stage_times.update(stage_seconds or {})
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics, checkpoints=checkpoints)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics, checkpoints=checkpoints, pool=pool)
 
 
 def _distill_and_export(
@@ -398,8 +402,12 @@ def _distill_and_export(
     extra_metrics: Mapping[str, object] | None = None,
     *,
     checkpoints: Checkpoints | None = None,
+    pool: torch.Tensor | None = None,
 ) -> CustomizeResult:
     spec, synthesis, targets = preparation.spec, preparation.synthesis, preparation.targets
+    if (pool is None) != (spec.synthesis.pool is None):
+        raise ValueError("the spec names a pool and no pool images were given, or pool images came without one")
+    split = split_pool(pool, spec.seed) if pool is not None else None
     # The student's initial weights come from torch's global RNG. Neither preparing nor synthesis draws from it, so it is
     # still where torch.manual_seed(seed) put it: re-seeding changes nothing in one process, and makes a process that
     # synthesized nothing (a service's distillation task) start the same student.
@@ -410,7 +418,9 @@ def _distill_and_export(
     with tracker.timed("distilling"):
         distillation = distill_config(spec)
         sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
-        final_losses = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler).fit(
+        from_pool = pool_sampler(split.train) if split is not None else None
+        distiller = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler, pool_sampler=from_pool)
+        final_losses = distiller.fit(
             surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses), checkpoints=checkpoints
         )
     student = student.cpu().eval()
@@ -438,6 +448,7 @@ def _distill_and_export(
             "teacher_image_parameters": count_parameters(teacher.model.visual),
             "teacher_image_flops": count_flops(teacher.model.visual, teacher.image_size),
             "styles": preparation.used_styles,
+            **({"pool": pool_metrics(split, student, teacher, targets.classifier, distillation.pool_share)} if split is not None else {}),
             "stage_seconds": dict(tracker.stage_times),
             **(extra_metrics or {}),
         }
@@ -462,6 +473,13 @@ def _distill_and_export(
     artifacts[CARD_FILE] = json.dumps(card, indent=2).encode()
     artifacts[METRICS_FILE] = json.dumps(metrics, indent=2).encode()
     return CustomizeResult(student, surrogate, artifacts, metrics, card)
+
+
+def pool_metrics(split: PoolSplit, student: Student, teacher: Teacher, classifier: torch.Tensor, share: float) -> dict[str, object]:
+    """What the job's pool gave: how many images, the share of each batch, and the student's agreement with the teacher
+    on the held-out part (the one quality figure measured on real images of the user's domain)."""
+    return {"images": len(split.train) + len(split.held_out), "distilled_on": len(split.train), "share": share,
+            **held_out_agreement(student, teacher, classifier, split.held_out)}  # fmt: skip
 
 
 def model_card(spec: CustomizeSpec, teacher: Teacher, student: Student, metrics: dict[str, object]) -> dict[str, object]:

@@ -111,6 +111,9 @@ class SynthesisSpec(Strict):
     # below coverage_threshold) get this many inversion steps for their images when ``steps`` is 0; None: the budget's.
     thin_class_steps: Annotated[int | None, Field(ge=0, le=5000)] = None
     coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7  # prior coverage below which a class is thin
+    # An image pool of the service (POST /v1/pools): the user's unlabelled images, distilled on beside the synthesized
+    # ones (distillation.pool_share of each batch), part held out to measure the student's agreement with the teacher.
+    pool: Annotated[str | None, Field(pattern=r"^pool_[0-9a-z]{26}$")] = None
 
 
 class DistillationSpec(Strict):
@@ -127,6 +130,9 @@ class DistillationSpec(Strict):
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
     mixup: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of each batch mixed with another image (teacher-labelled)
     fresh_share: Annotated[float | None, Field(ge=0, lt=1)] = None  # share of each batch drawn fresh from the generator's prior
+    # Share of each batch drawn from synthesis.pool's images (0 without a pool); None: the budget's. With fresh_share
+    # it must leave room for the surrogate set's images.
+    pool_share: Annotated[float | None, Field(ge=0, lt=1)] = None
 
 
 def _known_student(name: str | None) -> str | None:
@@ -163,12 +169,12 @@ class ExportSpec(Strict):
 BUDGETS: dict[str, dict[str, dict[str, object]]] = {
     "cpu": {
         "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4, "thin_class_steps": 0},
-        "distillation": {"method": "kd", "steps": 4000, "fresh_share": 0.5},
+        "distillation": {"method": "kd", "steps": 4000, "fresh_share": 0.5, "pool_share": 0.25},
         "student": {"arch": "tiny_cnn"},
     },
     "gpu": {
         "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1, "thin_class_steps": 0},
-        "distillation": {"method": "meta_kd", "epochs": 60, "fresh_share": 0.0},
+        "distillation": {"method": "meta_kd", "epochs": 60, "fresh_share": 0.0, "pool_share": 0.25},
         "student": {"arch": "resnet18"},
     },
 }
@@ -280,6 +286,12 @@ class CustomizeSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _pool_share_needs_a_pool(self) -> CustomizeSpec:
+        if self.distillation.pool_share and self.synthesis.pool is None:
+            raise ValueError("distillation.pool_share draws from synthesis.pool: name a pool, or leave pool_share out")
+        return self
+
+    @model_validator(mode="after")
     def _exportable(self) -> CustomizeSpec:
         # A student the spec names is checked here, at submission; a budget's, when the spec is resolved.
         if self.student.arch is not None and (error := unsupported_exports(self.student.arch, self.export.formats)):
@@ -333,9 +345,20 @@ def resolve(spec: CustomizeSpec, device_type: str, teacher: TeacherFacts) -> Res
         fields[section] = current.model_copy(update=filled)
     if spec.distillation.fresh_share is None and generator_for(spec.synthesis, teacher.paired_decoder)[0] != "decoder":
         fields["distillation"] = fields["distillation"].model_copy(update={"fresh_share": 0.0})
+    if spec.synthesis.pool is None:  # no pool, nothing to draw from it
+        fields["distillation"] = fields["distillation"].model_copy(update={"pool_share": 0.0})
+    shares = fields["distillation"].fresh_share + fields["distillation"].pool_share
+    if shares >= 1:
+        raise InvalidSharesError(f"distillation.fresh_share + pool_share is {shares:g}: they must leave room for synthesized images")
     if error := unsupported_exports(fields["student"].arch, spec.export.formats):
         raise UnsupportedExportError(str(error))
     return ResolvedSpec.model_validate(fields)
+
+
+class InvalidSharesError(ValueError):
+    """Fresh prior samples and pool images would fill every batch."""
+
+    code = "invalid_spec"
 
 
 class UnsupportedExportError(ValueError):

@@ -132,6 +132,7 @@ def create_job(
     estimated_seconds: float | None = None,
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
+    pool_id: str | None = None,
 ) -> Job:
     """A queued job, flagged for publication: the reaper publishes it ``publish_grace_seconds`` from now unless the
     caller publishes it first and calls ``mark_published`` (0: the caller leaves the publishing to the reaper)."""
@@ -142,6 +143,7 @@ def create_job(
         status=QUEUED,
         progress=0.0,
         spec=spec,
+        pool_id=pool_id,
         seed=int(spec["seed"]),
         teacher=str(spec["teacher"]),
         idempotency_key=None if idempotency_key is None else scoped_idempotency_key(tenant_id, idempotency_key),

@@ -124,9 +124,10 @@ def create(
         return session.get_one(Pool, pool_id)
 
 
-def get(session: Session, pool_id: str, tenant_id: TenantScope) -> Pool:
-    """Another tenant's pool is not found either (404): its existence is not revealed."""
-    pool = session.get(Pool, pool_id)
+def get(session: Session, pool_id: str, tenant_id: TenantScope, *, lock: bool = False) -> Pool:
+    """Another tenant's pool is not found either (404): its existence is not revealed. ``lock``: a row lock (PostgreSQL;
+    SQLite serialises writers anyway), so that a job naming the pool and the pool's deletion cannot both commit."""
+    pool = session.get(Pool, pool_id, with_for_update=lock)
     if pool is None or not (tenant_id is ANY_TENANT or pool.tenant_id == tenant_id):
         raise ServiceError("pool_not_found", f"no pool {pool_id!r}", 404)
     return pool
@@ -145,7 +146,7 @@ def jobs_using(session: Session, pool_id: str) -> list[str]:
 
 def delete_one(session: Session, pool_id: str, tenant_id: TenantScope) -> str:
     """Delete the rows (the caller commits, then removes the files under the returned prefix); 409 while in use."""
-    pool = get(session, pool_id, tenant_id)
+    pool = get(session, pool_id, tenant_id, lock=True)
     using = jobs_using(session, pool_id)
     if using:
         message = f"pool {pool_id!r} is used by {len(using)} queued or running job(s) ({', '.join(using[:5])}); delete it once they end"

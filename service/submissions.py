@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import evaluations
+from service import evaluations, pools
 from service import jobs as repo
 from service.db import session_scope
 from service.errors import ServiceError
@@ -133,6 +133,9 @@ def store_job(
         try:
             with session_scope(factory) as session:
                 check_quota(session, tenant_id, settings, lock=True)  # again, in the transaction that adds the job
+                pool_id = spec["synthesis"].get("pool")
+                if pool_id is not None:  # the tenant's, and locked until the job that keeps it is added
+                    pools.get(session, pool_id, tenant_id, lock=True)
                 job = repo.create_job(
                     session,
                     job_id=job_id,
@@ -145,6 +148,7 @@ def store_job(
                     estimated_seconds=estimated_duration(spec, settings),
                     webhook_url=submission.webhook_url,
                     webhook_events=submission.webhook_events,
+                    pool_id=pool_id,
                 )
             return job, True
         except IntegrityError:

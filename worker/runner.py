@@ -50,7 +50,7 @@ from core.pipeline import (
 from core.spec import CustomizeSpec, ResolvedSpec, resolve
 from core.synthesis import chunk_from_bytes
 from core.teachers.base import Teacher
-from service import chunks
+from service import chunks, pools
 from service import jobs as repo
 from service.db import session_scope
 from service.outbox import CHUNK
@@ -162,7 +162,7 @@ class JobRunner:
         plan = synthesis_plan(spec, teacher, self.settings.synthesis_chunk_batches, self.settings.synthesis_max_chunks)
         if len(plan) < 2:  # one chunk: nothing to share, the job runs here whole
             return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
-                             checkpoints=self._checkpoints(job_id, reporter))  # fmt: skip
+                             checkpoints=self._checkpoints(job_id, reporter), pool=self._pool(spec, teacher))  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 
@@ -224,6 +224,7 @@ class JobRunner:
             stage_seconds=task.stage_seconds,
             extra_metrics={"synthesis_chunks": synthesis_metrics},
             checkpoints=self._checkpoints(job_id, reporter),
+            pool=self._pool(spec, teacher),
         )
 
     def _execute(
@@ -280,6 +281,26 @@ class JobRunner:
     def _examples(self, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
         return read_examples(self.storage, uploads, size)
 
+    def _pool(self, spec: CustomizeSpec, teacher: Teacher) -> torch.Tensor | None:
+        """The images of the spec's pool as pixels at the teacher's size; None without one."""
+        if spec.synthesis.pool is None:
+            return None
+        with session_scope(self.factory) as session:
+            keys = [image.storage_key for image in pools.images(session, spec.synthesis.pool)]
+        if not keys:  # deleted under a queued job (the API refuses that; a database edit does not)
+            raise PoolUnavailableError(f"pool {spec.synthesis.pool!r} has no images (deleted?)")
+        return torch.stack([read_pixels(self.storage, key, teacher.image_size) for key in keys])
+
+
+class PoolUnavailableError(RuntimeError):
+    code = "pool_unavailable"
+
+
+def read_pixels(storage: Storage, key: str, size: int) -> torch.Tensor:
+    """A stored image as pixels (3, size, size) in [0, 1]."""
+    with Image.open(io.BytesIO(storage.read(key))) as image:
+        return to_pixels(image, size)
+
 
 def resolve_for_worker(spec_data: dict[str, Any], settings: Settings) -> tuple[ResolvedSpec, Teacher]:
     """A stored spec resolved once, on the device it asks for (``device_unavailable`` when this worker has none, never a
@@ -300,8 +321,7 @@ def read_examples(storage: Storage, uploads: list[tuple[str, str]], size: int) -
     """A job's example images by class name, as pixels at the teacher's ``size``."""
     by_class: dict[str, list[torch.Tensor]] = {}
     for class_name, key in uploads:
-        with Image.open(io.BytesIO(storage.read(key))) as image:
-            by_class.setdefault(class_name, []).append(to_pixels(image, size))
+        by_class.setdefault(class_name, []).append(read_pixels(storage, key, size))
     return {name: torch.stack(images) for name, images in by_class.items()}
 
 

@@ -131,6 +131,8 @@ def test_another_tenants_pool_is_not_found_anywhere(server, tenants):
             else:
                 _assert_error(response, 404, "pool_not_found")
         assert pool["id"] not in {p["id"] for p in globex.get("/v1/pools").json()["data"]}
+        borrowed = globex.post("/v1/jobs", json={"classes": ["a", "b"], "synthesis": {"pool": pool["id"]}})
+        _assert_error(borrowed, 404, "pool_not_found")
         assert pool["id"] in {p["id"] for p in acme.get("/v1/pools").json()["data"]}
         assert acme.delete(f"/v1/pools/{pool['id']}").status_code == 204
 

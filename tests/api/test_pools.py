@@ -96,12 +96,20 @@ def test_a_json_body_and_a_long_name_are_refused(http):
 
 def test_a_pool_a_queued_job_uses_cannot_be_deleted(http, api):
     pool = http.post("/v1/pools", files=[("images", ("a.png", png_bytes(), "image/png"))]).json()
-    job = http.post("/v1/jobs", json={"classes": ["circle", "square"]}).json()
+    job = http.post("/v1/jobs", json={"classes": ["circle", "square"], "synthesis": {"pool": pool["id"]}}).json()
+    assert job["spec"]["synthesis"]["pool"] == pool["id"]
     with session_scope(api.app.state.session_factory) as session:
-        session.get_one(Job, job["id"]).pool_id = pool["id"]  # as a job naming the pool records it
+        assert session.get_one(Job, job["id"]).pool_id == pool["id"]
     assert http.get(f"/v1/pools/{pool['id']}").json()["jobs_using"] == [job["id"]]
     refused = http.delete(f"/v1/pools/{pool['id']}")
     error = refused.json()["error"]
     assert refused.status_code == 409 and error["code"] == "pool_in_use" and job["id"] in error["message"]
     assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # a queued job is cancelled at once
     assert http.delete(f"/v1/pools/{pool['id']}").status_code == 204
+
+
+def test_a_job_naming_a_pool_that_is_not_there_is_refused(http):
+    missing = http.post("/v1/jobs", json={"classes": ["circle", "square"], "synthesis": {"pool": "pool_" + "0" * 26}})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "pool_not_found"
+    malformed = http.post("/v1/jobs", json={"classes": ["circle", "square"], "synthesis": {"pool": "../etc"}})
+    assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "invalid_spec"

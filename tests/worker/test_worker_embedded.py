@@ -122,3 +122,26 @@ def test_a_duplicate_message_runs_the_job_once(embedded):
     after = embedded.job(job["id"])
     assert done["status"] == after["status"] == "succeeded" and after["attempts"] == 1 and after["finished_at"] == done["finished_at"]
     assert [e["status"] for e in embedded.events(job["id"]) if e["kind"] == "status"] == ["queued", "running", "succeeded"]
+
+
+def test_a_job_distils_on_the_tenants_image_pool(embedded):
+    import io
+
+    from PIL import Image
+
+    from bench.tasks import get_task
+
+    renders, _ = get_task("shape8").render("val", 8)  # unlabelled images of the domain, as a user's photos
+    files = []
+    for index, pixels in enumerate(renders):
+        buffer = io.BytesIO()
+        Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(buffer, format="PNG")
+        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
+    pool = embedded.http.post("/v1/pools", files=files).json()
+    synthesis = {**TINY_SPEC["synthesis"], "pool": pool["id"]}
+    job = embedded.submit({**TINY_SPEC, "synthesis": synthesis, "classes": ["circle", "square"], "seed": 2})
+    done = embedded.wait_finished(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    report = done["metrics"]["pool"]
+    assert (report["images"], report["held_out_images"], report["share"]) == (8, 1, 0.25) and 0 <= report["agreement"] <= 1
+    assert embedded.http.delete(f"/v1/pools/{pool['id']}").status_code == 204  # the job ended: the pool is free again

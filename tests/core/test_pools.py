@@ -1,0 +1,73 @@
+"""A job with the user's unlabelled images (core.pools): a seeded held-out split, pool images in the distillation
+batches (labelled by the teacher), and the student's agreement with the teacher on the held-out ones in the metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from bench.tasks import get_task
+from core.pipeline import customize
+from core.pools import MAX_HELD_OUT, split_pool
+from core.spec import CustomizeSpec, InvalidSharesError, resolve
+from tests.core.test_pipeline import SMALL
+
+POOL_ID = "pool_" + "0" * 26
+CLASSES = ["circle", "square", "star"]
+
+
+def _spec(**distillation) -> CustomizeSpec:
+    body = {**SMALL, "classes": CLASSES, "synthesis": {**SMALL["synthesis"], "pool": POOL_ID}, "export": {"formats": ["onnx"]}}
+    return CustomizeSpec.model_validate({**body, "distillation": {**SMALL["distillation"], **distillation}})
+
+
+def _photos(count: int, split: str = "val") -> torch.Tensor:
+    images, _ = get_task("shape8").render(split, count)  # unlabelled renders of the world, as a user's photos
+    return images[:count]
+
+
+def test_the_split_is_seeded_disjoint_and_bounded():
+    images = torch.arange(40, dtype=torch.float32).view(40, 1, 1, 1).expand(40, 3, 2, 2)
+    first, again, other = split_pool(images, 3), split_pool(images, 3), split_pool(images, 4)
+    assert torch.equal(first.held_out, again.held_out) and not torch.equal(first.held_out, other.held_out)
+    assert (len(first.train), len(first.held_out)) == (36, 4)
+    seen = set(first.train[:, 0, 0, 0].tolist()) | set(first.held_out[:, 0, 0, 0].tolist())
+    assert seen == set(range(40))
+    assert len(split_pool(torch.zeros(10_000, 3, 1, 1), 0).held_out) == MAX_HELD_OUT
+    with pytest.raises(ValueError, match="at least 2 images"):
+        split_pool(torch.zeros(1, 3, 2, 2), 0)
+
+
+def test_a_job_distils_on_the_pool_and_reports_agreement_on_its_held_out_images(shapes_teacher):
+    pool = _photos(40)
+    result = customize(_spec(pool_share=0.4), shapes_teacher, pool=pool)
+    report = result.metrics["pool"]
+    assert (report["images"], report["distilled_on"], report["held_out_images"], report["share"]) == (40, 36, 4, 0.4)
+    assert 0.0 <= report["agreement"] <= 1.0 and sum(report["teacher_classes"]) == 4
+    again = customize(_spec(pool_share=0.4), shapes_teacher, pool=pool)
+    assert _same_weights(again.student, result.student)  # deterministic with a pool too
+    other = customize(_spec(pool_share=0.4), shapes_teacher, pool=_photos(40, "test"))
+    assert not _same_weights(other.student, result.student)  # the pool's images reach the student
+    with pytest.raises(ValueError, match="names a pool"):
+        customize(_spec(), shapes_teacher)
+
+
+def test_pool_shares_are_checked():
+    with pytest.raises(ValidationError, match=r"pool_share draws from synthesis\.pool"):
+        CustomizeSpec.model_validate({"classes": CLASSES, "distillation": {"pool_share": 0.3}})
+    budget = resolve(_spec(), "cpu", shapes_facts())
+    assert budget.distillation.pool_share == 0.25  # the budget's share once a pool is named
+    assert resolve(CustomizeSpec.model_validate({"classes": CLASSES}), "cpu", shapes_facts()).distillation.pool_share == 0.0
+    with pytest.raises(InvalidSharesError):
+        resolve(_spec(pool_share=0.6, fresh_share=0.5), "cpu", shapes_facts())
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def shapes_facts():
+    from tests.core.teacher_facts import SHAPES_MINI
+
+    return SHAPES_MINI
