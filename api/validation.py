@@ -26,7 +26,8 @@ from service import webhooks
 from service.catalog import find_teacher, list_teachers
 from service.errors import ServiceError
 from service.settings import Settings
-from service.submissions import JobSubmission, SubmittedImage
+from service.submissions import JobSubmission
+from service.uploads import SubmittedImage
 
 ALLOWED_IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 IMAGE_FIELD = re.compile(r"^images\[(?P<name>.+)\]$")

@@ -12,19 +12,26 @@ from cli.errors import CliError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def add_commands(groups: argparse._SubParsersAction) -> None:
+def service_command(
+    commands: argparse._SubParsersAction, name: str, help_text: str, handler, resource: str | None
+) -> argparse.ArgumentParser:
+    """A command that talks to a service: ``--url``, and the id of the resource it acts on (``resource``: its name)."""
     from client import default_url
 
+    sub = commands.add_parser(name, help=help_text)
+    sub.add_argument("--url", default=default_url(), help="service URL (CLIPFORGE_URL, default http://127.0.0.1:8000)")
+    if resource is not None:
+        sub.add_argument(resource)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:
     parser = groups.add_parser("jobs", help="submit and follow jobs on a clipforge service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, handler, job: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--url", default=default_url(), help="service URL (CLIPFORGE_URL, default http://127.0.0.1:8000)")
-        if job:
-            sub.add_argument("job_id")
-        sub.set_defaults(handler=handler)
-        return sub
+        return service_command(commands, name, help_text, handler, "job_id" if job else None)
 
     submit = command("submit", "submit a job (text classes, or example images per class)", run_submit, job=False)
     submit.add_argument("--classes", default=None, help="comma-separated class names")

@@ -7,22 +7,15 @@ import json
 from pathlib import Path
 
 from cli.errors import CliError
-from cli.jobs import IMAGE_SUFFIXES
+from cli.jobs import IMAGE_SUFFIXES, service_command
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
-    from client import default_url
-
     parser = groups.add_parser("pools", help="image pools: your unlabelled images, for jobs to distil on")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, handler, pool: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--url", default=default_url(), help="service URL (CLIPFORGE_URL, default http://127.0.0.1:8000)")
-        if pool:
-            sub.add_argument("pool_id")
-        sub.set_defaults(handler=handler)
-        return sub
+        return service_command(commands, name, help_text, handler, "pool_id" if pool else None)
 
     create = command("create", "upload a folder of images (searched recursively) and/or a zip as a pool", run_create, pool=False)
     create.add_argument("--images", type=Path, default=None, help="a folder of images from your domain, no labels needed")

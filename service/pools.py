@@ -23,24 +23,13 @@ from service.ids import new_id
 from service.jobs import ANY_TENANT, TenantScope
 from service.models import Job, Pool, PoolImage, stored_file_values, utcnow
 from service.storage import Storage, StorageError, StorageFull
+from service.uploads import SubmittedImage
 
 THUMBNAILS_FILE = "thumbnails.png"
 THUMBNAIL_SIDE = 64  # pixels of each image in the grid
 THUMBNAIL_COLUMNS = 8
 THUMBNAIL_IMAGES = 64  # the first images of the pool, in the order sent
 IN_USE = (jobs.QUEUED, jobs.RUNNING, jobs.CANCELLING)  # a job in these states reads the pool's images
-
-
-@dataclass(frozen=True)
-class PoolImageInput:
-    """An image the API decoded and checked."""
-
-    position: int
-    filename: str | None
-    content: bytes
-    content_type: str
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +55,7 @@ def image_key(pool_id: str, sha256: str) -> str:
     return f"{prefix(pool_id)}/images/{sha256}"
 
 
-def thumbnails_png(images: Sequence[PoolImageInput]) -> bytes:
+def thumbnails_png(images: Sequence[SubmittedImage]) -> bytes:
     """A grid of the first THUMBNAIL_IMAGES images, each fitted into a THUMBNAIL_SIDE square."""
     shown = list(images[:THUMBNAIL_IMAGES])
     rows = max(1, -(-len(shown) // THUMBNAIL_COLUMNS))
@@ -84,11 +73,11 @@ def thumbnails_png(images: Sequence[PoolImageInput]) -> bytes:
 
 
 def create(
-    images: Sequence[PoolImageInput], name: str | None, tenant_id: str | None, factory: sessionmaker[Session], storage: Storage
+    images: Sequence[SubmittedImage], name: str | None, tenant_id: str | None, factory: sessionmaker[Session], storage: Storage
 ) -> Pool:
     """Store the distinct images and the thumbnails, then the rows; on any failure nothing is left behind."""
     pool_id = new_id("pool")
-    distinct: dict[str, PoolImageInput] = {}
+    distinct: dict[str, SubmittedImage] = {}
     for image in images:
         distinct.setdefault(hashlib.sha256(image.content).hexdigest(), image)
     try:

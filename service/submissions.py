@@ -30,21 +30,9 @@ from service.queue import BrokerUnavailable
 from service.settings import Settings
 from service.specs import estimated_duration
 from service.storage import Storage, StorageError, StorageFull, job_prefixes, upload_key
+from service.uploads import SubmittedImage
 
 T = TypeVar("T")
-
-
-@dataclass
-class SubmittedImage:
-    """An image the API decoded and checked: what is stored, and the row's facts about it."""
-
-    class_name: str
-    position: int
-    filename: str | None
-    content: bytes
-    content_type: str
-    width: int
-    height: int
 
 
 @dataclass

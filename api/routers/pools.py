@@ -13,7 +13,7 @@ from api.archives import ARCHIVE_FIELD, IMAGES_FIELD, unlabelled_images
 from api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
 from api.files import FILE_RESPONSES, STREAM_QUERY, stored_file_response
 from api.multipart import read_form
-from api.validation import invalid
+from api.validation import DecodedImage, invalid
 from service import pools as repo
 from service.models import Pool
 from service.settings import Settings
@@ -54,9 +54,8 @@ def pool_out(pool: Pool, jobs_using: list[str]) -> schemas.Pool:
     )
 
 
-def _checked(files: list[tuple[str, str | None, bytes]], settings: Settings) -> list[repo.PoolImageInput]:
-    images = unlabelled_images(files, settings, max_images=settings.max_pool_images)
-    return [repo.PoolImageInput(i.position, i.filename, i.content, i.content_type, i.width, i.height) for i in images]
+def _checked(files: list[tuple[str, str | None, bytes]], settings: Settings) -> list[DecodedImage]:
+    return unlabelled_images(files, settings, max_images=settings.max_pool_images)
 
 
 @router.post("", status_code=201, response_model=schemas.Pool, responses=ERRORS, openapi_extra={"requestBody": CREATE_BODY})
