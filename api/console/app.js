@@ -258,7 +258,7 @@ function signOut(error = null) {
 
 // -- views and routing -------------------------------------------------------------------------------------------
 
-const VIEWS = ["sign-in", "jobs", "new", "job"];
+const VIEWS = ["sign-in", "jobs", "new", "job", "pools"];
 const pageCleanups = []; // what the current view started (streams, timers, blob URLs), undone when it is left
 
 function leaveViews() {
@@ -283,7 +283,82 @@ function route() {
   const jobMatch = /^#\/jobs\/([A-Za-z0-9_-]+)$/.exec(hash);
   if (jobMatch) openJob(jobMatch[1]);
   else if (hash === "#/new") openNewJob();
+  else if (hash === "#/pools") openPools();
   else openJobList();
+}
+
+// -- image pools -------------------------------------------------------------------------------------------------
+
+function poolRow(current, pool) {
+  const thumbnails = el("img", { alt: `The first images of ${pool.id}`, class: "pool-thumbnails" });
+  showBlobImage(current, pool.thumbnails_url, thumbnails, $("pools-error"));
+  const remove = el("button", { type: "button", "aria-label": `Delete ${pool.id}` }, "Delete");
+  remove.addEventListener("click", async () => {
+    remove.disabled = true;
+    try {
+      await apiJson("DELETE", `/v1/pools/${pool.id}`);
+      announce(`Deleted ${pool.id}.`);
+      openPools();
+    } catch (error) {
+      showError($("pools-error"), error);
+      remove.disabled = false;
+    }
+  });
+  const using = pool.jobs_using.length ? pool.jobs_using.map((id) => el("a", { href: `#/jobs/${id}` }, el("code", {}, id))) : ["none"];
+  return el(
+    "tr",
+    {},
+    el("td", {}, el("code", {}, pool.id)),
+    el("td", {}, pool.name ?? ""),
+    el("td", {}, String(pool.image_count)),
+    el("td", {}, `${(pool.bytes / 1e6).toFixed(1)} MB`),
+    el("td", {}, ...using),
+    el("td", {}, thumbnails),
+    el("td", {}, remove),
+  );
+}
+
+async function openPools() {
+  const controller = new AbortController();
+  const current = { signal: controller.signal, blobUrls: [] };
+  page = current;
+  pageCleanups.push(() => {
+    controller.abort();
+    for (const url of current.blobUrls) URL.revokeObjectURL(url);
+    page = null;
+  });
+  showView("pools");
+  showError($("pools-error"), null);
+  try {
+    const { data } = await apiJson("GET", "/v1/pools", { signal: current.signal });
+    if (page !== current) return;
+    $("pools-body").replaceChildren(...data.map((pool) => poolRow(current, pool)));
+    $("pools-empty").hidden = data.length > 0;
+  } catch (error) {
+    if (error.name !== "AbortError") showError($("pools-error"), error);
+  }
+}
+
+async function createPool(event) {
+  event.preventDefault();
+  const form = new FormData();
+  for (const file of $("pool-images").files) form.append("images", file, file.name);
+  const archive = $("pool-archive").files[0];
+  if (archive) form.append("archive", archive, archive.name);
+  const name = $("pool-name").value.trim();
+  if (name) form.append("name", name);
+  const button = $("pool-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const pool = await apiJson("POST", "/v1/pools", { body: form });
+    $("pool-form").reset();
+    announce(`Created ${pool.id} with ${pool.image_count} images.`);
+    openPools();
+  } catch (error) {
+    showError($("pools-error"), error);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // -- the job list ------------------------------------------------------------------------------------------------
@@ -749,7 +824,7 @@ async function downloadArtifact(current, artifact, button) {
 }
 
 /** Shows an artifact image (fetched with the key) in ``img``; false when it cannot be loaded. */
-async function showBlobImage(current, url, img) {
+async function showBlobImage(current, url, img, errorBox = $("job-error")) {
   try {
     const blob = await (await api("GET", url, { signal: current.signal })).blob();
     const objectUrl = URL.createObjectURL(blob);
@@ -761,7 +836,7 @@ async function showBlobImage(current, url, img) {
     });
     return true;
   } catch (error) {
-    if (error.name !== "AbortError" && page === current) showError($("job-error"), error);
+    if (error.name !== "AbortError" && page === current) showError(errorBox, error);
     return false;
   }
 }
@@ -1005,6 +1080,7 @@ function wire() {
   $("more-jobs").addEventListener("click", () => loadJobs({ more: true }));
   $("classes").addEventListener("input", renderExampleInputs);
   $("new-job-form").addEventListener("submit", submitJob);
+  $("pool-form").addEventListener("submit", createPool);
   $("cancel-job").addEventListener("click", cancelJob);
   $("delete-job").addEventListener("click", deleteJob);
   $("evaluation-form").addEventListener("submit", submitEvaluation);

@@ -317,3 +317,20 @@ def test_a_dropped_event_stream_resumes_after_the_last_event_seen(page: Page, se
     page.reload()  # the tab keeps its sign-in (session storage) and its route
     expect(page.get_by_text("Open mode (no API key)")).to_be_visible()
     expect(page.locator("#job-status")).to_have_text("succeeded")
+
+
+def test_image_pools_are_created_listed_shown_and_deleted(page: Page, service_url: str, tmp_path: Path):
+    files = render_shapes(tmp_path, 1)
+    sign_in_open_mode(page, service_url)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Image pools").click()
+    expect(page.get_by_role("heading", name="Image pools", level=1)).to_be_visible()
+    assert unlabelled_controls(page) == []
+    page.get_by_label("Images", exact=True).set_input_files([str(paths[0]) for paths in files.values()])
+    page.get_by_label("Name (optional)").fill("my renders")
+    page.get_by_role("button", name="Create pool").click()
+    row = page.locator("#pools-body tr").filter(has_text="my renders")
+    expect(row).to_contain_text(str(len(files)))
+    expect(row.get_by_role("img")).to_have_js_property("complete", True)
+    assert row.get_by_role("img").evaluate("img => img.naturalWidth") > 0  # the grid arrived through the key's fetch
+    row.get_by_role("button", name="Delete").click()
+    expect(page.locator("#pools-body tr").filter(has_text="my renders")).to_have_count(0)
