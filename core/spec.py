@@ -125,7 +125,10 @@ class DistillationSpec(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"  # student optimiser (SGD: momentum 0.9, Nesterov)
     lr: Annotated[float, Field(gt=0, le=10)] = 0.05  # student learning rate, cosine-decayed
     inner_lr: Annotated[float, Field(gt=0, le=10)] = 0.01  # meta-KD inner step size alpha
-    first_order: bool = False  # meta-KD without second-order terms (cheaper)
+    first_order: bool | None = None  # meta-KD without second-order terms (cheaper); None: the budget's
+    # The method of a job whose prior covers some class thinly (core.coverage; chosen in the preparing stage, the same in
+    # every process); None: the budget's. Meta-KD's held-out styles keep the student from the inverted images' quirks.
+    thin_class_method: DistillMethod | None = None
     train_style_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # share of styles whose images form X_tr
     batch_size: Annotated[int, Field(ge=2, le=4096)] = 64
     mixup: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of each batch mixed with another image (teacher-labelled)
@@ -165,16 +168,32 @@ class ExportSpec(Strict):
 # prior with no inversion steps (on this prior they measured no better with fresh images, and worse without),
 # plain KD for 4,000 steps with half of each batch fresh prior samples, tiny_cnn (a ResNet-18 step costs about 50
 # tiny_cnn steps on this CPU). "gpu": the paper's budget (400 inversion steps, 8 cutouts, 64 images per
-# class, a ResNet-18 distilled for 60 epochs with meta-KD); not measured on our machines.
+# class, a ResNet-18 distilled for 60 epochs with meta-KD); not measured on our machines. Both: a class the prior covers
+# thinly (core.coverage) gets inversion steps on the cpu budget (thin_class_steps) and the job distils with meta-KD
+# (thin_class_method), chosen on val renders of classes a decoder never saw (bench/results/experiments.md, 2026-12-05).
 BUDGETS: dict[str, dict[str, dict[str, object]]] = {
     "cpu": {
-        "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4, "thin_class_steps": 0},
-        "distillation": {"method": "kd", "steps": 4000, "fresh_share": 0.5, "pool_share": 0.25},
+        "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4, "thin_class_steps": 30},
+        "distillation": {
+            "method": "kd",
+            "steps": 4000,
+            "fresh_share": 0.5,
+            "pool_share": 0.25,
+            "thin_class_method": "meta_kd",
+            "first_order": True,
+        },
         "student": {"arch": "tiny_cnn"},
     },
     "gpu": {
         "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1, "thin_class_steps": 0},
-        "distillation": {"method": "meta_kd", "epochs": 60, "fresh_share": 0.0, "pool_share": 0.25},
+        "distillation": {
+            "method": "meta_kd",
+            "epochs": 60,
+            "fresh_share": 0.0,
+            "pool_share": 0.25,
+            "thin_class_method": "meta_kd",
+            "first_order": False,
+        },
         "student": {"arch": "resnet18"},
     },
 }

@@ -53,6 +53,15 @@ def test_a_coverage_measured_once_is_taken_as_given_by_later_preparations(teache
         prepare(CustomizeSpec.model_validate(SPEC), teacher, coverage=Coverage([0.9, 0.1], measured.threshold, ()))
 
 
+def test_a_job_with_a_thin_class_distils_with_the_thin_class_method(teacher: Teacher) -> None:
+    spec = CustomizeSpec.model_validate(SPEC)  # the cpu budget: plain KD, meta-KD (first order) once a class is thin
+    thin = prepare(spec, teacher, coverage=Coverage([0.9, 0.9, 0.2], 0.7, (2,))).spec.distillation
+    covered = prepare(spec, teacher, coverage=Coverage([0.9, 0.9, 0.9], 0.7, ())).spec.distillation
+    assert (thin.method, thin.first_order, covered.method) == ("meta_kd", True, "kd")
+    mine = CustomizeSpec.model_validate({**SPEC, "distillation": {"thin_class_method": "kd"}})
+    assert prepare(mine, teacher, coverage=Coverage([0.9, 0.9, 0.2], 0.7, (2,))).spec.distillation.method == "kd"
+
+
 def test_only_thin_classes_are_inverted_and_batches_stay_independent(teacher: Teacher) -> None:
     preparation = prepare(CustomizeSpec.model_validate(SPEC), teacher)
     config, targets = preparation.synthesis, preparation.targets

@@ -79,6 +79,8 @@ def test_unset_fields_take_the_budget_of_the_device_and_set_ones_are_kept():
     for resolved, budget in ((cpu, BUDGETS["cpu"]), (gpu, BUDGETS["gpu"])):
         for section, defaults in budget.items():
             for field, value in defaults.items():
+                if (section, field) == ("distillation", "pool_share"):
+                    continue  # 0 without a pool to draw from (tests/core/test_pools.py)
                 assert getattr(getattr(resolved, section), field) == value, (section, field)
     assert gpu.student.arch == "resnet18" and gpu.synthesis.steps == 400  # the paper's budget on CUDA
     assert resolve(cpu, "cuda", SHAPES_MINI) == cpu  # resolving twice changes nothing; the budget is fixed once chosen

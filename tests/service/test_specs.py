@@ -46,7 +46,9 @@ def test_the_worker_and_the_estimate_resolve_a_spec_alike(body, shapes_teacher):
     submitted = _submitted(body, settings)
     estimate_side = resolve_submitted(submitted, settings)
     spec = CustomizeSpec.model_validate(submitted)
-    worker_side = prepare(spec, shapes_teacher).spec  # what the pipeline runs (on this CPU: a spec's cuda is the estimate's)
+    # What the pipeline resolves (on this CPU: a spec's cuda is the estimate's); its preparation may then switch a job
+    # with thin classes to their method (core.pipeline.with_thin_class_method), which no estimate can know beforehand.
+    worker_side = resolved_spec(spec, shapes_teacher)
     if spec.device == "cuda":
         worker_side = resolve(spec, "cuda", shapes_teacher)  # as a CUDA worker would
     assert isinstance(estimate_side, ResolvedSpec) and estimate_side.model_dump() == worker_side.model_dump()
