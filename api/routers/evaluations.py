@@ -15,7 +15,7 @@ from api.archives import ARCHIVE_FIELD
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.evaluation_input import evaluation_input
 from api.files import FILE_RESPONSES, STREAM_QUERY, check_artifact_name, stored_file_response
-from api.multipart import read_form
+from api.multipart import multipart_body, read_form
 from api.validation import invalid
 from core.artifacts import ONNX_FILE
 from service import evaluations as repo
@@ -27,20 +27,10 @@ log = logging.getLogger("clipforge.api")
 router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"])
 ERRORS = schemas.ERROR_RESPONSES
 
-SUBMIT_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    ARCHIVE_FIELD: {"type": "string", "format": "binary", "description": "a zip with one folder of images per class"}
-                },
-                "description": "labelled images as files named images[CLASS], and/or one zip named 'archive'",
-            }
-        }
-    },
-}
+SUBMIT_BODY = multipart_body(
+    {ARCHIVE_FIELD: {"type": "string", "format": "binary", "description": "a zip with one folder of images per class"}},
+    "labelled images as files named images[CLASS], and/or one zip named 'archive'",
+)
 
 
 def artifact_out(evaluation: Evaluation, artifact: EvaluationArtifact) -> schemas.Artifact:

@@ -12,7 +12,7 @@ from api import schemas
 from api.archives import ARCHIVE_FIELD, IMAGES_FIELD, unlabelled_images
 from api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
 from api.files import FILE_RESPONSES, STREAM_QUERY, stored_file_response
-from api.multipart import read_form
+from api.multipart import multipart_body, read_form
 from api.validation import DecodedImage, invalid
 from service import pools as repo
 from service.models import Pool
@@ -23,22 +23,14 @@ ERRORS = schemas.ERROR_RESPONSES
 NAME_FIELD = "name"
 MAX_NAME = 200
 
-CREATE_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    IMAGES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "images"},
-                    ARCHIVE_FIELD: {"type": "string", "format": "binary", "description": "a zip of images, any folder layout"},
-                    NAME_FIELD: {"type": "string", "maxLength": MAX_NAME, "description": "a label for the pool"},
-                },
-                "description": "unlabelled images as files named 'images', and/or one zip named 'archive'",
-            }
-        }
+CREATE_BODY = multipart_body(
+    {
+        IMAGES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "images"},
+        ARCHIVE_FIELD: {"type": "string", "format": "binary", "description": "a zip of images, any folder layout"},
+        NAME_FIELD: {"type": "string", "maxLength": MAX_NAME, "description": "a label for the pool"},
     },
-}
+    "unlabelled images as files named 'images', and/or one zip named 'archive'",
+)
 
 
 def pool_out(pool: Pool, jobs_using: list[str]) -> schemas.Pool:
