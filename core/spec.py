@@ -111,6 +111,9 @@ class SynthesisSpec(Strict):
     # below coverage_threshold) get this many inversion steps for their images when ``steps`` is 0; None: the budget's.
     thin_class_steps: Annotated[int | None, Field(ge=0, le=5000)] = None
     coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7  # prior coverage below which a class is thin
+    # CCM's weight in the thin classes' inversion; None: the budget's (cpu: 0, measured: the cross-entropy term makes
+    # images the teacher is sure of that teach the student least).
+    thin_class_consistency_weight: Annotated[float | None, Field(ge=0, le=100)] = None
     # An image pool of the service (POST /v1/pools): the user's unlabelled images, distilled on beside the synthesized
     # ones (distillation.pool_share of each batch), part held out to measure the student's agreement with the teacher.
     pool: Annotated[str | None, Field(pattern=r"^pool_[0-9a-z]{26}$")] = None
@@ -173,7 +176,15 @@ class ExportSpec(Strict):
 # (thin_class_method), chosen on val renders of classes a decoder never saw (bench/results/experiments.md, 2026-12-05).
 BUDGETS: dict[str, dict[str, dict[str, object]]] = {
     "cpu": {
-        "synthesis": {"images_per_class": 256, "steps": 0, "cutouts": 2, "batch_size": 256, "init_candidates": 4, "thin_class_steps": 30},
+        "synthesis": {
+            "images_per_class": 256,
+            "steps": 0,
+            "cutouts": 2,
+            "batch_size": 256,
+            "init_candidates": 4,
+            "thin_class_steps": 30,
+            "thin_class_consistency_weight": 0.0,
+        },
         "distillation": {
             "method": "kd",
             "steps": 4000,
@@ -185,7 +196,15 @@ BUDGETS: dict[str, dict[str, dict[str, object]]] = {
         "student": {"arch": "tiny_cnn"},
     },
     "gpu": {
-        "synthesis": {"images_per_class": 64, "steps": 400, "cutouts": 8, "batch_size": 64, "init_candidates": 1, "thin_class_steps": 0},
+        "synthesis": {
+            "images_per_class": 64,
+            "steps": 400,
+            "cutouts": 8,
+            "batch_size": 64,
+            "init_candidates": 1,
+            "thin_class_steps": 0,
+            "thin_class_consistency_weight": 1.0,
+        },
         "distillation": {
             "method": "meta_kd",
             "epochs": 60,

@@ -8,6 +8,7 @@ in any process and order) ``assemble`` into the very set ``synthesize`` makes in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -106,6 +107,7 @@ class SynthesisConfig:
     thin_class_steps: int = 0  # with steps 0: inversion steps for the images of thin_classes only (no pool growth then)
     coverage_threshold: float = 0.7  # prior coverage below which a class is thin (core.coverage, in the preparing stage)
     thin_classes: tuple[int, ...] = ()  # the classes found thin: set by the preparing stage, the same in every process
+    thin_class_consistency_weight: float = 1.0  # class_consistency_weight in the thin classes' inversion
 
     def thin_steps_for(self, labels: torch.Tensor) -> int:
         """Inversion steps a batch with these labels gets beyond ``steps``: thin_class_steps when it holds a thin class."""
@@ -212,7 +214,9 @@ def synthesize_batches(
             thin = torch.isin(y.cpu(), torch.tensor(config.thin_classes)).nonzero(as_tuple=True)[0]
             generator.keep(thin)
             on_device = thin.to(device)
-            done = _invert(generator, teacher, targets, config, y[on_device], s[on_device], rng, thin_steps, done, total_units, on_step)
+            inversion = dataclasses.replace(config, class_consistency_weight=config.thin_class_consistency_weight)
+            labels_on, styles_on = y[on_device], s[on_device]
+            done = _invert(generator, teacher, targets, inversion, labels_on, styles_on, rng, thin_steps, done, total_units, on_step)
             with torch.no_grad():
                 images[offset + thin] = generator().float().cpu()
         offset += size

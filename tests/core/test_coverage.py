@@ -72,6 +72,9 @@ def test_only_thin_classes_are_inverted_and_batches_stay_independent(teacher: Te
     assert not torch.equal(thin.images[star], plain.images[star])  # the thin class's images were inverted
     alone = synthesize_batches(teacher, targets, replace(config, thin_classes=(2,)), [1], seed=4)  # another chunk's view
     assert torch.equal(alone.images, thin.images[thin.positions >= alone.positions.min()])
+    plain_ccm = synthesize_batches(teacher, targets, replace(config, thin_classes=(2,), thin_class_consistency_weight=1.0), [0], seed=4)
+    no_ccm = synthesize_batches(teacher, targets, replace(config, thin_classes=(2,), thin_class_consistency_weight=0.0), [0], seed=4)
+    assert not torch.equal(plain_ccm.images, no_ccm.images)  # the thin classes' inversion has its own CCM weight
     steps: list[int] = []
     synthesize_batches(teacher, targets, replace(config, thin_classes=(2,)), [0, 1], seed=4, on_step=lambda d, t: steps.append(t))
     assert steps[-1] == 2 * (config.thin_class_steps + 1)  # progress counts the thin steps
