@@ -84,3 +84,21 @@ def multipart_body(properties: dict[str, Any], description: str) -> dict[str, An
     """The OpenAPI request body of an endpoint that reads its multipart form by hand (read_form): FastAPI cannot see it."""
     schema = {"type": "object", "properties": properties, "description": description}
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+async def read_image_form(
+    request: Request, settings: Settings, *, max_files: int, text_fields: Collection[str], archive_field: str, hint: str
+) -> tuple[dict[str, str], list[tuple[str, str | None, bytes]]]:
+    """read_form for images sent as files and/or one zip (``archive_field``, up to the request's size): 415 for any
+    body but multipart/form-data."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise invalid("unsupported_media_type", f"send multipart/form-data, not {content_type!r}", status=415)
+    return await read_form(
+        request,
+        settings,
+        max_files=max_files,
+        text_fields=text_fields,
+        file_limit=lambda field: settings.max_request_bytes if field == archive_field else settings.max_image_bytes,
+        hint=hint,
+    )

@@ -15,7 +15,7 @@ from api.archives import ARCHIVE_FIELD
 from api.deps import PrincipalDep, QueueDep, SessionDep, SettingsDep, StorageDep
 from api.evaluation_input import evaluation_input
 from api.files import FILE_RESPONSES, STREAM_QUERY, check_artifact_name, stored_file_response
-from api.multipart import multipart_body, read_form
+from api.multipart import multipart_body, read_image_form
 from api.validation import invalid
 from core.artifacts import ONNX_FILE
 from service import evaluations as repo
@@ -79,15 +79,12 @@ async def submit_evaluation(
     """Score the job's exported student (and its teacher) on labelled images: ``images[CLASS]`` files or one zip."""
     factory = request.app.state.session_factory
     class_names = await run_in_threadpool(job_classes, factory, job_id, principal.tenant_id)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data":
-        raise invalid("unsupported_media_type", f"send multipart/form-data, not {content_type!r}", status=415)
-    _, files = await read_form(
+    _, files = await read_image_form(
         request,
         settings,
         max_files=settings.max_evaluation_images,
         text_fields=(),
-        file_limit=lambda field: settings.max_request_bytes if field == ARCHIVE_FIELD else settings.max_image_bytes,
+        archive_field=ARCHIVE_FIELD,
         hint="send images[CLASS] files or one 'archive' zip",
     )
     checked = await run_in_threadpool(evaluation_input, files, class_names, settings)

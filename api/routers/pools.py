@@ -12,7 +12,7 @@ from api import schemas
 from api.archives import ARCHIVE_FIELD, IMAGES_FIELD, unlabelled_images
 from api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
 from api.files import FILE_RESPONSES, STREAM_QUERY, stored_file_response
-from api.multipart import multipart_body, read_form
+from api.multipart import multipart_body, read_image_form
 from api.validation import DecodedImage, invalid
 from service import pools as repo
 from service.models import Pool
@@ -53,15 +53,12 @@ def _checked(files: list[tuple[str, str | None, bytes]], settings: Settings) -> 
 @router.post("", status_code=201, response_model=schemas.Pool, responses=ERRORS, openapi_extra={"requestBody": CREATE_BODY})
 async def create_pool(request: Request, settings: SettingsDep, storage: StorageDep, principal: PrincipalDep) -> JSONResponse:
     """A pool of the caller's unlabelled images: ``images`` files and/or one ``archive`` zip, checked as uploads are."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data":
-        raise invalid("unsupported_media_type", f"send multipart/form-data, not {content_type!r}", status=415)
-    fields, files = await read_form(
+    fields, files = await read_image_form(
         request,
         settings,
         max_files=settings.max_pool_images + 1,
         text_fields=(NAME_FIELD,),
-        file_limit=lambda field: settings.max_request_bytes if field == ARCHIVE_FIELD else settings.max_image_bytes,
+        archive_field=ARCHIVE_FIELD,
         hint="send 'images' files or one 'archive' zip, and optionally a 'name'",
     )
     name = (fields.get(NAME_FIELD) or "").strip() or None
