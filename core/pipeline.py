@@ -25,7 +25,7 @@ from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate
 from core.distill import DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
-from core.pools import PoolSplit, held_out_agreement, pool_sampler, split_pool
+from core.pools import PoolSplit, fit_pool_prior, held_out_agreement, pool_sampler, split_pool
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
 from core.students import Student, count_flops, count_parameters, create_student_for
@@ -168,7 +168,7 @@ def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tupl
 def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     # The spec and the engine config share field names; a field one lacks fails loudly here.
     generator, options = resolved_generator(spec, teacher)
-    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior", "pool"}, exclude_none=True)  # pool: distillation's
+    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior", "pool", "pool_prior"}, exclude_none=True)
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
@@ -257,6 +257,7 @@ class Preparation:
     styles: list[str]
     targets: InversionTargets
     coverage: Coverage  # how well the generator's prior covers each class (core.coverage); its thin classes are in synthesis
+    pool_prior: dict[str, object] | None = None  # the prior fitted on the job's pool (core.pools.fit_pool_prior), if any
 
     @property
     def used_styles(self) -> list[str]:
@@ -269,12 +270,17 @@ def prepare(
     examples: Mapping[str, torch.Tensor] | None = None,
     *,
     coverage: Coverage | None = None,
+    pool: torch.Tensor | None = None,
 ) -> Preparation:
     """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts. ``coverage``:
     the prior's coverage as this job's first preparation measured it (deterministic, so only saved work): a split job's
-    chunks and distillation take it instead of decoding and scoring the prior samples again."""
+    chunks and distillation take it instead of decoding and scoring the prior samples again. ``pool``: the images of
+    the spec's pool (as ``customize`` takes them); with ``synthesis.pool_prior`` the prior is fitted on them."""
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
+    pool_prior = None
+    if pool is not None and spec.synthesis.pool_prior:
+        synthesis, pool_prior = with_pool_prior(synthesis, split_pool(pool, spec.seed).train, teacher.device)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
     if coverage is None:
@@ -282,7 +288,27 @@ def prepare(
     elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
-    return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage)
+    return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior)
+
+
+def with_pool_prior(
+    synthesis: SynthesisConfig, images: torch.Tensor, device: torch.device
+) -> tuple[SynthesisConfig, dict[str, object] | None]:
+    """The synthesis config drawing from a prior fitted on ``images`` (a pool's), and what the metrics say of it; the
+    config unchanged (and why) when its generator is no decoder with an encoder or the pool is too small to fit on."""
+    options = dict(synthesis.generator_options)
+    prior = fit_pool_prior(synthesis.generator, options.get("decoder"), images, device)
+    if isinstance(prior, str):
+        return synthesis, {"used": False, "reason": prior}
+    options["prior"] = prior
+    summary = {"used": True, "images": len(images), "dimensions": prior.dimensions}
+    return dataclasses.replace(synthesis, generator_options=tuple(options.items())), summary
+
+
+def generator_metrics(synthesis: SynthesisConfig, pool_prior: dict[str, object] | None) -> dict[str, object]:
+    """The generator, decoder and prior a job drew from: the prior is "pool" when fitted on the job's pool."""
+    options = {k: ("pool" if k == "prior" and not isinstance(v, str) else v) for k, v in synthesis.generator_options}
+    return {"name": synthesis.generator, **options, **({"pool_prior": pool_prior} if pool_prior else {})}
 
 
 def with_thin_class_method(spec: ResolvedSpec, coverage: Coverage) -> ResolvedSpec:
@@ -355,7 +381,7 @@ def customize(
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
         with tracker.timed("preparing"):
-            preparation = prepare(resolved, teacher, examples)
+            preparation = prepare(resolved, teacher, examples, pool=pool)
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
             tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
@@ -450,7 +476,7 @@ def _distill_and_export(
             "coverage": coverage,
             "surrogate_images": len(surrogate),
             "surrogate_sha256": surrogate_sha256(surrogate),
-            "generator": {"name": synthesis.generator, **{k: v for k, v in synthesis.generator_options}},
+            "generator": generator_metrics(synthesis, preparation.pool_prior),
             "final_losses": final_losses,
             "student_parameters": count_parameters(student),
             "student_flops": count_flops(student, student.image_size),

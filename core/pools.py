@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.generators.decoder import DecoderHasNoEncoderError, LatentPrior, find_decoder_dir, load_encoder_from
+from core.generators.priors import prior_of_images
 from core.teachers.base import Teacher
 
 HELD_OUT_SHARE = 0.1  # of the pool's images, kept out of distillation to measure agreement on
 MAX_HELD_OUT = 512
 MIN_POOL_IMAGES = 2  # one to distil on, one to hold out
 POOL_STREAM = 7_777_777  # offset of the split's seed from every other draw of the job
+MIN_PRIOR_IMAGES = 64  # a kernel density over fewer codes than this is no picture of a domain: the decoder's prior stays
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,17 @@ def held_out_agreement(student: nn.Module, teacher: Teacher, classifier: torch.T
         agree += int((student_class == teacher_class).sum())
         counts += torch.bincount(teacher_class, minlength=len(counts))
     return {"held_out_images": len(images), "agreement": round(agree / max(1, len(images)), 4), "teacher_classes": counts.tolist()}
+
+
+def fit_pool_prior(generator: str, decoder: str | None, images: torch.Tensor, device: torch.device) -> LatentPrior | str:
+    """A kernel density prior over the decoder's encoder's codes of the pool's ``images`` (core.generators.priors, the
+    fit ``clipforge priors build`` makes of a folder); else why not, as a short reason for the job's metrics."""
+    if generator != "decoder" or decoder is None:
+        return f"generator {generator!r} has no latent codes"
+    if len(images) < MIN_PRIOR_IMAGES:
+        return f"{len(images)} pool images to fit on, fewer than {MIN_PRIOR_IMAGES}"
+    try:
+        encoder = load_encoder_from(find_decoder_dir(decoder))
+    except DecoderHasNoEncoderError:
+        return f"decoder {decoder!r} ships no encoder"
+    return prior_of_images(encoder.to(device), images)

@@ -117,6 +117,9 @@ class SynthesisSpec(Strict):
     # An image pool of the service (POST /v1/pools): the user's unlabelled images, distilled on beside the synthesized
     # ones (distillation.pool_share of each batch), part held out to measure the student's agreement with the teacher.
     pool: Annotated[str | None, Field(pattern=r"^pool_[0-9a-z]{26}$")] = None
+    # With a pool and a decoder that ships its encoder: synthesis draws from a prior fitted on the codes of the pool's
+    # images (those distilled on, not the held-out ones) instead of synthesis.prior: the user's domain, not the decoder's.
+    pool_prior: bool = True
 
 
 class DistillationSpec(Strict):

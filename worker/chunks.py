@@ -26,7 +26,7 @@ from service.outbox import DISTILLATION
 from service.settings import Settings
 from service.storage import Storage
 from worker.attempts import CancelCheck, LeaseKeeper, LeaseLost, new_owner, settle
-from worker.runner import read_coverage, read_examples, resolve_for_worker
+from worker.runner import read_coverage, read_examples, read_pool, resolve_for_worker
 
 log = logging.getLogger("clipforge.worker")
 
@@ -75,7 +75,8 @@ class ChunkRunner:
         def attempt() -> ChunkOutcome:
             spec, teacher = resolve_for_worker(task.spec, self.settings)
             examples = read_examples(self.storage, task.uploads, teacher.image_size)
-            preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id))
+            pool = read_pool(self.factory, self.storage, spec, teacher.image_size)
+            preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
             estimates = stage_estimates(preparation.spec)
             reporter = ChunkReporter(self, task, owner, keeper, lambda fraction: job_fraction(estimates, SYNTHESIZING, fraction))
             began = time.monotonic()

@@ -182,7 +182,7 @@ class JobRunner:
         reporter.on_progress(Progress("preparing", 0.0, job_fraction(estimates, "preparing", 0.0), None))
         if reporter.should_cancel():
             raise CustomizeCancelled("cancelled during preparing")
-        preparation = prepare(spec, teacher, examples)
+        preparation = prepare(spec, teacher, examples, pool=self._pool(spec, teacher))
         self.storage.put(chunks.coverage_key(job_id), json.dumps(preparation.coverage.to_json()).encode())
         progress = round(job_fraction(estimates, "synthesizing", 0.0), 4)
         with session_scope(self.factory) as session:
@@ -205,7 +205,8 @@ class JobRunner:
         examples: dict[str, torch.Tensor],
         reporter: ProgressReporter,
     ) -> CustomizeResult:
-        preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id))
+        pool = self._pool(spec, teacher)
+        preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
         pieces = []
         for stored in task.chunks:
             data = self.storage.read(stored.key)
@@ -224,7 +225,7 @@ class JobRunner:
             stage_seconds=task.stage_seconds,
             extra_metrics={"synthesis_chunks": synthesis_metrics},
             checkpoints=self._checkpoints(job_id, reporter),
-            pool=self._pool(spec, teacher),
+            pool=pool,
         )
 
     def _execute(
@@ -282,18 +283,22 @@ class JobRunner:
         return read_examples(self.storage, uploads, size)
 
     def _pool(self, spec: CustomizeSpec, teacher: Teacher) -> torch.Tensor | None:
-        """The images of the spec's pool as pixels at the teacher's size; None without one."""
-        if spec.synthesis.pool is None:
-            return None
-        with session_scope(self.factory) as session:
-            keys = [image.storage_key for image in pools.images(session, spec.synthesis.pool)]
-        if not keys:  # deleted under a queued job (the API refuses that; a database edit does not)
-            raise PoolUnavailableError(f"pool {spec.synthesis.pool!r} has no images (deleted?)")
-        return torch.stack([read_pixels(self.storage, key, teacher.image_size) for key in keys])
+        return read_pool(self.factory, self.storage, spec, teacher.image_size)
 
 
 class PoolUnavailableError(RuntimeError):
     code = "pool_unavailable"
+
+
+def read_pool(factory: sessionmaker[Session], storage: Storage, spec: CustomizeSpec, size: int) -> torch.Tensor | None:
+    """The images of the spec's pool as pixels (N, 3, size, size) in [0, 1]; None without one."""
+    if spec.synthesis.pool is None:
+        return None
+    with session_scope(factory) as session:
+        keys = [image.storage_key for image in pools.images(session, spec.synthesis.pool)]
+    if not keys:  # deleted under a queued job (the API refuses that; a database edit does not)
+        raise PoolUnavailableError(f"pool {spec.synthesis.pool!r} has no images (deleted?)")
+    return torch.stack([read_pixels(storage, key, size) for key in keys])
 
 
 def read_pixels(storage: Storage, key: str, size: int) -> torch.Tensor:

@@ -331,6 +331,9 @@ class LatentPrior:
     scale_tril: torch.Tensor  # (D, D) lower-triangular Cholesky factor of the shared within-component covariance
     weights: torch.Tensor | None = None  # (K,) mixing probabilities, summing to 1; None: equal
 
+    def __repr__(self) -> str:  # short: a synthesis config holding one is printed in logs
+        return f"LatentPrior(components={self.components}, dimensions={self.dimensions})"
+
     def __post_init__(self) -> None:
         if self.means.dim() == 1:  # a single Gaussian given by its mean
             object.__setattr__(self, "means", self.means[None])
@@ -564,7 +567,7 @@ def decoder_generator(
     device: torch.device,
     decoder: str = DEFAULT_DECODER,
     init_scale: float = 1.0,
-    prior: str = FITTED_PRIOR,
+    prior: str | LatentPrior = FITTED_PRIOR,
     cache_dir: str | Path | None = None,
 ) -> DecoderGenerator:
     """Codes ``~ N(0, init_scale**2 I)`` for ``decoder``; ``init_scale`` below 1 starts nearer the mean image.
@@ -572,11 +575,14 @@ def decoder_generator(
     ``decoder``: a bundled or cached decoder's name, or a decoder folder's path (``find_decoder_dir``; ``cache_dir``
     defaults to ``~/.cache/clipforge``). ``prior``: "fitted" (the decoder's default latent prior, see the module
     docstring), another name for a variant file (``latent_prior-<name>.safetensors``, see ``prior_dirs``), or
-    "standard" (N(0, I)).
+    "standard" (N(0, I)), or a :class:`LatentPrior` fitted in memory (a job's image pool, core.pools).
     """
     if not math.isfinite(init_scale) or init_scale < 0:
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale}")
-    if not PRIOR_NAME_PATTERN.match(prior):
+    if isinstance(prior, LatentPrior):
+        latent_prior = prior
+    elif not PRIOR_NAME_PATTERN.match(prior):
         raise ValueError(f"prior must be 'fitted', 'standard' or a prior file's name, got {prior!r}")
-    latent_prior = None if prior == STANDARD_PRIOR else load_latent_prior(decoder, prior, cache_dir)
+    else:
+        latent_prior = None if prior == STANDARD_PRIOR else load_latent_prior(decoder, prior, cache_dir)
     return DecoderGenerator(n, image_size, load_decoder(decoder, cache_dir), rng=rng, init_scale=init_scale, prior=latent_prior).to(device)

@@ -21,12 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from core.generators.decoder import (
     PRIOR_NAME_PATTERN,
     STANDARD_PRIOR,
     LatentEncoder,
+    LatentPrior,
     find_decoder_dir,
     load_encoder_from,
     prior_card_file,
@@ -161,6 +163,18 @@ def fit_folder_prior(encoder: LatentEncoder, images: ImageFolder, path: Path, co
     codes = encode_means(encoder, batches)
     summary = save_prior(codes, path, components=config.components, bandwidth=config.bandwidth, seed=config.seed)
     return {**summary, "images": {**images.card(), "used": len(index), "subset_seed": config.seed if len(index) < len(images) else None}}
+
+
+def prior_of_images(encoder: LatentEncoder, pixels: torch.Tensor, config: PriorFitConfig = PriorFitConfig()) -> LatentPrior:
+    """A prior over the encoder's codes of ``pixels`` (N, 3, S, S) in [0, 1], fitted in memory (a job's image pool):
+    the same fit as a folder's, resized to the encoder's input size first."""
+    size = encoder.config.image_size
+    chosen = pixels[subset_index(len(pixels), config)]
+    if chosen.shape[-1] != size:
+        chosen = F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False, antialias=chosen.shape[-1] > size)
+    codes = encode_means(encoder, chosen.clamp(0.0, 1.0).split(config.encode_batch))
+    components = config.components or len(codes)
+    return LatentPrior(**fit_mixture(codes, components, bandwidth=config.bandwidth, seed=config.seed))
 
 
 def write_json(path: Path, payload: dict) -> None:

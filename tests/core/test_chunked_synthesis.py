@@ -85,14 +85,22 @@ def test_chunks_in_any_order_and_process_state_assemble_to_the_one_process_set(s
         assemble(chunks[:-1])
 
 
-def test_the_chunked_path_makes_the_student_customize_makes(shapes_teacher):
-    spec = CustomizeSpec.model_validate(TINY)
-    one_process = customize(spec, shapes_teacher)
+# A job with an image pool whose prior is fitted on the pool's codes (fashion-vae ships its encoder): every process
+# fits the same prior from the same images.
+WITH_POOL = {**TINY, "synthesis": {**TINY["synthesis"], "decoder": "fashion-vae", "pool": "pool_" + "1" * 26}}
+
+
+@pytest.mark.parametrize("body", [TINY, WITH_POOL], ids=["data-free", "pool-prior"])
+def test_the_chunked_path_makes_the_student_customize_makes(shapes_teacher, body):
+    spec = CustomizeSpec.model_validate(body)
+    pool = torch.rand(80, 3, 32, 32, generator=torch.Generator().manual_seed(8)) if spec.synthesis.pool else None
+    one_process = customize(spec, shapes_teacher, pool=pool)
+    assert (one_process.metrics["generator"]["prior"] == "pool") == (pool is not None)
 
     plan = synthesis_plan(spec, shapes_teacher, batches_per_chunk=1, max_chunks=64)
     assert plan == [[0], [1], [2], [3], [4]]
     torch.manual_seed(123)  # another process's RNG: the chunked path must not depend on it
-    preparation = prepare(spec, shapes_teacher)
+    preparation = prepare(spec, shapes_teacher, pool=pool)
     fractions: list[float] = []
     chunks = [
         chunk_from_bytes(chunk_to_bytes(synthesize_chunk(preparation, shapes_teacher, indices, on_progress=fractions.append)))
@@ -102,7 +110,7 @@ def test_the_chunked_path_makes_the_student_customize_makes(shapes_teacher):
     surrogate = assemble_surrogate(chunks)
     assert _equal(surrogate, one_process.surrogate)
     torch.rand(17)  # and its global RNG moved on since
-    chunked = distill_and_export(preparation, shapes_teacher, surrogate, stage_seconds={"preparing": 1.0, "synthesizing": 2.0})
+    chunked = distill_and_export(preparation, shapes_teacher, surrogate, stage_seconds={"preparing": 1.0, "synthesizing": 2.0}, pool=pool)
 
     expected, got = one_process.student.state_dict(), chunked.student.state_dict()
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -8,8 +8,10 @@ import torch
 from pydantic import ValidationError
 
 from bench.tasks import get_task
+from core.generators.decoder import decoder_generator, find_decoder_dir, load_encoder_from
+from core.generators.priors import prior_of_images
 from core.pipeline import customize
-from core.pools import MAX_HELD_OUT, split_pool
+from core.pools import MAX_HELD_OUT, MIN_PRIOR_IMAGES, split_pool
 from core.spec import CustomizeSpec, InvalidSharesError, resolve
 from tests.core.test_pipeline import SMALL
 
@@ -45,12 +47,46 @@ def test_a_job_distils_on_the_pool_and_reports_agreement_on_its_held_out_images(
     report = result.metrics["pool"]
     assert (report["images"], report["distilled_on"], report["held_out_images"], report["share"]) == (40, 36, 4, 0.4)
     assert 0.0 <= report["agreement"] <= 1.0 and sum(report["teacher_classes"]) == 4
+    # 36 images to fit a prior on are too few: the decoder's own prior stays, and the metrics say why.
+    assert result.metrics["generator"]["prior"] == "fitted"
+    assert not result.metrics["generator"]["pool_prior"]["used"] and "fewer than" in result.metrics["generator"]["pool_prior"]["reason"]
     again = customize(_spec(pool_share=0.4), shapes_teacher, pool=pool)
     assert _same_weights(again.student, result.student)  # deterministic with a pool too
     other = customize(_spec(pool_share=0.4), shapes_teacher, pool=_photos(40, "test"))
     assert not _same_weights(other.student, result.student)  # the pool's images reach the student
     with pytest.raises(ValueError, match="names a pool"):
         customize(_spec(), shapes_teacher)
+
+
+def _dark_pool(count: int) -> torch.Tensor:
+    """A domain the decoder's own prior never draws: near-black images (Fashion-MNIST's garments are bright)."""
+    return 0.05 * torch.rand(count, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+def test_a_prior_fitted_on_a_pool_draws_the_pools_domain():
+    encoder = load_encoder_from(find_decoder_dir("fashion-vae"))
+    prior = prior_of_images(encoder, _dark_pool(80))
+    assert prior.components == 80 and prior.dimensions == 512  # a kernel density: one component per pool image
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    from_pool = decoder_generator(64, 32, rng=rng(), device=torch.device("cpu"), decoder="fashion-vae", prior=prior)()
+    from_decoder = decoder_generator(64, 32, rng=rng(), device=torch.device("cpu"), decoder="fashion-vae")()
+    assert float(from_pool.detach().mean()) < 0.1 < float(from_decoder.detach().mean())
+
+
+def test_a_job_with_a_pool_synthesizes_from_the_pools_prior_when_the_decoder_has_an_encoder(shapes_teacher):
+    pool = _dark_pool(MIN_PRIOR_IMAGES + 16)
+
+    def job(**synthesis):
+        spec = _spec()
+        spec = spec.model_copy(update={"synthesis": spec.synthesis.model_copy(update={"decoder": "fashion-vae", "steps": 0, **synthesis})})
+        return customize(spec, shapes_teacher, pool=pool)
+
+    fitted, unfitted = job(), job(pool_prior=False)
+    assert fitted.metrics["generator"]["prior"] == "pool" and unfitted.metrics["generator"]["prior"] == "fitted"
+    assert fitted.metrics["generator"]["pool_prior"] == {"used": True, "images": len(split_pool(pool, 0).train), "dimensions": 512}
+    assert "pool_prior" not in unfitted.metrics["generator"]
+    # Prior samples the teacher chose for the classes: dark like the pool, or the decoder's own bright garments.
+    assert float(fitted.surrogate.images.mean()) < 0.1 < float(unfitted.surrogate.images.mean())
 
 
 def test_pool_shares_are_checked():
