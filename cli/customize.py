@@ -28,6 +28,14 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="unlabelled images of your domain (searched recursively): distilled on beside the synthesized images, a "
+        "tenth held out to measure the student's agreement with the teacher (a service's image pool, locally)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the artifacts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_customize)
@@ -61,11 +69,37 @@ def build_spec(args: argparse.Namespace):
             classes.append(match)
         match["images"] = [*match.get("images", []), folder]
     raw["classes"] = classes
+    if args.pool is not None:  # named by its content once read (local_pool_id); a placeholder until then
+        raw["synthesis"] = {**raw.get("synthesis", {}), "pool": LOCAL_POOL_PLACEHOLDER}
+    elif (raw.get("synthesis") or {}).get("pool"):
+        raise InvalidSpecError("synthesis.pool names a service's image pool; on this machine give its images with --pool DIR")
     try:
         return CustomizeSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
         raise InvalidSpecError(problems) from None
+
+
+LOCAL_POOL_PLACEHOLDER = "pool_" + "0" * 26
+
+
+def local_pool_id(content_sha256: str) -> str:
+    """A folder's pool id on this machine: its content's digest, in the form of a service's pool id."""
+    return "pool_" + content_sha256[:26]
+
+
+def read_pool_folder(spec, folder: Path, size: int):
+    """The spec naming the folder's pool, and its images (N, 3, size, size) in [0, 1]."""
+    from core.generators.image_folder import ImageFolderError, as_float, load_image_folder
+
+    try:
+        images = load_image_folder(folder, size)
+    except ImageFolderError as exc:  # no images, or one Pillow cannot decode
+        raise CliError(exc.code, str(exc)) from exc
+    if len(images) < 2:
+        raise CliError("too_few_images", f"a pool needs at least 2 images (one to distil on, one to hold out): {folder} has 1")
+    synthesis = spec.synthesis.model_copy(update={"pool": local_pool_id(images.content_sha256)})
+    return spec.model_copy(update={"synthesis": synthesis}), as_float(images.pixels)
 
 
 def write_artifacts(artifacts: dict[str, bytes], out: Path) -> None:
@@ -100,6 +134,9 @@ def run_customize(args: argparse.Namespace) -> int:
         examples = {c.name: torch.cat([load_folder(folder, teacher.image_size) for folder in c.images]) for c in spec.classes if c.images}
     except (OSError, ValueError) as exc:  # a missing folder, no images in it, or an undecodable file
         raise CliError("invalid_images", str(exc)) from exc
+    pool = None
+    if args.pool is not None:
+        spec, pool = read_pool_folder(spec, args.pool, teacher.image_size)
     bar = tqdm(total=100, disable=args.quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr)
 
     shown: dict[str, object] = {}
@@ -117,7 +154,7 @@ def run_customize(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = customize(spec, teacher, examples=examples, on_progress=show)
+        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool)
     finally:
         bar.close()
     write_artifacts(result.artifacts, args.out)

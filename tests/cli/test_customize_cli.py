@@ -84,3 +84,34 @@ def test_an_open_clip_teacher_without_a_decoder_is_refused_at_once_with_the_fix(
     assert result.returncode == 2, result.stderr
     assert "error [no_image_prior]" in result.stderr and "clipforge decoders pull" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _save_renders(folder, count: int) -> None:
+    folder.mkdir(parents=True)
+    images, _ = get_task("shape8").render("val", count)
+    for i, image in enumerate(images[:count]):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_a_folder_of_unlabelled_images_is_the_jobs_pool(tmp_path):
+    pool = tmp_path / "photos"
+    _save_renders(pool / "nested", 20)  # searched recursively, as `clipforge pools create` reads a folder
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps({**SMALL, "export": {"formats": ["onnx"]}}))
+    out = tmp_path / "out"
+    common = ("--teacher", "shapes-mini", "--classes", "circle,square", "--config", str(config), "--seed", "1", "--quiet")
+    result = run("customize", *common, "--pool", str(pool), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["pool"]["images"], metrics["pool"]["held_out_images"], metrics["pool"]["share"]) == (20, 2, 0.25)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["spec"]["synthesis"]["pool"].startswith("pool_") and card["spec"]["distillation"]["pool_share"] == 0.25
+    # Refused with a code and nothing written: a folder with no image, and a service's pool id without its images.
+    (tmp_path / "empty").mkdir()
+    refused = tmp_path / "refused"
+    result = run("customize", *common, "--pool", str(tmp_path / "empty"), "--out", str(refused))
+    assert result.returncode == 2 and "error [no_images]" in result.stderr
+    config.write_text(json.dumps({**SMALL, "synthesis": {**SMALL["synthesis"], "pool": "pool_" + "a" * 26}}))
+    result = run("customize", *common, "--out", str(refused))
+    assert result.returncode == 2 and "error [invalid_spec]" in result.stderr and "--pool DIR" in result.stderr
+    assert not refused.exists()
