@@ -4,6 +4,7 @@ images, optionally without some classes (the images a prior is built from when i
     python -m bench.export_images --world fashion --out runs/fashion-images/all
     python -m bench.export_images --world fashion --without trouser,bag,"ankle boot" --out runs/fashion-images/seen7
     python -m bench.export_images --world shapes --without star,heart,ring --images 32000 --out runs/shapes-images/seen5
+    python -m bench.export_images --world fashion --images 2048 --out runs/pools/fashion   # a user's unlabelled photos
 
 Fashion: every photo of our train split (bench.fashion; never val, examples or test), 28x28 grey. Shapes: freshly
 rendered 32 px scenes (the decoder's own training distribution: random shapes, colours, styles, backgrounds, the
@@ -23,14 +24,23 @@ SHAPES_BATCH = 32
 DISTRACTOR_PROB = 0.8  # as the decoder's and the teacher's training images
 
 
-def export_fashion(out: Path, without: set[str]) -> int:
+FASHION_SUBSET_SEED = 778_000  # the seeded subset of train photos when fewer than all are asked for
+
+
+def export_fashion(out: Path, without: set[str], images: int | None = None) -> int:
     from bench.fashion import FASHION_CLASSES, load_fashion
 
     train = load_fashion().split("train")
+    order = torch.arange(len(train.labels))
+    if images is not None and images < len(order):
+        order = torch.randperm(len(order), generator=torch.Generator().manual_seed(FASHION_SUBSET_SEED))
     count = 0
-    for index, (image, label) in enumerate(zip(train.images, train.labels, strict=True)):
+    for index in order.tolist():
+        image, label = train.images[index], train.labels[index]
         if FASHION_CLASSES[int(label)] in without:
             continue
+        if images is not None and count >= images:
+            break
         Image.fromarray(image.numpy(), mode="L").save(out / f"{index:05d}.png")
         count += 1
     return count
@@ -55,12 +65,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=("fashion", "shapes"), required=True)
     parser.add_argument("--without", default="", help="comma-separated class names to leave out")
-    parser.add_argument("--images", type=int, default=32000, help="shapes: how many renders")
+    parser.add_argument("--images", type=int, default=None, help="shapes: renders (32,000); fashion: a seeded subset of train")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     without = {name.strip() for name in args.without.split(",") if name.strip()}
     args.out.mkdir(parents=True, exist_ok=True)
-    count = export_fashion(args.out, without) if args.world == "fashion" else export_shapes(args.out, without, args.images)
+    if args.world == "fashion":
+        count = export_fashion(args.out, without, args.images)
+    else:
+        count = export_shapes(args.out, without, args.images or 32000)
     print(f"{count} images in {args.out}")
 
 

@@ -279,7 +279,11 @@ def prepare(
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
     pool_prior = None
-    if pool is not None and spec.synthesis.pool_prior:
+    if synthesis.generator == "pool":  # the pool's images are the prior itself (core.generators.pool_images)
+        if pool is None:
+            raise ValueError('generator "pool" draws the spec\'s pool, and no pool images were given')
+        synthesis = dataclasses.replace(synthesis, generator_options=(("images", split_pool(pool, spec.seed).train),))
+    elif pool is not None and spec.synthesis.pool_prior:
         synthesis, pool_prior = with_pool_prior(synthesis, split_pool(pool, spec.seed).train, teacher.device)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
@@ -307,8 +311,15 @@ def with_pool_prior(
 
 def generator_metrics(synthesis: SynthesisConfig, pool_prior: dict[str, object] | None) -> dict[str, object]:
     """The generator, decoder and prior a job drew from: the prior is "pool" when fitted on the job's pool."""
-    options = {k: ("pool" if k == "prior" and not isinstance(v, str) else v) for k, v in synthesis.generator_options}
+    options = {k: _option_summary(k, v) for k, v in synthesis.generator_options}
     return {"name": synthesis.generator, **options, **({"pool_prior": pool_prior} if pool_prior else {})}
+
+
+def _option_summary(name: str, value: object) -> object:
+    """A generator option as the metrics show it: a prior fitted on the pool is "pool", the pool's images their count."""
+    if isinstance(value, torch.Tensor):
+        return len(value)
+    return "pool" if name == "prior" and not isinstance(value, str) else value
 
 
 def with_thin_class_method(spec: ResolvedSpec, coverage: Coverage) -> ResolvedSpec:

@@ -47,7 +47,7 @@ DEFAULT_STYLES: tuple[str, ...] = (
 )
 
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
-GeneratorName = Literal["auto", "fourier", "pixel", "decoder"]
+GeneratorName = Literal["auto", "fourier", "pixel", "decoder", "pool"]
 InversionObjective = Literal["matching", "bn_inversion"]
 ExportFormat = Literal["onnx", "torchscript", "onnx_int8"]  # onnx_int8: statically quantized, calibrated on synthesized images
 
@@ -120,6 +120,12 @@ class SynthesisSpec(Strict):
     # With a pool and a decoder that ships its encoder: synthesis draws from a prior fitted on the codes of the pool's
     # images (those distilled on, not the held-out ones) instead of synthesis.prior: the user's domain, not the decoder's.
     pool_prior: bool = True
+
+    @model_validator(mode="after")
+    def _pool_generator_needs_a_pool(self) -> SynthesisSpec:
+        if self.generator == "pool" and self.pool is None:
+            raise ValueError('generator "pool" draws the images of synthesis.pool: name a pool')
+        return self
 
 
 class DistillationSpec(Strict):
@@ -245,11 +251,14 @@ class TeacherFacts(Protocol):
 
 def generator_for(synthesis: SynthesisSpec, paired_decoder: str | None) -> tuple[str, str | None]:
     """The generator a job's synthesis uses and its decoder: "auto" is "decoder" with the spec's or the teacher's paired
-    decoder when there is one, else "fourier" (which ``check_image_prior`` refuses unless asked for by name). ("decoder"
-    without any decoder is the pipeline's error to raise.)"""
+    decoder when there is one, else "pool" when the job has an image pool (core.generators.pool_images), else "fourier"
+    (which ``with_image_prior`` refuses unless asked for by name). ("decoder" without any decoder is the pipeline's error
+    to raise.)"""
     decoder = synthesis.decoder or paired_decoder
     if synthesis.generator == "auto":
-        return ("decoder", decoder) if decoder else ("fourier", None)
+        if decoder:
+            return "decoder", decoder
+        return ("pool", None) if synthesis.pool else ("fourier", None)  # the user's images before any noise
     return synthesis.generator, decoder if synthesis.generator == "decoder" else None
 
 
@@ -283,7 +292,8 @@ def with_image_prior(synthesis: SynthesisSpec, teacher: TeacherFacts) -> Synthes
         raise NoImagePriorError(
             f"teacher {teacher.name!r} has no paired decoder and the spec names none, so the synthesis would draw "
             f"{generator} noise and distil a student at chance. Give a decoder: `clipforge decoders pull taesd`, then "
-            '"synthesis": {"decoder": "taesd"} (or one made with `clipforge decoders train`); or ask for '
+            '"synthesis": {"decoder": "taesd"} (or one made with `clipforge decoders train`); or give unlabelled images '
+            'of your domain as an image pool: "synthesis": {"pool": "pool_..."} (POST /v1/pools); or ask for '
             '"synthesis": {"generator": "fourier"} to run it anyway'
         )
     if generator != "decoder" or decoder is None:  # a named noise generator, or "decoder" with none (the pipeline's error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.conftest import png_bytes
 from tests.servers import ApiThread, settings_for
 
 OPEN_CLIP = "RN50@/models/my-rn50.pt"  # configured by the operator: a real architecture, no paired decoder
@@ -28,6 +29,7 @@ def test_auto_without_a_decoder_is_refused_with_what_to_do_and_nothing_queued(ht
     error = response.json()["error"]
     assert error["code"] == "no_image_prior" and error["details"][0]["teacher"] == OPEN_CLIP
     assert "clipforge decoders pull" in error["message"] and '"generator": "fourier"' in error["message"]
+    assert "image pool" in error["message"]
     assert _jobs(http) == before
 
 
@@ -48,3 +50,15 @@ def test_a_job_names_the_generator_decoder_and_prior_it_uses(http):
     assert job["warnings"] == []
     named = http.post("/v1/jobs", json={"teacher": OPEN_CLIP, "classes": ["cat", "dog"], "synthesis": {"decoder": "shapes-vae"}})
     assert named.status_code == 201 and named.json()["spec"]["synthesis"]["decoder"] == "shapes-vae"
+
+
+def test_an_image_pool_is_the_prior_of_a_teacher_without_a_decoder(http):
+    files = [("images", (f"{c}.png", png_bytes(color=c), "image/png")) for c in ("red", "blue", "green")]
+    pool = http.post("/v1/pools", files=files).json()
+    created = http.post("/v1/jobs", json={"teacher": OPEN_CLIP, "classes": ["cat", "dog"], "synthesis": {"pool": pool["id"]}})
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["spec"]["synthesis"]["generator"], job["spec"]["synthesis"]["decoder"]) == ("pool", None) and job["warnings"] == []
+    refused = http.post("/v1/jobs", json={"teacher": OPEN_CLIP, "classes": ["cat", "dog"], "synthesis": {"generator": "pool"}})
+    error = refused.json()["error"]
+    assert refused.status_code == 422 and error["code"] == "invalid_spec" and "draws the images of synthesis.pool" in error["message"]

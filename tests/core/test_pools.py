@@ -89,6 +89,20 @@ def test_a_job_with_a_pool_synthesizes_from_the_pools_prior_when_the_decoder_has
     assert float(fitted.surrogate.images.mean()) < 0.1 < float(unfitted.surrogate.images.mean())
 
 
+def test_the_pools_images_are_the_prior_of_the_pool_generator(shapes_teacher):
+    pool = _photos(40)
+    spec = _spec()
+    synthesis = spec.synthesis.model_copy(update={"generator": "pool", "steps": 0})
+    result = customize(spec.model_copy(update={"synthesis": synthesis}), shapes_teacher, pool=pool)
+    train = split_pool(pool, spec.seed).train
+    assert result.metrics["generator"] == {"name": "pool", "images": len(train)}
+    # No inversion steps: every surrogate image is one of the pool's distilled-on images, the teacher's pick per class.
+    distances = torch.cdist(result.surrogate.images.flatten(1), train.flatten(1)).min(1).values
+    assert float(distances.max()) < 0.05
+    with pytest.raises(ValueError, match="no pool images were given"):
+        customize(spec.model_copy(update={"synthesis": synthesis}), shapes_teacher)
+
+
 def test_pool_shares_are_checked():
     with pytest.raises(ValidationError, match=r"pool_share draws from synthesis\.pool"):
         CustomizeSpec.model_validate({"classes": CLASSES, "distillation": {"pool_share": 0.3}})

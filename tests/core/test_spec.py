@@ -154,3 +154,17 @@ def test_students_and_their_export_facts_come_from_the_registry():
             BUDGETS["cpu"]["student"].update(budgets)
     finally:
         STUDENTS.remove("onnx_only")
+
+
+def test_auto_draws_the_pool_for_a_teacher_without_a_decoder_and_noise_never_silently():
+    from core.spec import NoImagePriorError, SynthesisSpec, generator_for, with_image_prior
+    from tests.core.teacher_facts import BundledTeacherFacts
+
+    facts = BundledTeacherFacts(name="RN50@/models/rn50.pt", paired_decoder=None)
+    pool = SynthesisSpec(pool="pool_" + "2" * 26)
+    assert generator_for(pool, None) == ("pool", None) and generator_for(pool, "shapes-vae") == ("decoder", "shapes-vae")
+    assert with_image_prior(pool, facts).generator == "pool"
+    with pytest.raises(NoImagePriorError, match="image pool"):
+        with_image_prior(SynthesisSpec(), facts)
+    with pytest.raises(ValidationError, match=r'generator "pool" draws the images of synthesis\.pool'):
+        SynthesisSpec(generator="pool")
