@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from core.spec import CustomizeSpec, NoImagePriorError, SynthesisSpec, normalise_text, with_image_prior
 from service import webhooks
-from service.catalog import find_teacher, list_teachers
+from service.catalog import TeacherEntry, list_teachers
 from service.errors import ServiceError
 from service.settings import Settings
 from service.submissions import JobSubmission
@@ -155,18 +155,21 @@ def check_classes(entries: list[dict[str, Any]], settings: Settings, problems: P
             texts.add(text_key)
 
 
-def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -> dict[str, Any]:
+def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -> tuple[dict[str, Any], TeacherEntry | None]:
+    """The spec with the service's teacher and a seed where it has none, and its teacher's catalogue entry (None, with
+    ``unknown_teacher`` recorded, for a teacher the service cannot run): one look at the catalogue per submission."""
     raw = dict(raw)
     if raw.get("teacher") is None:  # the spec's None: the service's default teacher, stored with the job
         raw["teacher"] = settings.default_teacher
     if raw.get("seed") is None:
         raw["seed"] = secrets.randbelow(2**31)  # chosen here and stored, so the job can be repeated
     teacher = raw["teacher"]
-    known = {t.name for t in list_teachers(settings.cache_dir, settings.extra_teachers)}
-    if not isinstance(teacher, str) or teacher not in known:
-        names = sorted(known)
+    catalogue = list_teachers(settings.cache_dir, settings.extra_teachers)
+    entry = next((t for t in catalogue if t.name == teacher), None)
+    if entry is None:
+        names = sorted(t.name for t in catalogue)
         problems.add(invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(names)}", {"known": names}))
-    return raw
+    return raw, entry
 
 
 def validate_spec(raw: dict[str, Any], problems: Problems, *, classes_checked: bool = False) -> dict[str, Any] | None:
@@ -221,21 +224,19 @@ def parse_json_spec(body: bytes, settings: Settings) -> dict[str, Any]:
 
 def _checked_spec(raw: dict[str, Any], entries: list[dict[str, Any]] | None, settings: Settings, problems: Problems) -> dict[str, Any]:
     """Defaults filled in and the schema applied; raises every problem recorded so far and found here at once."""
-    filled = fill_defaults({**raw, "classes": entries if entries is not None else raw.get("classes")}, settings, problems)
+    filled, teacher = fill_defaults({**raw, "classes": entries if entries is not None else raw.get("classes")}, settings, problems)
     spec = validate_spec(filled, problems, classes_checked=entries is None or any(p.code in CLASS_CODES for p in problems.found))
     problems.raise_any()
-    assert spec is not None  # no problem recorded means the schema accepted it
-    spec = with_image_prior_written(spec, settings, problems)
+    assert spec is not None and teacher is not None  # no problem recorded: the schema accepted it and the teacher is known
+    spec = with_image_prior_written(spec, teacher, problems)
     problems.raise_any()
     return spec
 
 
-def with_image_prior_written(spec: dict[str, Any], settings: Settings, problems: Problems) -> dict[str, Any]:
+def with_image_prior_written(spec: dict[str, Any], teacher: TeacherEntry, problems: Problems) -> dict[str, Any]:
     """The spec with the generator, decoder and prior its job uses written out (core.spec.with_image_prior, with the
     catalogue's paired decoder of its teacher): the 201 and the job say them. 422 ``no_image_prior`` where "auto" would
     draw noise."""
-    teacher = find_teacher(spec["teacher"], settings.cache_dir, settings.extra_teachers)
-    assert teacher is not None  # fill_defaults refused unknown teachers
     try:
         synthesis = with_image_prior(SynthesisSpec.model_validate(spec["synthesis"]), teacher)
     except NoImagePriorError as exc:
