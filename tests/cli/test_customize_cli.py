@@ -103,9 +103,9 @@ def test_a_folder_of_unlabelled_images_is_the_jobs_pool(tmp_path):
     result = run("customize", *common, "--pool", str(pool), "--out", str(out))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (metrics["pool"]["images"], metrics["pool"]["held_out_images"], metrics["pool"]["share"]) == (20, 2, 0.25)
+    assert (metrics["pool"]["images"], metrics["pool"]["held_out_images"], metrics["pool"]["share"]) == (20, 2, 0.75)
     card = json.loads((out / "model_card.json").read_text())
-    assert card["spec"]["synthesis"]["pool"].startswith("pool_") and card["spec"]["distillation"]["pool_share"] == 0.25
+    assert card["spec"]["synthesis"]["pool"].startswith("pool_") and card["spec"]["distillation"]["pool_share"] == 0.75
     # Refused with a code and nothing written: a folder with no image, and a service's pool id without its images.
     (tmp_path / "empty").mkdir()
     refused = tmp_path / "refused"

@@ -108,7 +108,9 @@ def test_pool_shares_are_checked():
     with pytest.raises(ValidationError, match=r"pool_share draws from synthesis\.pool"):
         CustomizeSpec.model_validate({"classes": CLASSES, "distillation": {"pool_share": 0.3}})
     budget = resolve(_spec(), "cpu", shapes_facts())
-    assert budget.distillation.pool_share == 0.25  # the budget's share once a pool is named
+    # The budget's share once a pool is named, in place of fresh prior samples (bench/results/pools.md).
+    assert (budget.distillation.pool_share, budget.distillation.fresh_share) == (0.75, 0.0)
+    assert resolve(_spec(fresh_share=0.2, pool_share=0.5), "cpu", shapes_facts()).distillation.fresh_share == 0.2
     assert resolve(CustomizeSpec.model_validate({"classes": CLASSES}), "cpu", shapes_facts()).distillation.pool_share == 0.0
     with pytest.raises(InvalidSharesError):
         resolve(_spec(pool_share=0.6, fresh_share=0.5), "cpu", shapes_facts())
