@@ -143,5 +143,5 @@ def test_a_job_distils_on_the_tenants_image_pool(embedded):
     done = embedded.wait_finished(job["id"], timeout=180)
     assert done["status"] == "succeeded", done
     report = done["metrics"]["pool"]
-    assert (report["images"], report["held_out_images"], report["share"]) == (8, 1, 0.25) and 0 <= report["agreement"] <= 1
+    assert (report["images"], report["held_out_images"], report["share"]) == (8, 1, 0.75) and 0 <= report["agreement"] <= 1
     assert embedded.http.delete(f"/v1/pools/{pool['id']}").status_code == 204  # the job ended: the pool is free again
