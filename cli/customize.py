@@ -91,13 +91,16 @@ def local_pool_id(content_sha256: str) -> str:
 def read_pool_folder(spec, folder: Path, size: int):
     """The spec naming the folder's pool, and its images (N, 3, size, size) in [0, 1]."""
     from core.generators.image_folder import ImageFolderError, as_float, load_image_folder
+    from core.pools import MIN_POOL_IMAGES
 
     try:
         images = load_image_folder(folder, size)
     except ImageFolderError as exc:  # no images, or one Pillow cannot decode
         raise CliError(exc.code, str(exc)) from exc
-    if len(images) < 2:
-        raise CliError("too_few_images", f"a pool needs at least 2 images (one to distil on, one to hold out): {folder} has 1")
+    if len(images) < MIN_POOL_IMAGES:  # the job's held-out split needs them (core.pools.split_pool)
+        raise CliError(
+            "too_few_images", f"a pool needs at least {MIN_POOL_IMAGES} images (to distil on and to hold out): {folder} has {len(images)}"
+        )
     synthesis = spec.synthesis.model_copy(update={"pool": local_pool_id(images.content_sha256)})
     return spec.model_copy(update={"synthesis": synthesis}), as_float(images.pixels)
 
