@@ -38,7 +38,35 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the artifacts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_bank_arguments(parser)
     parser.set_defaults(handler=run_customize)
+
+
+def add_bank_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bank-dir",
+        type=Path,
+        default=None,
+        help="where sample banks are kept (default: <cache>/banks): built by a teacher's first job, reused by the next ones",
+    )
+    parser.add_argument("--no-bank", action="store_true", help="draw and score new prior samples instead of a sample bank's")
+    parser.add_argument("--bank-images", type=int, default=None, help="prior samples in a bank built now (default 16384)")
+
+
+def bank_request(args: argparse.Namespace):
+    """The sample bank request of the CLI's flags (core.pipeline.BankRequest), None with --no-bank."""
+    from core.bank import DEFAULT_BANK_IMAGES, storage_bank_store
+    from core.pipeline import BankRequest
+    from core.teachers import default_cache_dir
+    from service.storage import LocalStorage
+
+    if args.no_bank:
+        return None
+    images = args.bank_images or DEFAULT_BANK_IMAGES
+    if images < 1:
+        raise CliError("invalid_spec", "--bank-images must be at least 1")
+    folder = args.bank_dir or (args.cache_dir or default_cache_dir()) / "banks"
+    return BankRequest(storage_bank_store(LocalStorage(folder)), images)
 
 
 def build_spec(args: argparse.Namespace):
@@ -157,7 +185,7 @@ def run_customize(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool)
+        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool, bank=bank_request(args))
     finally:
         bar.close()
     write_artifacts(result.artifacts, args.out)

@@ -11,16 +11,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from core.augment import AugmentConfig, random_views
+from core.augment import AugmentConfig, apply_views, random_views, view_params
 from core.checkpoints import DISTILLATION, Checkpoints, from_bytes, to_bytes
 from core.losses import OBJECTIVES, meta_objective
 from core.synthesis import SurrogateSet
 from core.teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from core.bank import SampleBank
 
 META_METHODS = {"meta_kd": "kd", "meta_ce_kd": "ce_kd"}
 PLAIN_METHODS = ("ce", "kd", "ce_kd")
@@ -47,12 +50,22 @@ class DistillConfig:
     mixup: float = 0.0  # share of each batch replaced by mixes of two images (weight ~ U(0, 1)); teacher labels the mix
     fresh_share: float = 0.0  # share of each (X_tr) batch replaced by fresh images from the sampler (online synthesis)
     pool_share: float = 0.0  # share of each (X_tr) batch drawn from the user's unlabelled images (the pool sampler)
+    # Augmented views per surrogate image made once, with the teacher's logits of each, at the start (0: a new random view
+    # every step, the teacher run on it). With them and a sample bank for the fresh images, a step costs the student's
+    # forward and backward alone: the teacher runs only on pool images (and on every view with mixup, which mixes views).
+    fixed_views: int = 0
     augment: AugmentConfig = field(default_factory=lambda: DISTILL_AUGMENT)
 
 
 StepCallback = Callable[[int, int, dict[str, float]], None]  # (done, total, latest losses)
 # (n, rng) -> (n, 3, S, S) new images in [0, 1] on any device, e.g. decoded samples of a generator's prior.
 ImageSampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _CachedViews:
+    geometry: torch.Tensor  # (N, V, VIEW_PARAMS): each surrogate image's fixed views
+    embeddings: torch.Tensor  # (N, V, D): the teacher's unit embeddings of them
 
 
 def split_styles(styles: torch.Tensor, train_fraction: float, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,17 +103,23 @@ class Distiller:
         seed: int,
         sampler: ImageSampler | None = None,
         pool_sampler: ImageSampler | None = None,
+        bank: SampleBank | None = None,
     ) -> None:
+        """``bank``: fresh images are the bank's (core.bank), each with one of its views and that view's cached teacher
+        embedding, instead of ``sampler``'s."""
         if config.method not in PLAIN_METHODS and config.method not in META_METHODS:
             raise ValueError(f"unknown distillation method {config.method!r}")
-        if config.fresh_share > 0 and sampler is None:
+        if config.fresh_share > 0 and sampler is None and bank is None:
             raise ValueError("fresh_share > 0 needs a sampler of fresh images")
         if config.pool_share > 0 and pool_sampler is None:
             raise ValueError("pool_share > 0 needs a sampler of the pool's images")
         if config.fresh_share + config.pool_share >= 1:
             raise ValueError("fresh_share + pool_share must leave room for the surrogate set's images (below 1)")
         self.student, self.teacher, self.classifier, self.config = student, teacher, classifier, config
-        self.sampler, self.pool_sampler = sampler, pool_sampler
+        self.sampler, self.pool_sampler, self.bank = sampler, pool_sampler, bank
+        if bank is not None and sampler is None:  # without fixed views the bank's images stand in for the sampler's
+            self.sampler = lambda n, rng: bank.pixels(torch.randint(len(bank), (n,), generator=rng))
+        self.cached: _CachedViews | None = None  # the surrogate set's fixed views, once fit() has made them
         self.device = teacher.device
         self.rng = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         self.image_size = int(getattr(student, "image_size", teacher.image_size))
@@ -134,6 +153,8 @@ class Distiller:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch of surrogate images drawn from ``indices``, then fresh prior samples and the user's pool images
         (unlabelled: they take the teacher's class) in the given shares."""
+        if self.cached is not None:
+            return self._sample_cached(indices, data, fresh_share=fresh_share, pool_share=pool_share)
         size = min(self.config.batch_size, len(indices))
         fresh, pooled = round(size * fresh_share), round(size * pool_share)
         pick = indices[torch.randint(len(indices), (size - fresh - pooled,), generator=self.rng)]
@@ -146,6 +167,52 @@ class Distiller:
                 images = torch.cat([images, new.to(self.device, images.dtype)])
                 labels = torch.cat([labels, labels.new_full((count,), -1)])
         return self._views(images, labels, fresh + pooled)
+
+    @torch.no_grad()
+    def _fix_views(self, data: SurrogateSet) -> _CachedViews:
+        """``fixed_views`` views of every surrogate image and the teacher's unit embeddings of them (at the teacher's size)."""
+        views = self.config.fixed_views
+        geometry = view_params(len(data) * views, self.rng, self.config.augment).view(len(data), views, -1)
+        size = self.teacher.image_size
+        embeddings = []
+        for index in torch.arange(len(data)).split(max(1, 1024 // views)):
+            images = data.images[index].to(self.device).repeat_interleave(views, dim=0)
+            viewed = apply_views(images, geometry[index].reshape(-1, geometry.shape[-1]), size)
+            embeddings.append(self.teacher.encode_image(viewed).float().view(len(index), views, -1))
+        return _CachedViews(geometry, torch.cat(embeddings))
+
+    def _sample_cached(
+        self, indices: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0, pool_share: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``_sample`` with the surrogate set's fixed views and the bank's: their teacher logits are cached embeddings times
+        the classifier; the teacher runs on fresh images without a bank and on pool images only."""
+        assert self.cached is not None
+        size = min(self.config.batch_size, len(indices))
+        fresh, pooled = round(size * fresh_share), round(size * pool_share)
+        pick = indices[torch.randint(len(indices), (size - fresh - pooled,), generator=self.rng)]
+        view = torch.randint(self.config.fixed_views, (len(pick),), generator=self.rng)
+        parts = [apply_views(data.images[pick].to(self.device), self.cached.geometry[pick, view], self.image_size)]
+        embeddings = [self.cached.embeddings[pick, view]]
+        labels = [data.labels[pick]]
+        if fresh and self.bank is not None:
+            chosen = torch.randint(len(self.bank), (fresh,), generator=self.rng)
+            bank_view = torch.randint(self.bank.views, (fresh,), generator=self.rng)
+            parts.append(apply_views(self.bank.pixels(chosen).to(self.device), self.bank.view_params[chosen, bank_view], self.image_size))
+            embeddings.append(self.bank.embeddings[chosen, 1 + bank_view].to(self.device))
+            labels.append(torch.full((fresh,), -1, dtype=labels[0].dtype))
+            fresh = 0
+        logits = self.teacher.logit_scale * torch.cat(embeddings) @ self.classifier.T
+        views = torch.cat(parts)
+        unlabelled = [(fresh, self.sampler), (pooled, self.pool_sampler)]
+        if fresh or pooled:  # images the cache cannot have: new views, through the teacher
+            with torch.no_grad():
+                new = torch.cat([sampler(count, self.rng).to(self.device, views.dtype) for count, sampler in unlabelled if count])  # type: ignore[misc]
+            new_views = random_views(new, 1, self.image_size, self.rng, self.config.augment)
+            views = torch.cat([views, new_views])
+            logits = torch.cat([logits, self.teacher.classify(new_views, self.classifier, batch_size=len(new_views))])
+            labels.append(torch.full((len(new),), -1, dtype=labels[0].dtype))
+        label = torch.cat(labels).to(self.device)
+        return views, logits, torch.where(label >= 0, label, logits.argmax(1))
 
     def fit(self, data: SurrogateSet, on_step: StepCallback | None = None, checkpoints: Checkpoints | None = None) -> dict[str, float]:
         """Train for the configured steps; with ``checkpoints``, resume from the last saved state and save the state
@@ -163,6 +230,8 @@ class Distiller:
         optimizer = make_optimizer(self.student, config)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
         test_styles = data.styles[test_pool].unique()
+        if config.fixed_views > 0 and config.mixup == 0 and config.method != "ce":
+            self.cached = self._fix_views(data)
         self.student.train()
         latest: dict[str, float] = {}
         start = self._resume(checkpoints, optimizer, schedule, total_steps, latest)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from core.student_catalog import STUDENTS, student_entry
 
-STAGES = ("preparing", "synthesizing", "distilling", "exporting")
+# "bank": loading (or the first time building) the job's sample bank (core.bank); a job without one skips it.
+STAGES = ("preparing", "bank", "synthesizing", "distilling", "exporting")
 
 # Seconds per image on the reference machine (2 cores, 32 px), measured with bench-style timing loops (2026-11-29).
 DECODER_FORWARD_S = 1.0e-3  # shapes-vae, 32 images in 31 ms
@@ -26,7 +27,8 @@ BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
 # A student's forward + backward per image: its entry's train_seconds_per_image (core.student_catalog).
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
-FIXED_S = {"preparing": 2.0, "exporting": 6.0}  # targets, quality estimates and export at the default's size
+# Targets, loading a built sample bank, quality estimates and export at the default's size.
+FIXED_S = {"preparing": 2.0, "bank": 1.0, "exporting": 6.0}
 MEASURED_TRUST_FRACTION = 0.05  # a stage's measured rate fully replaces its estimate once this share of it has run here
 CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
@@ -77,7 +79,8 @@ def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | Non
     if str(distillation.get("method", "")).startswith("meta"):
         per_update *= META_FACTOR
     distilling = int(updates) * per_update * DISTILL_OVERHEAD
-    return {"preparing": FIXED_S["preparing"], "synthesizing": synthesizing, "distilling": distilling, "exporting": FIXED_S["exporting"]}
+    measured = {**FIXED_S, "synthesizing": synthesizing, "distilling": distilling}
+    return {stage: measured[stage] for stage in STAGES}
 
 
 def estimate_seconds(spec: Mapping[str, object]) -> float | None:

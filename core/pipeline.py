@@ -20,9 +20,10 @@ import torch
 from torchvision.utils import make_grid
 
 from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
+from core.bank import DEFAULT_BANK_IMAGES, BankOutcome, BankStore, SampleBank, bank_key, obtain_bank
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
-from core.distill import DistillConfig, Distiller
+from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import export_onnx, export_torchscript, quantize_onnx_int8
 from core.pools import PoolSplit, fit_pool_prior, held_out_agreement, pool_sampler, split_pool
@@ -48,7 +49,7 @@ from core.teachers.base import Teacher
 
 # Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
 # matter for the progress fraction, and the ETA replaces them with measured rates as stages finish.
-FALLBACK_STAGE_SECONDS = {"preparing": 12.0, "synthesizing": 350.0, "distilling": 210.0, "exporting": 30.0}
+FALLBACK_STAGE_SECONDS = {"preparing": 12.0, "bank": 2.0, "synthesizing": 350.0, "distilling": 210.0, "exporting": 30.0}
 SAMPLES_PER_CLASS = 8
 SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
 
@@ -69,6 +70,7 @@ class Progress:
     eta_seconds: float | None  # remaining time for the whole job, once it can be estimated
     metrics: dict[str, float] = field(default_factory=dict)
     eta_measured_share: float | None = None  # how sure: the share of eta_seconds resting on rates measured in this job
+    message: str | None = None  # a note for the job's events (how its sample bank was obtained)
 
 
 @dataclass
@@ -107,14 +109,16 @@ class _Tracker:
         self.eta = Eta(dict(self.estimates))
         self.stage_times: dict[str, float] = {}
 
-    def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None) -> None:
+    def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None, message: str | None = None) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise CustomizeCancelled(f"cancelled during {stage}")
         fraction = job_fraction(self.estimates, stage, stage_fraction)
         eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
         share = self.eta.measured_share if eta is not None else None
         if self.on_progress is not None:
-            self.on_progress(Progress(stage, stage_fraction, fraction, eta, metrics=metrics or {}, eta_measured_share=share))
+            self.on_progress(
+                Progress(stage, stage_fraction, fraction, eta, metrics=metrics or {}, eta_measured_share=share, message=message)
+            )
 
     def timed(self, stage: str) -> _StageTimer:
         return _StageTimer(self, stage)
@@ -258,6 +262,8 @@ class Preparation:
     targets: InversionTargets
     coverage: Coverage  # how well the generator's prior covers each class (core.coverage); its thin classes are in synthesis
     pool_prior: dict[str, object] | None = None  # the prior fitted on the job's pool (core.pools.fit_pool_prior), if any
+    bank: SampleBank | None = None  # the sample bank the job draws from (``with_bank``), if any
+    bank_summary: dict[str, object] | None = None  # what the metrics say of it: how it was obtained, or why there is none
 
     @property
     def used_styles(self) -> list[str]:
@@ -293,6 +299,49 @@ def prepare(
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
     return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior)
+
+
+@dataclass(frozen=True)
+class BankRequest:
+    """Where a job's sample bank lives and its size (core.bank): a service's storage, the CLI's cache folder."""
+
+    store: BankStore
+    images: int = DEFAULT_BANK_IMAGES
+
+
+def bank_use(preparation: Preparation) -> str | None:
+    """Why the job draws nothing from a bank (None: it would): a bank serves prior samples the teacher only scores (no
+    inversion steps) and fresh prior samples in distillation."""
+    synthesis, distillation = preparation.synthesis, preparation.spec.distillation
+    if synthesis.steps and not distillation.fresh_share:
+        return "the synthesis inverts every image and distillation draws no fresh prior samples"
+    return None
+
+
+def with_bank(
+    preparation: Preparation, teacher: Teacher, request: BankRequest | None, *, on_step: Callable[[int, int], None] | None = None
+) -> Preparation:
+    """The preparation with its sample bank, loaded from ``request.store`` or built there now; unchanged (the metrics
+    saying why) when the job cannot use one: no store, a generator without a named prior (a pool's prior is the job's
+    own), or nothing the bank serves."""
+    key = bank_key(teacher, preparation.synthesis, DISTILL_AUGMENT, images=request.images) if request is not None else None
+    reason = "no bank store" if request is None else bank_use(preparation)
+    if reason is None and key is None:
+        reason = "a bank serves the decoder generator with a named prior, not this synthesis"
+    if reason is not None or request is None or key is None:
+        return dataclasses.replace(preparation, bank=None, bank_summary={"used": False, "reason": reason})
+    outcome: BankOutcome = obtain_bank(request.store, teacher, preparation.synthesis, key, on_step=on_step)
+    return dataclasses.replace(preparation, bank=outcome.bank, bank_summary=outcome.summary())
+
+
+def bank_report(preparation: Preparation) -> tuple[dict[str, float], str]:
+    """The bank stage's last figures and the job's event message: built now, or reused (loaded in so many seconds)."""
+    summary = preparation.bank_summary or {}
+    status, seconds = str(summary.get("status")), float(summary.get("seconds") or 0.0)  # type: ignore[arg-type]
+    figures = {"bank/reused": float(status == "reused"), "bank/images": float(summary.get("images") or 0), "bank/seconds": seconds}  # type: ignore[arg-type]
+    what = f"sample bank {summary.get('key')} ({summary.get('images')} prior samples, {summary.get('views')} views each)"
+    verb = {"reused": "reused", "built": "built", "rebuilt": f"rebuilt ({summary.get('reason')})"}.get(status, status)
+    return figures, f"bank: {verb} {what} in {seconds:.1f} s"
 
 
 def with_pool_prior(
@@ -360,7 +409,9 @@ def synthesize_chunk(
             on_progress(done / total)
 
     seed = preparation.spec.seed
-    return synthesize_batches(teacher, preparation.targets, preparation.synthesis, list(batch_indices), seed=seed, on_step=on_step)
+    return synthesize_batches(
+        teacher, preparation.targets, preparation.synthesis, list(batch_indices), seed=seed, on_step=on_step, bank=preparation.bank
+    )
 
 
 def assemble_surrogate(chunks: Sequence[SurrogateChunk]) -> SurrogateSet:
@@ -377,6 +428,7 @@ def customize(
     should_cancel: CancelCheck | None = None,
     checkpoints: Checkpoints | None = None,
     pool: torch.Tensor | None = None,
+    bank: BankRequest | None = None,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
@@ -386,6 +438,8 @@ def customize(
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
     the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
     distillation's state are saved as the run goes, and resumed from (core.checkpoints): the same result again.
+    ``bank``: where the job's sample bank is kept (core.bank); it is loaded, or built and stored the first time, in the
+    "bank" stage, and the synthesis and distillation draw from it.
     """
     resolved = resolved_spec(spec, teacher)
     tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(resolved.model_dump(mode="json")))
@@ -396,6 +450,12 @@ def customize(
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
             tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
+        if bank is not None and bank_use(preparation) is None:
+            with tracker.timed("bank"):
+                preparation = with_bank(preparation, teacher, bank, on_step=lambda done, total: tracker.update("bank", done / total))
+                tracker.update("bank", 1.0, *bank_report(preparation))
+        else:
+            preparation = with_bank(preparation, teacher, None)
         with tracker.timed("synthesizing"):
             saved = checkpoints.load(SURROGATE) if checkpoints is not None else None
             if saved is not None:  # an earlier attempt synthesized it: the same set, as the seed fixes it
@@ -411,6 +471,7 @@ def customize(
                     preparation.synthesis,
                     seed=resolved.seed,
                     on_step=lambda done, total: tracker.update("synthesizing", done / total),
+                    bank=preparation.bank,
                 )
                 if checkpoints is not None:
                     checkpoints.save(SURROGATE, surrogate_to_bytes(surrogate))
@@ -463,9 +524,13 @@ def _distill_and_export(
         checkpoints = dataclasses.replace(checkpoints, on_resume=tracker.resumed(checkpoints.on_resume))
     with tracker.timed("distilling"):
         distillation = distill_config(spec)
-        sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if distillation.fresh_share > 0 else None
+        bank = preparation.bank
+        fresh = distillation.fresh_share > 0 and bank is None
+        sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if fresh else None
         from_pool = pool_sampler(split.train) if split is not None else None
-        distiller = Distiller(student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler, pool_sampler=from_pool)
+        distiller = Distiller(
+            student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler, pool_sampler=from_pool, bank=bank
+        )
         final_losses = distiller.fit(
             surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses), checkpoints=checkpoints
         )
@@ -488,6 +553,7 @@ def _distill_and_export(
             "surrogate_images": len(surrogate),
             "surrogate_sha256": surrogate_sha256(surrogate),
             "generator": generator_metrics(synthesis, preparation.pool_prior),
+            "bank": preparation.bank_summary or {"used": False, "reason": "no bank store"},
             "final_losses": final_losses,
             "student_parameters": count_parameters(student),
             "student_flops": count_flops(student, student.image_size),

@@ -148,6 +148,9 @@ class DistillationSpec(Strict):
     # Share of each batch drawn from synthesis.pool's images (0 without a pool); None: the budget's. With fresh_share
     # it must leave room for the surrogate set's images.
     pool_share: Annotated[float | None, Field(ge=0, lt=1)] = None
+    # Augmented views of each surrogate image made once with the teacher's logits (0: a new view and a teacher pass every
+    # step); with a sample bank's fresh images a step then costs the student alone. None: the budget's.
+    fixed_views: Annotated[int | None, Field(ge=0, le=64)] = None
 
 
 def _known_student(name: str | None) -> str | None:
@@ -201,8 +204,9 @@ BUDGETS: dict[str, dict[str, dict[str, object]]] = {
             "pool_share": 0.75,
             "thin_class_method": "meta_kd",
             "first_order": True,
+            "fixed_views": 8,
         },
-        "student": {"arch": "tiny_cnn"},
+        "student": {"arch": "small_cnn"},
     },
     "gpu": {
         "synthesis": {
@@ -221,6 +225,7 @@ BUDGETS: dict[str, dict[str, dict[str, object]]] = {
             "pool_share": 0.25,
             "thin_class_method": "meta_kd",
             "first_order": False,
+            "fixed_views": 0,
         },
         "student": {"arch": "resnet18"},
     },

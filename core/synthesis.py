@@ -14,6 +14,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from core.augment import AugmentConfig, random_views
 from core.generators import create_generator
 from core.losses import BatchNormStatistics, consistency_loss, matching_loss, total_variation
 from core.teachers.base import DEFAULT_TEMPLATE, Teacher
+
+if TYPE_CHECKING:
+    from core.bank import SampleBank
 
 STYLE_TEMPLATE = "a {text} in the style of {style}."
 # DeepInversion baseline weights: the BatchNorm term dominates, TV keeps images smooth.
@@ -120,6 +124,7 @@ StepCallback = Callable[[int, int], None]  # (units done, units in total); may r
 # Seeds of the per-batch generators: batch b of a job with seed s draws from torch.Generator().manual_seed(s * SEED_STRIDE + b),
 # and from nothing else, so that a batch comes out the same whichever process runs it and whatever ran before it.
 SEED_STRIDE = 1_000_003
+BANK_STREAM = 999_979  # offset of the seed of a job's order of bank candidates (a prime, never a batch index)
 
 
 def _assignments(num_classes: int, num_styles: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,11 +175,14 @@ def synthesize_batches(
     *,
     seed: int,
     on_step: StepCallback | None = None,
+    bank: SampleBank | None = None,
 ) -> SurrogateChunk:
     """Synthesize the batches ``batch_indices`` of the surrogate set. Each batch depends only on (seed, its index, the
     teacher, the targets, the config): not on torch's global RNG, nor on the batches run before it, so chunks run in any
     order and in any process give the same surrogate set. ``on_step`` counts ``steps + 1`` units a batch (its steps, and
-    the batch itself once its images are out), so that a job with no inversion steps still reports progress."""
+    the batch itself once its images are out), so that a job with no inversion steps still reports progress.
+    ``bank``: a sample bank of the config's generator and prior (core.bank); a batch without inversion steps then
+    chooses its images among the bank's, scored from its cached embeddings, instead of decoding and scoring new ones."""
     device = teacher.device
     num_styles = len(targets.styles) if config.use_styles else 0
     ranges = batch_ranges(targets.num_classes, config)
@@ -193,6 +201,13 @@ def synthesize_batches(
         rng = torch.Generator().manual_seed(seed * SEED_STRIDE + batch_index)
         y = labels[start:stop].to(device)
         s = styles[start:stop].to(device)
+        if bank is not None and not config.steps and not config.neighbours and not config.thin_steps_for(y.cpu()):
+            images[offset : offset + stop - start] = _from_bank(bank, teacher, targets, config, y, ranges[batch_index][0], seed)
+            offset += stop - start
+            done += 1
+            if on_step is not None:
+                on_step(done, total_units)
+            continue
         generator = create_generator(
             config.generator,
             (stop - start) * config.init_candidates,
@@ -224,6 +239,20 @@ def synthesize_batches(
         if on_step is not None:
             on_step(done, total_units)
     return SurrogateChunk(tuple(batch_indices), positions, images, labels[positions], styles[positions], grown)
+
+
+@torch.no_grad()
+def _from_bank(
+    bank: SampleBank, teacher: Teacher, targets: InversionTargets, config: SynthesisConfig, labels: torch.Tensor, first: int, seed: int
+) -> torch.Tensor:
+    """The images of a batch whose first image is the set's ``first``: ``init_candidates`` bank images per image, the
+    job's own run through the bank (a seeded order: batches take disjoint candidates while the bank lasts), and of them
+    the ones the teacher finds most class-like, as ``select_starts`` chooses among fresh prior samples."""
+    order = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed * SEED_STRIDE + BANK_STREAM))
+    count = len(labels) * config.init_candidates
+    candidates = order[(first * config.init_candidates + torch.arange(count)) % len(bank)]
+    probabilities = bank.logits(targets.classifier, teacher.logit_scale, candidates).float().softmax(-1)
+    return bank.pixels(candidates[choose_per_class(probabilities, labels).cpu()])
 
 
 def _invert(
@@ -290,10 +319,11 @@ def synthesize(
     *,
     seed: int,
     on_step: StepCallback | None = None,
+    bank: SampleBank | None = None,
 ) -> SurrogateSet:
     """The whole surrogate set in this process: every batch as one chunk, assembled as a job's chunks are."""
     batches = range(len(batch_ranges(targets.num_classes, config)))
-    return assemble([synthesize_batches(teacher, targets, config, list(batches), seed=seed, on_step=on_step)])
+    return assemble([synthesize_batches(teacher, targets, config, list(batches), seed=seed, on_step=on_step, bank=bank)])
 
 
 def chunk_to_bytes(chunk: SurrogateChunk) -> bytes:
@@ -366,7 +396,12 @@ def teacher_probabilities(teacher: Teacher, classifier: torch.Tensor, pixels: to
 def select_starts(teacher: Teacher, classifier: torch.Tensor, generator: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """Indices of ``len(labels)`` of the generator's candidate images, one per label: for each class,
     the candidates the teacher finds most likely to be of that class (each candidate used once)."""
-    probabilities = teacher_probabilities(teacher, classifier, generator())
+    return choose_per_class(teacher_probabilities(teacher, classifier, generator()), labels).cpu()
+
+
+def choose_per_class(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Row indices of ``probabilities`` (candidates x classes), one per label: for each class the candidates most likely
+    of it, each candidate used once."""
     taken = torch.zeros(len(probabilities), dtype=torch.bool, device=probabilities.device)
     chosen = torch.empty(len(labels), dtype=torch.long, device=probabilities.device)
     for k in labels.unique():
@@ -375,7 +410,7 @@ def select_starts(teacher: Teacher, classifier: torch.Tensor, generator: torch.n
         best = score.topk(len(slots)).indices
         chosen[slots] = best
         taken[best] = True
-    return chosen.cpu()
+    return chosen
 
 
 def _inversion_loss(

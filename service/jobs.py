@@ -406,9 +406,11 @@ def record_progress(
     metrics: dict[str, float],
     stage_changed: bool,
     budget: str | None = None,
+    message: str | None = None,
 ) -> bool:
     """The running job's stage, progress, ETA and latest figures; ``budget``: the one its worker resolved, kept in the
-    row's metrics from the first report on (so that a job submitted with "auto" shows what it got while it runs)."""
+    row's metrics from the first report on (so that a job submitted with "auto" shows what it got while it runs).
+    ``message``: a note the metrics event carries (how the job's sample bank was obtained)."""
     values: dict[str, Any] = {"stage": stage, "progress": progress, "eta_seconds": eta_seconds}
     if metrics or budget:
         values["metrics"] = {**({"budget": budget} if budget else {}), **metrics}
@@ -419,7 +421,7 @@ def record_progress(
     add_event(session, job_id, "progress", stage=stage, progress=progress,
               data={"eta_seconds": eta_seconds, "eta_measured_share": eta_measured_share})  # fmt: skip
     if metrics:
-        add_event(session, job_id, "metrics", stage=stage, progress=progress, data=metrics)
+        add_event(session, job_id, "metrics", stage=stage, progress=progress, data=metrics, message=message)
     return True
 
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     synthesis_chunk_batches: Annotated[int, Field(ge=0)] = 1
     # At most this many chunks a job (more batches per chunk beyond it): messages, rows and files stay bounded.
     synthesis_max_chunks: Annotated[int, Field(ge=2, le=1000)] = 64
+    # Sample banks (core.bank): prior samples per bank, built in storage by the first job on a teacher, decoder and prior
+    # and shared by every later one (0: no banks, every job decodes and scores its own prior samples).
+    sample_bank_images: Annotated[int, Field(ge=0, le=1_000_000)] = 16384
     # Webhooks (service.webhooks): attempts per delivery, the first retry's wait (doubling, with jitter), the POST's
     # timeout, how often the dispatcher looks for due deliveries, and whether private or loopback targets are allowed.
     webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8

@@ -54,6 +54,7 @@ TEST_SETTINGS = {
     "progress_interval_seconds": 0.2,
     "cancel_check_interval_seconds": 0.2,
     "broker_polling_interval_seconds": 0.2,
+    "sample_bank_images": 128,  # a test's first job builds its service's bank in a second or two
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.pipeline import job_fraction, prepare, stage_estimates, synthesize_chunk
+from core.pipeline import job_fraction, prepare, stage_estimates, synthesize_chunk, with_bank
 from core.synthesis import chunk_to_bytes
 from service import chunks
 from service import jobs as repo
@@ -26,7 +26,7 @@ from service.outbox import DISTILLATION
 from service.settings import Settings
 from service.storage import Storage
 from worker.attempts import CancelCheck, LeaseKeeper, LeaseLost, new_owner, settle
-from worker.runner import read_coverage, read_examples, read_pool, resolve_for_worker
+from worker.runner import bank_request, read_coverage, read_examples, read_pool, resolve_for_worker
 
 log = logging.getLogger("clipforge.worker")
 
@@ -77,6 +77,7 @@ class ChunkRunner:
             examples = read_examples(self.storage, task.uploads, teacher.image_size)
             pool = read_pool(self.factory, self.storage, spec, teacher.image_size)
             preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
+            preparation = with_bank(preparation, teacher, bank_request(self.settings, self.storage))
             estimates = stage_estimates(preparation.spec)
             reporter = ChunkReporter(self, task, owner, keeper, lambda fraction: job_fraction(estimates, SYNTHESIZING, fraction))
             began = time.monotonic()

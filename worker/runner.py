@@ -25,6 +25,7 @@ from celery import Celery
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.bank import storage_bank_store
 from core.checkpoints import Checkpoints
 from core.coverage import Coverage
 from core.devices import job_device
@@ -36,16 +37,21 @@ from core.pipeline import (
     ONNX_FILE,
     SAMPLES_FILE,
     TORCHSCRIPT_FILE,
+    BankRequest,
     CustomizeCancelled,
     CustomizeResult,
+    Preparation,
     Progress,
     assemble_surrogate,
+    bank_report,
+    bank_use,
     customize,
     distill_and_export,
     job_fraction,
     prepare,
     stage_estimates,
     synthesis_plan,
+    with_bank,
 )
 from core.spec import CustomizeSpec, ResolvedSpec, resolve
 from core.synthesis import chunk_from_bytes
@@ -160,9 +166,12 @@ class JobRunner:
         self, job_id: str, owner: str, spec: CustomizeSpec, teacher: Teacher, examples: dict[str, torch.Tensor], reporter: ProgressReporter
     ) -> CustomizeResult | None:
         plan = synthesis_plan(spec, teacher, self.settings.synthesis_chunk_batches, self.settings.synthesis_max_chunks)
-        if len(plan) < 2:  # one chunk: nothing to share, the job runs here whole
+        bank = self._bank()
+        # One chunk, or a synthesis that only chooses prior samples from a bank (milliseconds a batch): nothing to share,
+        # the job runs here whole.
+        if len(plan) < 2 or (bank is not None and not spec.synthesis.steps):
             return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
-                             checkpoints=self._checkpoints(job_id, reporter), pool=self._pool(spec, teacher))  # fmt: skip
+                             checkpoints=self._checkpoints(job_id, reporter), pool=self._pool(spec, teacher), bank=bank)  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 
@@ -183,6 +192,7 @@ class JobRunner:
         if reporter.should_cancel():
             raise CustomizeCancelled("cancelled during preparing")
         preparation = prepare(spec, teacher, examples, pool=self._pool(spec, teacher))
+        self._bank_stage(preparation, teacher, reporter, estimates)  # built here, once, before the chunks that load it
         self.storage.put(chunks.coverage_key(job_id), json.dumps(preparation.coverage.to_json()).encode())
         progress = round(job_fraction(estimates, "synthesizing", 0.0), 4)
         with session_scope(self.factory) as session:
@@ -207,6 +217,7 @@ class JobRunner:
     ) -> CustomizeResult:
         pool = self._pool(spec, teacher)
         preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
+        preparation = with_bank(preparation, teacher, self._bank())
         pieces = []
         for stored in task.chunks:
             data = self.storage.read(stored.key)
@@ -282,8 +293,33 @@ class JobRunner:
     def _examples(self, uploads: list[tuple[str, str]], size: int) -> dict[str, torch.Tensor]:
         return read_examples(self.storage, uploads, size)
 
+    def _bank_stage(self, preparation: Preparation, teacher: Teacher, reporter: ProgressReporter, estimates: dict[str, float]) -> None:
+        """A split job's "bank" stage: its sample bank loaded, or built in storage for its chunks and distillation."""
+        request = self._bank()
+        if request is None or bank_use(preparation) is not None:
+            return
+
+        def report(fraction: float, figures: dict[str, float] | None = None, message: str | None = None) -> None:
+            if reporter.should_cancel():
+                raise CustomizeCancelled("cancelled while building the sample bank")
+            progress = job_fraction(estimates, "bank", fraction)
+            reporter.on_progress(Progress("bank", fraction, progress, None, metrics=figures or {}, message=message))
+
+        report(0.0)
+        report(1.0, *bank_report(with_bank(preparation, teacher, request, on_step=lambda done, total: report(done / total))))
+
+    def _bank(self) -> BankRequest | None:
+        return bank_request(self.settings, self.storage)
+
     def _pool(self, spec: CustomizeSpec, teacher: Teacher) -> torch.Tensor | None:
         return read_pool(self.factory, self.storage, spec, teacher.image_size)
+
+
+def bank_request(settings: Settings, storage: Storage) -> BankRequest | None:
+    """Where this service keeps its sample banks (its storage), None when ``sample_bank_images`` is 0."""
+    if not settings.sample_bank_images:
+        return None
+    return BankRequest(storage_bank_store(storage), settings.sample_bank_images)
 
 
 class PoolUnavailableError(RuntimeError):
@@ -345,7 +381,9 @@ class ProgressReporter:
         now = time.monotonic()
         stage_changed = progress.stage != self.stage
         finished_stage = progress.stage_fraction >= 1.0
-        if not (stage_changed or finished_stage or now - self.last_write >= self.runner.settings.progress_interval_seconds):
+        if not (
+            stage_changed or finished_stage or progress.message or now - self.last_write >= self.runner.settings.progress_interval_seconds
+        ):
             return
         self.stage, self.last_write = progress.stage, now
         eta = None if progress.eta_seconds is None else round(progress.eta_seconds, 1)
@@ -361,6 +399,7 @@ class ProgressReporter:
                 metrics={k: float(v) for k, v in progress.metrics.items()},
                 stage_changed=stage_changed,
                 budget=self.budget,
+                message=progress.message,
             ):
                 raise LeaseLost(self.job_id)
 

@@ -77,9 +77,10 @@ def test_a_teacher_without_a_decoder_resolves_alike_in_the_catalogue_and_the_loa
     assert resolve_submitted(submitted, settings).model_dump() == worker_side.model_dump()
 
 
-def test_a_default_job_resolves_to_the_budget_it_always_had(shapes_teacher):
+def test_a_default_job_resolves_to_the_cpu_budget(shapes_teacher):
     spec = prepare(CustomizeSpec.model_validate({"classes": SHAPES, "teacher": "shapes-mini"}), shapes_teacher).spec
-    assert (spec.budget, spec.student.arch, spec.distillation.method, spec.distillation.steps) == ("cpu", "tiny_cnn", "kd", 4000)
+    assert (spec.budget, spec.student.arch, spec.distillation.method, spec.distillation.steps) == ("cpu", "small_cnn", "kd", 4000)
+    assert spec.distillation.fixed_views == 8
     assert (spec.distillation.fresh_share, spec.synthesis.images_per_class, spec.synthesis.steps) == (0.5, 256, 0)
     assert (spec.synthesis.generator, spec.synthesis.decoder, spec.synthesis.prior) == ("decoder", "shapes-vae", "fitted")
 

@@ -116,7 +116,7 @@ def test_a_job_split_over_two_workers_gives_the_one_worker_student(two_workers, 
     assert names == ["metrics.json", "model_card.json", "samples.png", "student.onnx", "student.torchscript.pt"]
     assert chunk_files(two_workers, job["id"]) == []
     events = two_workers.events(job["id"])
-    assert [e["stage"] for e in events if e["kind"] == "stage"] == ["preparing", "synthesizing", "distilling", "exporting"]
+    assert [e["stage"] for e in events if e["kind"] == "stage"] == ["preparing", "bank", "synthesizing", "distilling", "exporting"]
     assert [e["status"] for e in events if e["kind"] == "status"] == ["queued", "running", "succeeded"]
     progress = [e["progress"] for e in events if e["kind"] in ("progress", "stage")]
     assert progress == sorted(progress) and progress[-1] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import re
 
 import pytest
 from PIL import Image
@@ -33,7 +34,7 @@ def test_lifecycle_to_succeeded_with_checksummed_artifacts(embedded):
     assert done["created_at"] <= done["started_at"] <= done["finished_at"]
     events = embedded.events(job["id"])
     assert [e["status"] for e in events if e["kind"] == "status"] == ["queued", "running", "succeeded"]
-    assert [e["stage"] for e in events if e["kind"] == "stage"] == ["preparing", "synthesizing", "distilling", "exporting"]
+    assert [e["stage"] for e in events if e["kind"] == "stage"] == ["preparing", "bank", "synthesizing", "distilling", "exporting"]
     progress = [e["progress"] for e in events if e["kind"] == "progress"]
     assert all(b >= a for a, b in itertools.pairwise(progress)) and progress[-1] == 1.0
     assert any(e["kind"] == "metrics" and "loss" in e["data"] for e in events)
@@ -48,6 +49,26 @@ def test_lifecycle_to_succeeded_with_checksummed_artifacts(embedded):
         assert embedded.http.get(artifact["url"], headers={"If-None-Match": response.headers["etag"]}).status_code == 304
     # Exactly the artifacts on disk: no temporary or partial files.
     assert sorted(p.name for p in (embedded.storage / "artifacts" / job["id"]).iterdir()) == ARTIFACTS
+
+
+def _bank_events(service, job_id: str) -> list[dict]:
+    return [e for e in service.events(job_id) if e["kind"] == "metrics" and "bank/reused" in (e["data"] or {})]
+
+
+def test_a_second_job_on_the_teacher_reuses_the_sample_bank_the_first_built(embedded):
+    first = embedded.submit({**TINY_SPEC, "classes": ["circle", "square"], "seed": 1})
+    assert embedded.wait_finished(first["id"], timeout=180)["status"] == "succeeded"
+    second = embedded.submit({**TINY_SPEC, "classes": ["heart", "ring", "cross"], "seed": 2})
+    assert embedded.wait_finished(second["id"], timeout=180)["status"] == "succeeded"
+    [built] = _bank_events(embedded, first["id"])  # built by this job, or by an earlier one of the module: either way one bank
+    [reused] = _bank_events(embedded, second["id"])
+    assert reused["data"]["bank/reused"] == 1.0 and reused["message"].startswith("bank: reused sample bank"), reused
+    assert reused["data"]["bank/images"] == 128 and reused["stage"] == "bank"
+    key = re.compile(r"sample bank (\w+) ")
+    assert key.search(built["message"]).group(1) == key.search(reused["message"]).group(1)  # the one bank
+    assert len(list((embedded.storage / "banks").iterdir())) == 1
+    metrics = embedded.http.get(f"/v1/jobs/{second['id']}/artifacts/metrics.json").json()
+    assert metrics["bank"]["status"] == "reused" and metrics["bank"]["images"] == 128
 
 
 def test_cancel_while_queued_and_while_running(embedded):
