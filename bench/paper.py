@@ -38,8 +38,9 @@ import torch
 
 from bench.evaluate import zero_shot
 from bench.tasks import Split, Task, get_task
+from core.bank import SampleBank
 from core.distill import DistillConfig, Distiller
-from core.pipeline import distill_config, resolved_spec, synthesis_config
+from core.pipeline import BankRequest, distill_config, job_bank, resolved_spec, synthesis_config
 from core.quality import estimate_quality
 from core.spec import CustomizeSpec
 from core.students import Student, count_flops, count_parameters, create_student_for
@@ -201,9 +202,18 @@ class RowPlan:
 
 class PaperBenchmark:
     def __init__(
-        self, teacher: Teacher, budget: Budget, *, split: Split = "test", log: Callable[[str], None] = print, track_quality: bool = True
+        self,
+        teacher: Teacher,
+        budget: Budget,
+        *,
+        split: Split = "test",
+        log: Callable[[str], None] = print,
+        track_quality: bool = True,
+        bank: BankRequest | None = None,
     ) -> None:
         self.track_quality = track_quality
+        self.bank = bank  # where the rows' sample banks live (core.bank): method rows draw from one as a default job does
+        self._banks: dict[tuple, SampleBank | None] = {}
         # split: where students and the teacher are scored; experiments that choose settings use "val".
         self.teacher, self.budget, self.split, self.log = teacher, budget, split, log
         self._surrogates: dict[tuple, tuple[SurrogateSet, InversionTargets]] = {}
@@ -243,10 +253,17 @@ class PaperBenchmark:
             start = time.monotonic()
             styles = list(self.teacher.default_styles) if config.use_styles else []
             targets = build_targets(self.teacher, class_prompts(task, row.prompts), styles)
-            data = synthesize(self.teacher, targets, config, seed=seed)
+            data = synthesize(self.teacher, targets, config, seed=seed, bank=self.row_bank(plan))
             self.stage_seconds["synthesis"].append(time.monotonic() - start)
             self._surrogates[key] = (data, targets)
         return self._surrogates[key]
+
+    def row_bank(self, plan: RowPlan) -> SampleBank | None:
+        """The sample bank a job of the row's plan draws from (loaded once, or built the first time), if any."""
+        key = (plan.synthesis.generator, repr(plan.synthesis.generator_options), plan.synthesis.steps, plan.distillation.fresh_share > 0)
+        if key not in self._banks:
+            self._banks[key] = job_bank(self.teacher, plan.synthesis, plan.distillation.fresh_share, self.bank)[0]
+        return self._banks[key]
 
     def reference_set(self, row: Row, plan: RowPlan, seed: int) -> tuple[SurrogateSet, torch.Tensor]:
         task = get_task(row.task)
@@ -277,12 +294,13 @@ class PaperBenchmark:
 
     def _train(self, row: Row, plan: RowPlan, seed: int) -> tuple[float, dict[str, float | int] | None]:
         task = get_task(row.task)
-        targets, sampler = None, None
+        targets, sampler, bank = None, None, None
         distillation = plan.distillation
         if row.kind == "method":
             data, targets = self.surrogate(row, plan, seed)
             classifier = targets.classifier
-            if distillation.fresh_share > 0:
+            bank = self.row_bank(plan) if distillation.fresh_share > 0 else None
+            if distillation.fresh_share > 0 and bank is None:
                 sampler = prior_sampler(plan.synthesis, self.teacher.image_size, self.teacher.device)
         else:
             data, classifier = self.reference_set(row, plan, seed)
@@ -290,7 +308,7 @@ class PaperBenchmark:
         torch.manual_seed(seed)
         student = create_student_for(self.teacher, plan.student, len(task.classes))
         start = time.monotonic()
-        Distiller(student, self.teacher, classifier, distillation, seed=seed, sampler=sampler).fit(data)
+        Distiller(student, self.teacher, classifier, distillation, seed=seed, sampler=sampler, bank=bank).fit(data)
         self.stage_seconds["distillation"].append(time.monotonic() - start)
         student = student.cpu().eval()
         estimate = None

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli.customize import add_bank_arguments
 from cli.errors import CliError
 
 
@@ -22,6 +23,7 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.add_argument("--device", default="auto")
     paper.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is robust on a shared CPU)")
     paper.add_argument("--out", type=Path, required=True)
+    add_bank_arguments(paper)
     paper.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (one process per seed)")
     paper.add_argument(
         "--render", type=Path, nargs="+", default=None, help="only re-render runs' paper.json into --out (several: merged over their seeds)"
@@ -93,8 +95,13 @@ def run_paper(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     teacher = create_teacher(args.teacher or world.teacher, device=args.device)
     start = time.monotonic()
+    from cli.customize import bank_request
+
     benchmark = PaperBenchmark(
-        teacher, BUDGETS["quick" if args.quick else "full"], log=lambda line: print(line, file=sys.stderr, flush=True)
+        teacher,
+        BUDGETS["quick" if args.quick else "full"],
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        bank=bank_request(args),
     )
 
     def write(report: dict) -> None:

@@ -65,7 +65,7 @@ def bank_request(args: argparse.Namespace):
     images = args.bank_images or DEFAULT_BANK_IMAGES
     if images < 1:
         raise CliError("invalid_spec", "--bank-images must be at least 1")
-    folder = args.bank_dir or (args.cache_dir or default_cache_dir()) / "banks"
+    folder = args.bank_dir or (getattr(args, "cache_dir", None) or default_cache_dir()) / "banks"
     return BankRequest(storage_bank_store(LocalStorage(folder)), images)
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 
 from core.augment import VIEW_PARAMS, AugmentConfig, apply_views, view_params
+from core.distill import EMBED_BATCH
 from core.synthesis import StepCallback, SynthesisConfig, prior_sampler
 from core.teachers.base import Teacher
 
@@ -228,7 +229,7 @@ def build_bank(teacher: Teacher, synthesis: SynthesisConfig, key: BankKey, *, on
         geometry = view_params(n * views, rng, augment).view(n, views, VIEW_PARAMS)
         viewed = apply_views(pixels.repeat_interleave(views, dim=0), geometry.view(-1, VIEW_PARAMS), size)
         embedded = torch.cat(
-            [teacher.encode_image(chunk.to(teacher.device)).float().cpu() for chunk in torch.cat([pixels, viewed]).split(1024)]
+            [teacher.encode_image(chunk.to(teacher.device)).float().cpu() for chunk in torch.cat([pixels, viewed]).split(EMBED_BATCH)]
         )
         if embeddings is None:
             embeddings = torch.empty(key.images, 1 + views, embedded.shape[-1])

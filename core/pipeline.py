@@ -20,7 +20,7 @@ import torch
 from torchvision.utils import make_grid
 
 from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
-from core.bank import DEFAULT_BANK_IMAGES, BankOutcome, BankStore, SampleBank, bank_key, obtain_bank
+from core.bank import DEFAULT_BANK_IMAGES, BankStore, SampleBank, bank_key, obtain_bank
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
@@ -309,29 +309,42 @@ class BankRequest:
     images: int = DEFAULT_BANK_IMAGES
 
 
-def bank_use(preparation: Preparation) -> str | None:
-    """Why the job draws nothing from a bank (None: it would): a bank serves prior samples the teacher only scores (no
+def bank_use(synthesis: SynthesisConfig, fresh_share: float) -> str | None:
+    """Why a job draws nothing from a bank (None: it would): a bank serves prior samples the teacher only scores (no
     inversion steps) and fresh prior samples in distillation."""
-    synthesis, distillation = preparation.synthesis, preparation.spec.distillation
-    if synthesis.steps and not distillation.fresh_share:
+    if synthesis.steps and not fresh_share:
         return "the synthesis inverts every image and distillation draws no fresh prior samples"
     return None
+
+
+def job_bank(
+    teacher: Teacher,
+    synthesis: SynthesisConfig,
+    fresh_share: float,
+    request: BankRequest | None,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[SampleBank | None, dict[str, object]]:
+    """The sample bank a job on ``synthesis`` draws from, loaded from ``request.store`` or built there now, and what the
+    metrics say of it; None (and why) when it cannot use one: no store, a generator without a named prior (a pool's
+    prior is the job's own), or nothing a bank serves."""
+    reason = "no bank store" if request is None else bank_use(synthesis, fresh_share)
+    key = bank_key(teacher, synthesis, DISTILL_AUGMENT, images=request.images) if request is not None and reason is None else None
+    if reason is None and key is None:
+        reason = "a bank serves the decoder generator with a named prior, not this synthesis"
+    if reason is not None or request is None or key is None:
+        return None, {"used": False, "reason": reason}
+    outcome = obtain_bank(request.store, teacher, synthesis, key, on_step=on_step)
+    return outcome.bank, outcome.summary()
 
 
 def with_bank(
     preparation: Preparation, teacher: Teacher, request: BankRequest | None, *, on_step: Callable[[int, int], None] | None = None
 ) -> Preparation:
-    """The preparation with its sample bank, loaded from ``request.store`` or built there now; unchanged (the metrics
-    saying why) when the job cannot use one: no store, a generator without a named prior (a pool's prior is the job's
-    own), or nothing the bank serves."""
-    key = bank_key(teacher, preparation.synthesis, DISTILL_AUGMENT, images=request.images) if request is not None else None
-    reason = "no bank store" if request is None else bank_use(preparation)
-    if reason is None and key is None:
-        reason = "a bank serves the decoder generator with a named prior, not this synthesis"
-    if reason is not None or request is None or key is None:
-        return dataclasses.replace(preparation, bank=None, bank_summary={"used": False, "reason": reason})
-    outcome: BankOutcome = obtain_bank(request.store, teacher, preparation.synthesis, key, on_step=on_step)
-    return dataclasses.replace(preparation, bank=outcome.bank, bank_summary=outcome.summary())
+    """The preparation with its sample bank (``job_bank``)."""
+    fresh_share = preparation.spec.distillation.fresh_share or 0.0
+    bank, summary = job_bank(teacher, preparation.synthesis, fresh_share, request, on_step=on_step)
+    return dataclasses.replace(preparation, bank=bank, bank_summary=summary)
 
 
 def bank_report(preparation: Preparation) -> tuple[dict[str, float], str]:
@@ -450,7 +463,7 @@ def customize(
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
             tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
-        if bank is not None and bank_use(preparation) is None:
+        if bank is not None and bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is None:
             with tracker.timed("bank"):
                 preparation = with_bank(preparation, teacher, bank, on_step=lambda done, total: tracker.update("bank", done / total))
                 tracker.update("bank", 1.0, *bank_report(preparation))

@@ -296,7 +296,7 @@ class JobRunner:
     def _bank_stage(self, preparation: Preparation, teacher: Teacher, reporter: ProgressReporter, estimates: dict[str, float]) -> None:
         """A split job's "bank" stage: its sample bank loaded, or built in storage for its chunks and distillation."""
         request = self._bank()
-        if request is None or bank_use(preparation) is not None:
+        if request is None or bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is not None:
             return
 
         def report(fraction: float, figures: dict[str, float] | None = None, message: str | None = None) -> None:
