@@ -31,7 +31,13 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     paper.set_defaults(handler=run_paper)
 
     speed = commands.add_parser("speed", help="the exported student's latency against its teacher's, INT8, synthesis throughput")
-    speed.add_argument("--onnx", type=Path, required=True, help="student.onnx written by a job or `clipforge customize`")
+    speed.add_argument("--onnx", type=Path, default=None, help="student.onnx written by a job (default with --jobs: the first job's)")
+    speed.add_argument(
+        "--jobs",
+        action="store_true",
+        help="also time the job itself: a sample bank's build, default jobs on it and one without it, and the distillation "
+        "step under each lever (about 10 minutes on 2 cores)",
+    )
     speed.add_argument("--int8", action="store_true", help="also quantize it to INT8 and compare accuracy on test renders")
     speed.add_argument("--task", default="shape8", help="the task the INT8 accuracy is measured on")
     speed.add_argument("--images", type=int, default=2000, help="test renders for the INT8 accuracy")
@@ -120,11 +126,27 @@ def run_speed(args: argparse.Namespace) -> int:
 
     from bench.speed import measure, to_markdown
 
+    jobs = None
+    if args.jobs:
+        import tempfile
+
+        from bench.job_speed import measure_jobs, measure_levers
+
+        out = Path(tempfile.mkdtemp(prefix="clipforge-speed-"))
+        jobs = {"jobs": measure_jobs("shapes-mini", 0, out), "levers": measure_levers("shapes-mini", "small_cnn")}
+        args.onnx = args.onnx or out / "student.onnx"
+    if args.onnx is None:
+        raise CliError("invalid_spec", "give --onnx, or --jobs to measure the first job's student")
     if not args.onnx.is_file():
         raise CliError("file_not_found", f"no ONNX student at {args.onnx}")
     report = measure(args.onnx, int8=args.int8, threads=args.threads, repeats=args.repeats, task=args.task, eval_images=args.images)
     command = "clipforge bench speed " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     markdown = to_markdown(report, command)
+    if jobs is not None:
+        from bench.job_speed import jobs_markdown
+
+        report.update(jobs)
+        markdown += "\n".join(jobs_markdown(jobs["jobs"], jobs["levers"])) + "\n"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -27,6 +27,7 @@ BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
 # A student's forward + backward per image: its entry's train_seconds_per_image (core.student_catalog).
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
+CHANNELS_LAST_FACTOR = 0.84  # a channels-last step against the catalogue's (measured) default-layout one: 17.1 / 20.3 ms
 # Targets, loading a built sample bank, quality estimates and export at the default's size.
 FIXED_S = {"preparing": 2.0, "bank": 1.0, "exporting": 6.0}
 MEASURED_TRUST_FRACTION = 0.05  # a stage's measured rate fully replaces its estimate once this share of it has run here
@@ -69,16 +70,25 @@ def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | Non
     candidates = int(synthesis.get("init_candidates") or 1)
     steps = int(synthesis.get("steps") or 0)
     cutouts = int(synthesis.get("cutouts") or 1)
-    synthesizing = images * candidates * (decode + look) + images * steps * BACKWARD_FACTOR * (decode + cutouts * look)
+    # A decoder job's prior samples come from the teacher's sample bank (core.bank) once it exists: choosing among them
+    # and the fresh samples cost nothing but the student's steps; with fixed views (the cpu budget) distillation runs
+    # the teacher once per surrogate image's view, not per step.
+    banked = decoder and int(distillation.get("fixed_views") or 0) > 0
+    choose = 0.0 if banked and not steps else images * candidates * (decode + look)
+    synthesizing = choose + images * steps * BACKWARD_FACTOR * (decode + cutouts * look)
     batch = int(distillation.get("batch_size") or 64)
     updates = distillation.get("steps")
     if updates is None:
         updates = int(distillation.get("epochs") or 1) * max(1, math.ceil(images / batch))
     fresh = float(distillation.get("fresh_share") or 0.0)
-    per_update = batch * (look + student_cost) + round(batch * fresh) * decode
+    if banked:
+        per_update = batch * student_cost * CHANNELS_LAST_FACTOR
+        fixed = images * int(distillation.get("fixed_views") or 0) * look
+    else:
+        per_update, fixed = batch * (look + student_cost) + round(batch * fresh) * decode, 0.0
     if str(distillation.get("method", "")).startswith("meta"):
         per_update *= META_FACTOR
-    distilling = int(updates) * per_update * DISTILL_OVERHEAD
+    distilling = fixed + int(updates) * per_update * DISTILL_OVERHEAD
     measured = {**FIXED_S, "synthesizing": synthesizing, "distilling": distilling}
     return {stage: measured[stage] for stage in STAGES}
 

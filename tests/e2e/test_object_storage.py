@@ -59,6 +59,9 @@ def test_a_job_with_example_images_runs_on_the_bucket_and_leaves_nothing_on_disk
 
     done = client.wait(job.id, timeout=JOB_TIMEOUT_S)
     assert done.status == "succeeded", done.error
+    # The teacher's sample bank lives in the bucket too, one object under banks/, whole: the job's metrics say how.
+    [bank] = s3_server.keys(f"{prefix}/banks/")
+    assert bank.endswith(".bank") and (done.metrics or {})["bank"]["status"] == "built"
     artifacts = client.artifacts(job.id).data
     assert {a.name for a in artifacts} >= {"student.onnx", "model_card.json", "metrics.json"}
     assert s3_server.keys(f"{prefix}/artifacts/{job.id}/") == sorted(f"{prefix}/artifacts/{job.id}/{a.name}" for a in artifacts)
@@ -88,3 +91,8 @@ def test_a_job_with_example_images_runs_on_the_bucket_and_leaves_nothing_on_disk
 
     client.delete(job.id)
     assert s3_server.keys(f"{prefix}/uploads/{job.id}/") == [] and s3_server.keys(f"{prefix}/artifacts/{job.id}/") == []
+    assert s3_server.keys(f"{prefix}/banks/") == [bank]  # shared by the teacher's jobs: it outlives this one
+
+    # A second job on other classes loads the bank from the bucket, checked against its sha256, instead of building it.
+    second = client.wait(client.submit({**TINY_SPEC, "classes": ["heart", "ring"], "seed": 8}).id, timeout=JOB_TIMEOUT_S)
+    assert second.status == "succeeded" and (second.metrics or {})["bank"]["status"] == "reused", second
