@@ -262,6 +262,7 @@ class Preparation:
     targets: InversionTargets
     coverage: Coverage  # how well the generator's prior covers each class (core.coverage); its thin classes are in synthesis
     pool_prior: dict[str, object] | None = None  # the prior fitted on the job's pool (core.pools.fit_pool_prior), if any
+    pool: PoolSplit | None = None  # the job's pool, split once: distilled-on and held-out images (core.pools.split_pool)
     bank: SampleBank | None = None  # the sample bank the job draws from (``with_bank``), if any
     bank_summary: dict[str, object] | None = None  # what the metrics say of it: how it was obtained, or why there is none
 
@@ -284,13 +285,14 @@ def prepare(
     the spec's pool (as ``customize`` takes them); with ``synthesis.pool_prior`` the prior is fitted on them."""
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
+    if (pool is None) != (spec.synthesis.pool is None):
+        raise ValueError("the spec names a pool and no pool images were given, or pool images came without one")
+    split = split_pool(pool, spec.seed) if pool is not None else None
     pool_prior = None
-    if synthesis.generator == "pool":  # the pool's images are the prior itself (core.generators.pool_images)
-        if pool is None:
-            raise ValueError('generator "pool" draws the spec\'s pool, and no pool images were given')
-        synthesis = dataclasses.replace(synthesis, generator_options=(("images", split_pool(pool, spec.seed).train),))
-    elif pool is not None and spec.synthesis.pool_prior:
-        synthesis, pool_prior = with_pool_prior(synthesis, split_pool(pool, spec.seed).train, teacher.device)
+    if synthesis.generator == "pool" and split is not None:  # the pool's images are the prior itself (core.generators.pool_images)
+        synthesis = dataclasses.replace(synthesis, generator_options=(("images", split.train),))
+    elif split is not None and spec.synthesis.pool_prior:
+        synthesis, pool_prior = with_pool_prior(synthesis, split.train, teacher.device)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
     if coverage is None:
@@ -298,7 +300,7 @@ def prepare(
     elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
-    return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior)
+    return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior, split)
 
 
 @dataclass(frozen=True)
@@ -488,7 +490,7 @@ def customize(
                 )
                 if checkpoints is not None:
                     checkpoints.save(SURROGATE, surrogate_to_bytes(surrogate))
-        return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints, pool=pool)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints)
 
 
 def distill_and_export(
@@ -501,7 +503,6 @@ def distill_and_export(
     stage_seconds: Mapping[str, float] | None = None,
     extra_metrics: Mapping[str, object] | None = None,
     checkpoints: Checkpoints | None = None,
-    pool: torch.Tensor | None = None,
 ) -> CustomizeResult:
     """The distilling and exporting stages on a surrogate set synthesized elsewhere (a service's chunks): the student
     and artifacts ``customize`` makes from the same set. ``stage_seconds``: how long the earlier stages took, and
@@ -511,7 +512,7 @@ def distill_and_export(
     tracker.stage_times.update(stage_seconds or {})
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics, checkpoints=checkpoints, pool=pool)
+        return _distill_and_export(preparation, teacher, surrogate, tracker, extra_metrics, checkpoints=checkpoints)
 
 
 def _distill_and_export(
@@ -522,12 +523,8 @@ def _distill_and_export(
     extra_metrics: Mapping[str, object] | None = None,
     *,
     checkpoints: Checkpoints | None = None,
-    pool: torch.Tensor | None = None,
 ) -> CustomizeResult:
-    spec, synthesis, targets = preparation.spec, preparation.synthesis, preparation.targets
-    if (pool is None) != (spec.synthesis.pool is None):
-        raise ValueError("the spec names a pool and no pool images were given, or pool images came without one")
-    split = split_pool(pool, spec.seed) if pool is not None else None
+    spec, synthesis, targets, split = preparation.spec, preparation.synthesis, preparation.targets, preparation.pool
     # The student's initial weights come from torch's global RNG. Neither preparing nor synthesis draws from it, so it is
     # still where torch.manual_seed(seed) put it: re-seeding changes nothing in one process, and makes a process that
     # synthesized nothing (a service's distillation task) start the same student.

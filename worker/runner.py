@@ -236,7 +236,6 @@ class JobRunner:
             stage_seconds=task.stage_seconds,
             extra_metrics={"synthesis_chunks": synthesis_metrics},
             checkpoints=self._checkpoints(job_id, reporter),
-            pool=pool,
         )
 
     def _execute(

@@ -110,7 +110,7 @@ def test_the_chunked_path_makes_the_student_customize_makes(shapes_teacher, body
     surrogate = assemble_surrogate(chunks)
     assert _equal(surrogate, one_process.surrogate)
     torch.rand(17)  # and its global RNG moved on since
-    chunked = distill_and_export(preparation, shapes_teacher, surrogate, stage_seconds={"preparing": 1.0, "synthesizing": 2.0}, pool=pool)
+    chunked = distill_and_export(preparation, shapes_teacher, surrogate, stage_seconds={"preparing": 1.0, "synthesizing": 2.0})
 
     expected, got = one_process.student.state_dict(), chunked.student.state_dict()
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
