@@ -48,12 +48,13 @@ def run_build(args: argparse.Namespace) -> int:
         from service.storage import create_storage
 
         settings = get_settings()
-        storage, images = create_storage(settings), args.images or settings.sample_bank_images or DEFAULT_BANK_IMAGES
+        storage, images = create_storage(settings), settings.sample_bank_images or DEFAULT_BANK_IMAGES
     else:
         from service.storage import LocalStorage
 
         storage = LocalStorage(args.bank_dir or (args.cache_dir or default_cache_dir()) / "banks")
-        images = args.images or DEFAULT_BANK_IMAGES
+        images = DEFAULT_BANK_IMAGES
+    images = images if args.images is None else args.images
     if images < 1:
         raise CliError("invalid_spec", "--images must be at least 1")
     synthesis = {k: v for k, v in (("decoder", args.decoder), ("prior", args.prior)) if v is not None}

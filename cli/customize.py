@@ -62,7 +62,7 @@ def bank_request(args: argparse.Namespace):
 
     if args.no_bank:
         return None
-    images = args.bank_images or DEFAULT_BANK_IMAGES
+    images = DEFAULT_BANK_IMAGES if args.bank_images is None else args.bank_images
     if images < 1:
         raise CliError("invalid_spec", "--bank-images must be at least 1")
     folder = args.bank_dir or (getattr(args, "cache_dir", None) or default_cache_dir()) / "banks"
