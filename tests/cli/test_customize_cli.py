@@ -40,10 +40,15 @@ def test_customize_writes_artifacts_and_the_onnx_student_evaluates(tmp_path):
         "3",
         "--device",
         "cpu",
+        "--bank-dir",
+        str(tmp_path / "banks"),
+        "--bank-images",
+        "128",
         "--out",
         str(out),
     )
     assert result.returncode == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["bank"]["status"] == "built"  # in --bank-dir, at --bank-images
     assert {p.name for p in out.iterdir()} == {"student.onnx", "student.torchscript.pt", "model_card.json", "samples.png", "metrics.json"}
     card = json.loads((out / "model_card.json").read_text())
     assert card["spec"]["seed"] == 3 and card["spec"]["classes"][7] == {"name": "ring", "text": None, "images": [str(folder)]}
