@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import banks, bench, customize, decoders, jobs, keys, pools, priors, serve, teachers
+from cli import banks, bench, customize, decoders, jobs, keys, pools, predict, priors, serve, teachers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_commands(groups)
     customize.add_commands(groups)
     banks.add_commands(groups)
+    predict.add_commands(groups)
     decoders.add_commands(groups)
     priors.add_commands(groups)
     bench.add_commands(groups)

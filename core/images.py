@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from clipforge_runtime import prepare_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def to_pixels(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB pixels in [0, 1], (3, size, size): the shorter side resized to ``size``, then centre-cropped."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    """RGB pixels in [0, 1], (3, size, size): the shorter side resized to ``size``, then centre-cropped; the runtime's
+    preparation (clipforge_runtime.prepare_image), so a job's examples, evaluations and predictions see images alike."""
+    return torch.from_numpy(prepare_image(image, size))
 
 
 def load_folder(folder: str | Path, size: int) -> torch.Tensor:

@@ -85,6 +85,20 @@ def test_an_evaluation_matches_onnxruntime_on_the_same_files(served, finished_jo
     saved = client.download_evaluation_artifact(job.id, done.id, "evaluation.json", tmp_path / "evaluation.json")
     detail = json.loads(saved.read_text())
     assert len(detail["per_image"]) == 3 * PER_CLASS and detail["student"]["accuracy"] == result.student.accuracy
+    # `clipforge predict` (the torch-free runtime) on the same files: the evaluation's top-1 for every one of them, and
+    # onnxruntime's run here on the same decoded pixels.
+    onnx_path = tmp_path / "student.onnx"
+    onnx_path.write_bytes(onnx_bytes)
+    predicted = subprocess.run([sys.executable, "-m", "cli.main", "predict", "--model", str(onnx_path), str(tmp_path / "eval"),
+                                "--top-k", "2", "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr
+    by_file = {Path(p["source"]).parent.name + "/" + Path(p["source"]).name: p["top"] for p in json.loads(predicted.stdout)["predictions"]}
+    assert len(by_file) == 3 * PER_CLASS
+    assert all(len(top) == 2 and top[0]["probability"] >= top[1]["probability"] for top in by_file.values())
+    evaluated = {f"{row['class']}/{row['filename']}": row["student"] for row in detail["per_image"]}
+    assert {key: top[0]["class"] for key, top in by_file.items()} == evaluated
+    right = [top[0]["class"] == key.split("/")[0] for key, top in by_file.items()]
+    assert local_accuracy(onnx_bytes, files) == pytest.approx(np.mean(right))
     png = client.download_evaluation_artifact(job.id, done.id, "confusion.png", tmp_path / "confusion.png")
     with Image.open(png) as image:
         assert image.format == "PNG" and image.width > 400
