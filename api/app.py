@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import schemas
 from api.auth import authenticate
 from api.errors import install_error_handlers
-from api.routers import console, evaluations, health, jobs, pools, students, teachers
+from api.routers import console, evaluations, health, jobs, pools, predictions, students, teachers
+from api.routers.predictions import prediction_state
 from service.auth import check_exposure
 from service.db import make_engine, make_session_factory, migrate
 from service.jobs import COUNTERS
@@ -97,10 +98,12 @@ def create_app(settings: Settings, *, prepared: bool = False) -> FastAPI:
     app.state.storage = create_storage(settings)
     app.state.celery = create_celery(settings)
     app.state.metrics = ApiMetrics.create()
+    for name, value in prediction_state(settings).items():
+        setattr(app.state, name, value)
 
     install_error_handlers(app)
     # Everything under /v1 needs an API key (once any exists); health, metrics and the schema do not.
-    for module in (jobs, evaluations, pools, teachers, students):
+    for module in (jobs, evaluations, predictions, pools, teachers, students):
         app.include_router(module.router, dependencies=[Depends(authenticate)], responses={401: {"model": schemas.ErrorBody}})
     app.include_router(health.router)
     app.include_router(console.router)  # the web console's static files: no key to load them, its requests send one

@@ -96,7 +96,9 @@ def decode_all(items: Sequence[tuple[str, int, str | None, bytes]], settings: Se
     return images
 
 
-def unlabelled_images(files: list[tuple[str, str | None, bytes]], settings: Settings, *, max_images: int) -> list[DecodedImage]:
+def unlabelled_images(
+    files: list[tuple[str, str | None, bytes]], settings: Settings, *, max_images: int, per: str = "pool"
+) -> list[DecodedImage]:
     """Images without labels, for an image pool: ``images`` files and/or one ``archive`` zip in any folder layout.
     ``files``: (form field, file name, content) of every file part. Raises one ServiceError listing every problem."""
     sent: list[tuple[str | None, bytes]] = []
@@ -114,7 +116,7 @@ def unlabelled_images(files: list[tuple[str, str | None, bytes]], settings: Sett
     if not sent:
         raise invalid("no_images", "send unlabelled images: 'images' files, or an 'archive' zip of images")
     if len(sent) > max_images:
-        raise invalid("too_many_images", f"{len(sent)} images; at most {max_images} per pool", {"limit": max_images}, 413)
+        raise invalid("too_many_images", f"{len(sent)} images; at most {max_images} per {per}", {"limit": max_images}, 413)
     problems = Problems()
     images = decode_all([("", position, filename, content) for position, (filename, content) in enumerate(sent)], settings, problems)
     problems.raise_any()

@@ -174,6 +174,22 @@ class EvaluationResult(BaseModel):
     student_mistakes: int
 
 
+class ClassProbability(BaseModel):
+    name: str  # a class of the job
+    probability: float  # the student's softmax probability
+
+
+class Prediction(BaseModel):
+    filename: str | None  # the part's file name, as sent
+    label: str  # the most likely class
+    top: list[ClassProbability]  # the top_k classes, most likely first
+
+
+class PredictionList(BaseModel):
+    classes: list[str]  # the job's classes, in the student's output order
+    predictions: list[Prediction]  # one per image, in the order sent
+
+
 class Evaluation(BaseModel):
     id: str
     job_id: str

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # and per-entry compression ratio (zip bombs). The request's bytes are bounded by max_request_bytes.
     max_evaluation_images: Annotated[int, Field(ge=1)] = 5000
     max_pool_images: Annotated[int, Field(ge=1)] = 10000  # unlabelled images in one image pool
+    max_prediction_images: Annotated[int, Field(ge=1, le=256)] = 16  # images in one POST /v1/jobs/{id}/predictions
+    predictions_per_minute: Annotated[int, Field(ge=1)] = 600  # images a tenant's predictions may run per minute (429 beyond)
+    prediction_sessions: Annotated[int, Field(ge=1)] = 8  # students an API process keeps loaded for predictions (LRU)
     max_archive_uncompressed_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
     max_archive_compression_ratio: Annotated[float, Field(gt=1)] = 100.0
 

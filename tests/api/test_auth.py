@@ -106,6 +106,8 @@ def test_another_tenants_job_is_not_found_anywhere(server, tenants):
         # An evaluation of another tenant's job is refused before its body is read.
         refused = globex.post(f"/v1/jobs/{job_id}/evaluations", files=[("images[p]", ("p.png", png_bytes(), "image/png"))])
         _assert_error(refused, 404, "job_not_found")
+        predicted = globex.post(f"/v1/jobs/{job_id}/predictions", files=[("images", ("p.png", png_bytes(), "image/png"))])
+        _assert_error(predicted, 404, "job_not_found")  # and predictions of it, likewise
         for client in (acme, globex):  # the open-mode job belongs to no tenant
             _assert_error(client.get(f"/v1/jobs/{tenants['open_job']}"), 404, "job_not_found")
         acme_ids = {j["id"] for j in acme.get("/v1/jobs", params={"limit": 100}).json()["data"]}
