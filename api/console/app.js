@@ -566,12 +566,13 @@ function openJob(jobId) {
   $("job-body").hidden = true;
   $("job-not-found").hidden = true;
   $("job-loading").hidden = false;
-  for (const id of ["job-samples-section", "job-card-section", "job-artifacts-section", "evaluation-section"]) $(id).hidden = true;
+  for (const id of ["job-samples-section", "job-card-section", "job-artifacts-section", "try-section", "evaluation-section"]) $(id).hidden = true;
   // The previous job's evaluation inputs go too: a file chosen in a stale input would be lost when this job's are drawn.
-  const filled = ["job-error", "job-failure", "job-details", "job-card", "job-artifacts", "job-events", "evaluations", "evaluation-error", "evaluation-inputs"];
+  const filled = ["job-error", "job-failure", "job-details", "job-card", "job-artifacts", "job-events", "evaluations", "evaluation-error", "evaluation-inputs", "try-results", "try-error"];
   for (const id of filled) $(id).replaceChildren();
   evaluationInputs.clear();
   $("evaluation-form").reset();
+  $("try-form").reset();
   $("job-samples").removeAttribute("src");
   $("job-card-json").textContent = "";
   $("job-events-count").textContent = "0";
@@ -769,6 +770,47 @@ async function loadFinishedJob(current, job) {
   }
   if (byName.has("model_card.json")) loadModelCard(current, streamed(byName.get("model_card.json").url));
   if (job.status === "succeeded") openEvaluations(current, job);
+  $("try-section").hidden = !(job.status === "succeeded" && byName.has("student.onnx"));
+}
+
+const MAX_TRY_IMAGES = 16;
+
+/** "Try it": the chosen or dropped images through POST /v1/jobs/{id}/predictions, each shown with its top classes. */
+async function classifyImages(files) {
+  const current = page;
+  if (!current) return;
+  const errorBox = $("try-error");
+  showError(errorBox, null);
+  if (files.length === 0 || files.length > MAX_TRY_IMAGES) {
+    showError(errorBox, new ApiError(0, "no_images", `choose between 1 and ${MAX_TRY_IMAGES} images`));
+    return;
+  }
+  const form = new FormData();
+  for (const file of files) form.append("images", file, file.name);
+  const button = $("submit-try");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const { predictions } = await apiJson("POST", `/v1/jobs/${current.jobId}/predictions?top_k=3`, { body: form, signal: current.signal });
+    const items = predictions.map((prediction, index) => {
+      const url = URL.createObjectURL(files[index]);
+      current.blobUrls.push(url);
+      const top = prediction.top.map((entry) => el("li", {}, `${entry.name} ${(100 * entry.probability).toFixed(1)} %`));
+      return el(
+        "li",
+        { className: "prediction" },
+        el("img", { src: url, alt: prediction.filename || `image ${index + 1}`, className: "pixelated" }),
+        el("div", {}, el("strong", { className: "prediction-label" }, prediction.label), el("ol", {}, ...top)),
+      );
+    });
+    $("try-results").replaceChildren(...items);
+    announce(`Classified ${predictions.length} image${predictions.length === 1 ? "" : "s"}.`);
+  } catch (error) {
+    if (error.name !== "AbortError") showError(errorBox, error);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
 }
 
 /** A list item: the artifact's download button, its size and the start of its sha256. */
@@ -1084,6 +1126,21 @@ function wire() {
   $("cancel-job").addEventListener("click", cancelJob);
   $("delete-job").addEventListener("click", deleteJob);
   $("evaluation-form").addEventListener("submit", submitEvaluation);
+  $("try-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    classifyImages([...$("try-images").files]);
+  });
+  const drop = $("try-drop");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("dragging");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragging");
+    classifyImages([...event.dataTransfer.files].filter((file) => file.type.startsWith("image/")));
+  });
   window.addEventListener("hashchange", route);
 }
 

@@ -271,6 +271,20 @@ def test_submit_follow_download_and_evaluate_a_job(page: Page, service_url: str,
     page.wait_for_function("document.querySelector('img.evaluation-confusion').naturalWidth > 0")
     save_screenshot(page, tmp_path, "evaluation")
 
+    # "Try it": three renders through the predictions endpoint, each shown with its image and its top classes, the
+    # labels the endpoint gives for the same files.
+    tried = [paths[0] for paths in images.values()]
+    page.get_by_label("Images to classify", exact=True).set_input_files(tried)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.locator("#try-error")).to_be_empty()
+    expect(page.locator("#try-results .prediction")).to_have_count(len(tried))
+    files = [("images", (Path(p).name, Path(p).read_bytes(), "image/png")) for p in tried]
+    answered = httpx.post(f"{service_url}/v1/jobs/{job_id}/predictions", params={"top_k": 3}, files=files, timeout=60).json()
+    shown = page.locator("#try-results .prediction-label").all_inner_texts()
+    assert shown == [p["label"] for p in answered["predictions"]]
+    expect(page.locator("#try-results .prediction ol li")).to_have_count(3 * len(tried))
+    save_screenshot(page, tmp_path, "try-it")
+
 
 def test_a_job_that_does_not_exist_says_so_and_offers_no_actions(page: Page, service_url: str):
     missing = "job_" + "0" * 26
