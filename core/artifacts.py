@@ -5,6 +5,8 @@ from __future__ import annotations
 ONNX_FILE = "student.onnx"
 INT8_ONNX_FILE = "student.int8.onnx"
 TORCHSCRIPT_FILE = "student.torchscript.pt"
+OPENVINO_XML_FILE = "student.openvino.xml"  # OpenVINO IR: the graph; its weights are the .bin of the same name beside it
+OPENVINO_BIN_FILE = "student.openvino.bin"
 CARD_FILE = "model_card.json"
 SAMPLES_FILE = "samples.png"
 METRICS_FILE = "metrics.json"

@@ -172,6 +172,52 @@ def quantize_onnx_int8(onnx_bytes: bytes, calibration: np.ndarray, *, max_disagr
     return int8_bytes
 
 
+PARITY_ATOL = 1e-4  # the largest logit difference a converted format may show against the ONNX file
+PARITY_IMAGES = 256  # synthesized images every converted format is checked on
+
+
+class ExportParityError(ExportError):
+    """A converted format whose logits differ from the ONNX file's beyond PARITY_ATOL, or whose top-1 disagrees."""
+
+    code = "export_parity_failed"
+
+
+def logit_parity(reference: np.ndarray, converted: np.ndarray, what: str) -> dict[str, float | int]:
+    """The converted model's largest logit difference and top-1 agreement against ``reference`` on the same images;
+    ExportParityError beyond PARITY_ATOL (plus PARITY_RTOL of the largest logit) or below full agreement."""
+    difference = float(np.max(np.abs(converted.astype(np.float64) - reference.astype(np.float64)), initial=0.0))
+    agreement = float((converted.argmax(1) == reference.argmax(1)).mean())
+    parity = {"images": len(reference), "max_abs_logit_difference": difference, "top1_agreement": agreement}
+    tolerance = PARITY_ATOL + PARITY_RTOL * float(np.max(np.abs(reference), initial=0.0))
+    if difference > tolerance or agreement < 1.0:
+        raise ExportParityError(
+            f"{what}: logits differ from the ONNX file's by up to {difference:.3g} (tolerance {tolerance:g}), "
+            f"top-1 agreement {agreement:.4f}"
+        )
+    return parity
+
+
+def export_openvino(onnx_bytes: bytes, images: np.ndarray) -> tuple[bytes, bytes, dict[str, float | int]]:
+    """OpenVINO IR (the .xml graph and the .bin weights, fp32) converted from the ONNX file, and its parity with it on
+    ``images`` (N, 3, S, S) run by OpenVINO's CPU plugin against onnxruntime."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="clipforge-openvino-") as folder:
+        source = Path(folder) / "student.onnx"
+        source.write_bytes(onnx_bytes)
+        try:
+            model = ov.convert_model(str(source))
+            ov.save_model(model, str(Path(folder) / "student.xml"), compress_to_fp16=False)
+            # f32 inference: the CPU plugin may otherwise run bf16 where the CPU has it (1e-3 logit differences)
+            compiled = ov.Core().compile_model(str(Path(folder) / "student.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            converted = np.asarray(compiled(np.ascontiguousarray(images, dtype=np.float32))[0])
+        except Exception as exc:
+            raise ExportError(f"OpenVINO conversion failed: {exc}") from exc
+        xml, weights = (Path(folder) / "student.xml").read_bytes(), (Path(folder) / "student.bin").read_bytes()
+    parity = logit_parity(run_onnx(onnx_bytes, images), converted, "OpenVINO IR")
+    return xml, weights, parity
+
+
 def onnx_metadata(onnx_bytes: bytes) -> dict[str, str]:
     """The model-level ``metadata_props`` of an ONNX file."""
     return {p.key: p.value for p in onnx.load_model_from_string(onnx_bytes).metadata_props}

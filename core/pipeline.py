@@ -19,13 +19,22 @@ from importlib import metadata
 import torch
 from torchvision.utils import make_grid
 
-from core.artifacts import CARD_FILE, INT8_ONNX_FILE, METRICS_FILE, ONNX_FILE, SAMPLES_FILE, TORCHSCRIPT_FILE
+from core.artifacts import (
+    CARD_FILE,
+    INT8_ONNX_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+    OPENVINO_BIN_FILE,
+    OPENVINO_XML_FILE,
+    SAMPLES_FILE,
+    TORCHSCRIPT_FILE,
+)
 from core.bank import DEFAULT_BANK_IMAGES, BankStore, SampleBank, bank_key, obtain_bank
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
-from core.export import export_onnx, export_torchscript, quantize_onnx_int8
+from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_torchscript, quantize_onnx_int8
 from core.pools import PoolSplit, fit_pool_prior, held_out_agreement, pool_sampler, split_pool
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
@@ -577,7 +586,7 @@ def _distill_and_export(
         card = model_card(spec, teacher, student, metrics)
         artifacts: dict[str, bytes] = {}
         onnx_bytes = None
-        if {"onnx", "onnx_int8"} & set(spec.export.formats):
+        if {"onnx", "onnx_int8", "openvino"} & set(spec.export.formats):
             onnx_bytes = export_onnx(
                 student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
             )
@@ -589,6 +598,11 @@ def _distill_and_export(
             artifacts[INT8_ONNX_FILE] = quantize_onnx_int8(onnx_bytes, calibration.numpy())
         if "torchscript" in spec.export.formats:
             artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
+        if "openvino" in spec.export.formats:
+            assert onnx_bytes is not None
+            checked = torch.nn.functional.interpolate(surrogate.images[:PARITY_IMAGES], size=student.image_size).numpy()
+            artifacts[OPENVINO_XML_FILE], artifacts[OPENVINO_BIN_FILE], parity = export_openvino(onnx_bytes, checked)
+            metrics["export_parity"] = {"openvino": parity}
         artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)
     metrics["stage_seconds"] = dict(tracker.stage_times)
     card["metrics"] = metrics

@@ -49,7 +49,8 @@ DEFAULT_STYLES: tuple[str, ...] = (
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
 GeneratorName = Literal["auto", "fourier", "pixel", "decoder", "pool"]
 InversionObjective = Literal["matching", "bn_inversion"]
-ExportFormat = Literal["onnx", "torchscript", "onnx_int8"]  # onnx_int8: statically quantized, calibrated on synthesized images
+# onnx_int8: statically quantized, calibrated on synthesized images; openvino: OpenVINO IR converted from the ONNX file
+ExportFormat = Literal["onnx", "torchscript", "onnx_int8", "openvino"]
 
 
 StyleText = Annotated[str, Field(min_length=1, max_length=MAX_STYLE_CHARS)]

@@ -25,6 +25,7 @@ from celery import Celery
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE
 from core.bank import storage_bank_store
 from core.checkpoints import Checkpoints
 from core.coverage import Coverage
@@ -74,6 +75,8 @@ CONTENT_TYPES = {
     CARD_FILE: "application/json",
     METRICS_FILE: "application/json",
     SAMPLES_FILE: "image/png",
+    OPENVINO_XML_FILE: "application/xml",
+    OPENVINO_BIN_FILE: "application/octet-stream",
 }
 
 

@@ -169,3 +169,16 @@ def test_an_int8_copy_keeps_the_model_card_and_the_fp32_predictions(tiny_onnx):
     assert int8_logits.shape == fp32_logits.shape and np.corrcoef(fp32_logits.ravel(), int8_logits.ravel())[0, 1] > 0.95
     with pytest.raises(ExportError):
         quantize_onnx_int8(onnx_bytes[:100], calibration)  # not a model
+
+
+def test_a_converted_format_off_the_onnx_logits_fails_with_its_code() -> None:
+    import numpy as np
+
+    from core.export import ExportParityError, logit_parity
+
+    reference = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]], dtype=np.float32)
+    assert logit_parity(reference, reference + 5e-5, "same")["top1_agreement"] == 1.0
+    for converted in (reference + 1e-3, reference[:, ::-1].copy()):  # off by 1e-3; another top-1
+        with pytest.raises(ExportParityError) as failed:
+            logit_parity(reference, converted, "OpenVINO IR")
+        assert failed.value.code == "export_parity_failed"

@@ -74,6 +74,26 @@ def test_customize_end_to_end_produces_verified_artifacts(shapes_teacher):
     assert len(result.surrogate) == 12 and torch.equal(torch.bincount(result.surrogate.labels), torch.tensor([4, 4, 4]))
 
 
+def test_an_openvino_export_is_the_onnx_students_with_its_parity_in_the_metrics(shapes_teacher):
+    import openvino as ov
+
+    from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE
+
+    result = customize(small_spec(export={"formats": ["onnx", "openvino"]}), shapes_teacher)
+    assert {OPENVINO_XML_FILE, OPENVINO_BIN_FILE} <= set(result.artifacts) and TORCHSCRIPT_FILE not in result.artifacts
+    parity = json.loads(result.artifacts[METRICS_FILE])["export_parity"]["openvino"]
+    assert parity["images"] == 12 and parity["max_abs_logit_difference"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    assert json.loads(result.artifacts[CARD_FILE])["metrics"]["export_parity"]["openvino"] == parity
+    # The IR as a user loads it (the .bin beside the .xml) gives the ONNX student's logits on real renders.
+    images, _ = get_task("shape8").render("test", 4)
+    model = ov.Core().read_model(
+        result.artifacts[OPENVINO_XML_FILE].decode(), ov.Tensor(np.frombuffer(result.artifacts[OPENVINO_BIN_FILE], np.uint8))
+    )
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    expected = run_onnx(result.artifacts[ONNX_FILE], images.numpy())
+    assert np.allclose(np.asarray(compiled(images.numpy())[0]), expected, atol=1e-4)
+
+
 def test_same_seed_same_student_and_another_seed_another(shapes_teacher):
     spec = small_spec(export={"formats": ["torchscript"]})
     a = customize(spec, shapes_teacher).student.state_dict()
