@@ -181,7 +181,8 @@ class ClassProbability(BaseModel):
 
 class Prediction(BaseModel):
     filename: str | None  # the part's file name, as sent
-    label: str  # the most likely class
+    label: str  # the most likely class, or "unknown" below the job's calibrated threshold
+    unknown: bool | None = None  # none of the classes (the model card's threshold); None when the job has no calibration
     top: list[ClassProbability]  # the top_k classes, most likely first
 
 

@@ -53,6 +53,14 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     workers.set_defaults(handler=run_workers)
 
     student = commands.add_parser("student", help="accuracy of an exported ONNX student (onnxruntime) beside its teacher")
+    unknown = commands.add_parser("unknown", help="a student's 'unknown' answer on real images of its classes and of others")
+    unknown.add_argument("--onnx", type=Path, required=True, help="student.onnx written by a job (its card holds the calibration)")
+    unknown.add_argument("--task", required=True, help="the student's classes as a task, e.g. shapes:circle,square,triangle,star")
+    unknown.add_argument("--outside", required=True, help="classes outside the job, e.g. shapes:hexagon,cross,heart,ring")
+    unknown.add_argument("--split", default="test", choices=("val", "test"))
+    unknown.add_argument("--images", type=int, default=2000, help="renders of each task")
+    unknown.set_defaults(handler=run_unknown)
+
     student.add_argument("--onnx", type=Path, required=True, help="student.onnx written by `clipforge customize`")
     student.add_argument("--task", default="shape8", help="a task, or shapes:<shape>,<shape>,... (a subset of shape8, in that order)")
     student.add_argument("--split", default="test", choices=("val", "test"), help="val renders to choose settings, test to report")
@@ -161,6 +169,21 @@ def run_workers(args: argparse.Namespace) -> int:
     from bench.workers import run
 
     return run(args, "clipforge bench workers " + " ".join(shlex.quote(a) for a in sys.argv[3:]))
+
+
+def run_unknown(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.unknown import measure_unknown
+
+    if not args.onnx.is_file():
+        raise CliError("file_not_found", f"no ONNX student at {args.onnx}")
+    try:
+        report = measure_unknown(str(args.onnx), args.task, args.outside, split=args.split, images=args.images)
+    except ValueError as exc:
+        raise CliError("invalid_spec", str(exc)) from None
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def run_student(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE|DIR", help="image files, or folders searched recursively")
     parser.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
+    parser.add_argument(
+        "--unknown", action="store_true", help="answer 'unknown' for an image below the job's calibrated threshold (its model card)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document: every image's top classes")
     parser.set_defaults(handler=run_predict)
 
@@ -49,7 +52,7 @@ def run_predict(args: argparse.Namespace) -> int:
     student = Student.load(args.model, threads=args.threads)
     files = image_files(args.images)
     try:
-        predictions = student.predict(files, top_k=args.top_k)
+        predictions = student.predict(files, top_k=args.top_k, unknown=args.unknown)
     except (UnidentifiedImageError, OSError) as exc:
         raise CliError("invalid_image", f"an image could not be read: {exc}") from None
     if args.json:
@@ -58,5 +61,6 @@ def run_predict(args: argparse.Namespace) -> int:
         return 0
     for prediction in predictions:
         top = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-        print(f"{prediction.source}\t{top}")
+        verdict = "\tunknown" if prediction.unknown else ""
+        print(f"{prediction.source}\t{top}{verdict}")
     return 0

@@ -9,6 +9,6 @@ layout. Images are prepared as the job's teacher saw them (``prepare_image``: th
 example images, evaluations and predictions share).
 """
 
-from clipforge_runtime.student import Prediction, Student, StudentFileError, prepare_image
+from clipforge_runtime.student import UNKNOWN, Prediction, Student, StudentFileError, prepare_image, top_log_odds
 
-__all__ = ["Prediction", "Student", "StudentFileError", "prepare_image"]
+__all__ = ["UNKNOWN", "Prediction", "Student", "StudentFileError", "prepare_image", "top_log_odds"]

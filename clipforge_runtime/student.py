@@ -28,17 +28,33 @@ def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray((np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1))
 
 
+def top_log_odds(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Each row's top class log-odds at ``temperature``, log(p / (1 - p)) of its softmax top probability, computed from
+    the logit gaps so that it never saturates (a confident student's p is 1.0 in float32): the "unknown" score."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    top = z.argmax(axis=1)
+    gaps = z - z[np.arange(len(z)), top][:, None]
+    gaps[np.arange(len(z)), top] = -np.inf
+    largest = gaps.max(axis=1, keepdims=True)
+    return -(largest[:, 0] + np.log(np.exp(gaps - largest).sum(axis=1)))
+
+
+UNKNOWN = "unknown"  # the label of an image the student finds none of its classes (with ``unknown=True``)
+
+
 @dataclass(frozen=True)
 class Prediction:
     source: str  # the file's path, or the image's index in the call
     top: list[tuple[str, float]]  # (class, probability), most likely first
+    unknown: bool | None = None  # below the model card's threshold: none of the classes; None when not asked or not calibrated
 
     @property
     def label(self) -> str:
-        return self.top[0][0]
+        return UNKNOWN if self.unknown else self.top[0][0]
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source, "top": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
+        return {"source": self.source, "label": self.label, "unknown": self.unknown,
+                "top": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}  # fmt: skip
 
 
 class Student:
@@ -61,6 +77,10 @@ class Student:
         self.classes: list[str] = list(self.card["classes"])
         self.image_size = int(self.card["input"]["shape"][2])
         self.input_name = self.session.get_inputs()[0].name
+        calibration = self.card.get("unknown") or {}
+        # The "unknown" answer's calibration (core.calibration): None when the job made none.
+        self.unknown_threshold: float | None = float(calibration["threshold"]) if calibration.get("available") else None
+        self.temperature = float(calibration.get("temperature", 1.0)) if calibration.get("available") else 1.0
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None) -> Student:
@@ -73,9 +93,7 @@ class Student:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        logits = self.logits(pixels)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        return _softmax(self.logits(pixels))
 
     def prepare(self, images: Iterable[Image.Image | str | Path]) -> np.ndarray:
         """Images (PIL images or paths) as the student's input batch."""
@@ -88,13 +106,25 @@ class Student:
                     arrays.append(prepare_image(opened, self.image_size))
         return np.stack(arrays) if arrays else np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
 
-    def predict(self, images: Sequence[Image.Image | str | Path], *, top_k: int = 3) -> list[Prediction]:
-        """The ``top_k`` most likely classes of each image, with their probabilities."""
-        probabilities = self.probabilities(self.prepare(images))
+    def predict(self, images: Sequence[Image.Image | str | Path], *, top_k: int = 3, unknown: bool = False) -> list[Prediction]:
+        """The ``top_k`` most likely classes of each image, with their probabilities. ``unknown``: also say whether each
+        image is none of the classes (its top class log-odds at the calibrated temperature below the card's threshold);
+        a student without a calibration answers None."""
+        logits = self.logits(self.prepare(images))
+        probabilities = _softmax(logits)
+        scores = top_log_odds(logits, self.temperature) if len(logits) else np.zeros(0)
         k = max(1, min(top_k, len(self.classes)))
         predictions = []
         for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
             order = np.argsort(-row, kind="stable")[:k]
             source = str(image) if not isinstance(image, Image.Image) else str(i)
-            predictions.append(Prediction(source, [(self.classes[j], float(row[j])) for j in order]))
+            verdict = None
+            if unknown and self.unknown_threshold is not None:
+                verdict = bool(scores[i] < self.unknown_threshold)
+            predictions.append(Prediction(source, [(self.classes[j], float(row[j])) for j in order], verdict))
         return predictions
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True)) if len(logits) else logits
+    return shifted / shifted.sum(axis=1, keepdims=True) if len(logits) else logits

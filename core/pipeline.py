@@ -30,6 +30,7 @@ from core.artifacts import (
     TORCHSCRIPT_FILE,
 )
 from core.bank import DEFAULT_BANK_IMAGES, BankStore, SampleBank, bank_key, obtain_bank
+from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
@@ -557,6 +558,8 @@ def _distill_and_export(
     with tracker.timed("exporting"):
         # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
         quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
+        texts = [c.prompt_text or c.name for c in spec.classes]
+        unknown = calibrate_unknown(student, teacher, targets, texts, synthesis, seed=spec.seed, bank=preparation.bank)
         coverage = preparation.coverage.as_dict(spec.class_names)
         for name, after in zip(
             spec.class_names, surrogate_coverage(teacher, targets.classifier, surrogate.images, surrogate.labels), strict=True
@@ -565,6 +568,7 @@ def _distill_and_export(
         metrics: dict[str, object] = {
             "budget": spec.budget,
             "quality": quality,
+            "unknown": unknown,
             "warnings": [w for w in [noise_generator_warning(spec.synthesis.generator)] if w]
             + quality_warnings(quality, len(spec.classes))
             + coverage_warnings(coverage),
@@ -633,6 +637,9 @@ def model_card(spec: CustomizeSpec, teacher: Teacher, student: Student, metrics:
             "std": list(student.std_values),
         },
         "output": {"name": "logits", "shape": ["batch", len(spec.classes)], "labels": spec.class_names},
+        # The "unknown" answer: below ``threshold`` the student's top probability at ``temperature`` is none of its
+        # classes (core.calibration; clipforge_runtime applies it when asked).
+        "unknown": metrics.get("unknown"),
         "student": {"arch": spec.student.arch, "image_size": student.image_size},
         "teacher": {"name": teacher.name, "image_size": teacher.image_size, "logit_scale": teacher.logit_scale},
         "spec": spec.model_dump(mode="json"),

@@ -800,7 +800,13 @@ async function classifyImages(files) {
         "li",
         { className: "prediction" },
         el("img", { src: url, alt: prediction.filename || `image ${index + 1}`, className: "pixelated" }),
-        el("div", {}, el("strong", { className: "prediction-label" }, prediction.label), el("ol", {}, ...top)),
+        el(
+          "div",
+          {},
+          el("strong", { className: "prediction-label" }, prediction.label),
+          prediction.unknown ? el("span", { className: "badge", title: "below the job's calibrated confidence: none of its classes" }, "none of these") : "",
+          el("ol", {}, ...top),
+        ),
       );
     });
     $("try-results").replaceChildren(...items);

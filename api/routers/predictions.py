@@ -45,7 +45,7 @@ def _predict(request: Request, key: str, sha256: str, images: list, top_k: int, 
     student = request.app.state.students.get(sha256, lambda: storage.read(key))
     pictures = [Image.open(io.BytesIO(image.content)) for image in images]
     try:
-        predicted = student.predict(pictures, top_k=top_k)
+        predicted = student.predict(pictures, top_k=top_k, unknown=True)
     finally:
         for picture in pictures:
             picture.close()
@@ -55,6 +55,7 @@ def _predict(request: Request, key: str, sha256: str, images: list, top_k: int, 
             schemas.Prediction(
                 filename=image.filename,
                 label=prediction.label,
+                unknown=prediction.unknown,
                 top=[schemas.ClassProbability(name=name, probability=round(p, 6)) for name, p in prediction.top],
             )
             for image, prediction in zip(images, predicted, strict=True)

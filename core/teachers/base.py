@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.spec import DEFAULT_STYLES
+from core.spec import DEFAULT_STYLES, DEFAULT_VOCABULARY
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -33,6 +33,7 @@ class Teacher(nn.Module):
         std: Sequence[float],
         styles: Sequence[str] | None = None,
         decoder: str | None = None,
+        vocabulary: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -43,6 +44,10 @@ class Teacher(nn.Module):
         self.default_styles: tuple[str, ...] = tuple(styles) if styles else DEFAULT_STYLES
         # A pretrained latent decoder for this teacher's image domain (the image prior "auto" picks), if any.
         self.paired_decoder: str | None = decoder
+        # Object names the teacher knows (its captions' nouns): a job takes images the teacher gives to the ones outside
+        # the job for out-of-class examples when it calibrates its "unknown" answer (core.calibration); a generic list
+        # of everyday objects otherwise.
+        self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary else DEFAULT_VOCABULARY
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 

@@ -92,6 +92,7 @@ def load_clipforge_teacher(folder: Path, device: torch.device) -> Teacher:
         std=config.image_std,
         styles=config.extra.get("styles"),
         decoder=config.extra.get("decoder"),
+        vocabulary=config.extra.get("vocabulary"),
     )
     return teacher.to(device)
 

@@ -30,9 +30,10 @@ def test_predictions_answer_at_once_with_the_runtimes_top_classes(served, finish
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["classes"] == CLASSES and [p["filename"] for p in body["predictions"]] == [p.name for p in paths]
-        local = Student(onnx_bytes).predict(paths, top_k=2)
+        local = Student(onnx_bytes).predict(paths, top_k=2, unknown=True)  # the service answers "unknown" where calibrated
         for served_one, here in zip(body["predictions"], local, strict=True):
             assert served_one["label"] == here.label and [t["name"] for t in served_one["top"]] == [c for c, _ in here.top]
+            assert served_one["unknown"] == here.unknown  # the verdict at the card's threshold (None: no calibration)
             assert [t["probability"] for t in served_one["top"]] == pytest.approx([p for _, p in here.top], abs=1e-5)
         # One zip of images works as files do; a second request reuses the loaded student.
         archive = io.BytesIO()
