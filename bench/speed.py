@@ -73,6 +73,26 @@ def time_onnx(name: str, onnx_bytes: bytes, size: int, threads: int, repeats: in
     return timings
 
 
+def time_openvino(name: str, onnx_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
+    """The student as the job's OpenVINO IR export runs it (converted from the ONNX file, CPU plugin, f32)."""
+    import openvino as ov
+
+    from core.export import export_openvino
+
+    pixels = np.random.default_rng(0).random((4, 3, size, size), dtype=np.float32)
+    xml, weights, _ = export_openvino(onnx_bytes, pixels)
+    core = ov.Core()
+    model = core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8)))
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    timings = []
+    for batch in BATCHES:
+        batch_pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+        ms = median_ms(lambda batch_pixels=batch_pixels: request.infer([batch_pixels]), repeats)
+        timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
+    return timings
+
+
 class ZeroShot(torch.nn.Module):
     """The teacher as a classifier: image tower, unit features, scaled cosine against the class embeddings."""
 
@@ -160,6 +180,7 @@ def measure(onnx_path: Path, *, int8: bool, threads: int, repeats: int, task: st
     zero_shot = ZeroShot(teacher, classifier).eval()
 
     timings = time_onnx("student (ONNX, fp32)", onnx_bytes, student_size, threads, repeats)
+    timings += time_openvino("student (OpenVINO IR, fp32)", onnx_bytes, student_size, threads, repeats)
     timings += time_torch("teacher (torch)", zero_shot, teacher.image_size, repeats)
     exported = teacher_onnx(zero_shot, teacher.image_size)
     teacher_onnx_note = None
