@@ -31,7 +31,8 @@ from core.teachers.base import DEFAULT_TEMPLATE, Teacher
 
 FALSE_ACCEPT_RATE = 0.05  # the share of out-of-class images the stored threshold lets through
 IN_CLASS_PER_CLASS = 32  # held-out synthesized images per class
-CANDIDATES = 4096  # prior samples the teacher sorts into the job's classes and the vocabulary's
+CANDIDATES = 4096  # prior samples the teacher sorts into the job's classes and the vocabulary's, from a bank
+CANDIDATES_WITHOUT_BANK = 1024  # the same decoded and embedded at export when the job has no bank
 OUT_OF_CLASS_MARGIN = 0.5  # the teacher's probability of the out-of-class name, over job and vocabulary, at least this
 MAX_OUT_OF_CLASS = 1024
 # Never below 1: synthesized images are easier than real ones, and sharpening on them (measured: T at the grid's floor
@@ -84,7 +85,7 @@ def out_of_class_images(
         embeddings = bank.embeddings[index, 0].to(heads.device)
     else:
         rng = torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET)
-        pixels = prior_sampler(synthesis, teacher.image_size, teacher.device)(CANDIDATES, rng).float().cpu()
+        pixels = prior_sampler(synthesis, teacher.image_size, teacher.device)(CANDIDATES_WITHOUT_BANK, rng).float().cpu()
         embeddings = torch.cat([teacher.encode_image(chunk.to(teacher.device)) for chunk in pixels.split(256)])
     probabilities = (teacher.logit_scale * embeddings @ heads.T).float().softmax(-1).cpu()
     job = targets.num_classes
