@@ -77,7 +77,8 @@ class ChunkRunner:
             examples = read_examples(self.storage, task.uploads, teacher.image_size)
             pool = read_pool(self.factory, self.storage, spec, teacher.image_size)
             preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
-            preparation = with_bank(preparation, teacher, bank_request(self.settings, self.storage))
+            if not preparation.synthesis.steps:  # a chunk draws on the bank only to choose prior samples without inverting
+                preparation = with_bank(preparation, teacher, bank_request(self.settings, self.storage))
             estimates = stage_estimates(preparation.spec)
             reporter = ChunkReporter(self, task, owner, keeper, lambda fraction: job_fraction(estimates, SYNTHESIZING, fraction))
             began = time.monotonic()
