@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from cli.errors import CliError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from cli.jobs import IMAGE_SUFFIXES
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:
