@@ -93,7 +93,7 @@ class Student:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return _softmax(self.logits(pixels))
+        return softmax(self.logits(pixels))
 
     def prepare(self, images: Iterable[Image.Image | str | Path]) -> np.ndarray:
         """Images (PIL images or paths) as the student's input batch."""
@@ -111,7 +111,7 @@ class Student:
         image is none of the classes (its top class log-odds at the calibrated temperature below the card's threshold);
         a student without a calibration answers None."""
         logits = self.logits(self.prepare(images))
-        probabilities = _softmax(logits)
+        probabilities = softmax(logits)
         scores = top_log_odds(logits, self.temperature) if len(logits) else np.zeros(0)
         k = max(1, min(top_k, len(self.classes)))
         predictions = []
@@ -125,6 +125,10 @@ class Student:
         return predictions
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True)) if len(logits) else logits
-    return shifted / shifted.sum(axis=1, keepdims=True) if len(logits) else logits
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (an empty batch stays empty)."""
+    if not len(logits):
+        return logits
+    scaled = logits / temperature
+    shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

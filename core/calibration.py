@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipforge_runtime import top_log_odds
+from clipforge_runtime.student import softmax, top_log_odds
 from core.spec import normalise_text
 from core.synthesis import InversionTargets, SynthesisConfig, prior_sampler, synthesize
 from core.teachers.base import DEFAULT_TEMPLATE, Teacher
@@ -41,16 +41,9 @@ TEMPERATURES = np.exp(np.linspace(math.log(1.0), math.log(8.0), 31))
 CALIBRATION_SEED_OFFSET = 104_729  # another seed than the training set's and the quality estimate's
 
 
-def _probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature that minimises the NLL of ``labels`` (a grid over 1..8, log-spaced)."""
-    losses = [-np.log(_probabilities(logits, t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in TEMPERATURES]
+    losses = [-np.log(softmax(logits, t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(losses))])
 
 
