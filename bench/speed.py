@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.tasks import get_task
+from core.artifacts import TFLITE_FILE
 from core.export import onnx_metadata, quantize_onnx_int8, run_onnx
 from core.teachers.base import Teacher
 
@@ -89,6 +90,27 @@ def time_openvino(name: str, onnx_bytes: bytes, size: int, threads: int, repeats
     for batch in BATCHES:
         batch_pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
         ms = median_ms(lambda batch_pixels=batch_pixels: request.infer([batch_pixels]), repeats)
+        timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
+    return timings
+
+
+def time_tflite(name: str, tflite_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
+    """The job's TFLite export as the LiteRT interpreter runs it (XNNPACK on the CPU), resized to each batch."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    timings = []
+    for batch in BATCHES:
+        interpreter = Interpreter(model_content=tflite_bytes, num_threads=threads)
+        source = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(source["index"], [batch, 3, size, size])
+        interpreter.allocate_tensors()
+        batch_pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+
+        def run(interpreter=interpreter, index=source["index"], batch_pixels=batch_pixels) -> None:
+            interpreter.set_tensor(index, batch_pixels)
+            interpreter.invoke()
+
+        ms = median_ms(run, repeats)
         timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
     return timings
 
@@ -181,6 +203,9 @@ def measure(onnx_path: Path, *, int8: bool, threads: int, repeats: int, task: st
 
     timings = time_onnx("student (ONNX, fp32)", onnx_bytes, student_size, threads, repeats)
     timings += time_openvino("student (OpenVINO IR, fp32)", onnx_bytes, student_size, threads, repeats)
+    tflite = onnx_path.with_name(TFLITE_FILE)  # the job's TFLite export, when it asked for one
+    if tflite.is_file():
+        timings += time_tflite("student (TFLite, fp32)", tflite.read_bytes(), student_size, threads, repeats)
     timings += time_torch("teacher (torch)", zero_shot, teacher.image_size, repeats)
     exported = teacher_onnx(zero_shot, teacher.image_size)
     teacher_onnx_note = None

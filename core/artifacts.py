@@ -7,6 +7,7 @@ INT8_ONNX_FILE = "student.int8.onnx"
 TORCHSCRIPT_FILE = "student.torchscript.pt"
 OPENVINO_XML_FILE = "student.openvino.xml"  # OpenVINO IR: the graph; its weights are the .bin of the same name beside it
 OPENVINO_BIN_FILE = "student.openvino.bin"
+TFLITE_FILE = "student.tflite"  # batch 1, resizable; input and output as the ONNX file's
 CARD_FILE = "model_card.json"
 SAMPLES_FILE = "samples.png"
 METRICS_FILE = "metrics.json"

@@ -218,6 +218,37 @@ def export_openvino(onnx_bytes: bytes, images: np.ndarray) -> tuple[bytes, bytes
     return xml, weights, parity
 
 
+TFLITE_BATCH = 1  # a TFLite model is converted for one image (the phone's case); the interpreter resizes its input
+
+
+def export_tflite(student: nn.Module, image_size: int, onnx_bytes: bytes, images: np.ndarray) -> tuple[bytes, dict[str, float | int]]:
+    """The student as a TFLite flatbuffer (litert-torch, fp32; input ``pixels`` (1, 3, S, S) as in the ONNX file,
+    resizable to any batch), and its parity with the ONNX file on ``images`` (N, 3, S, S) run by the LiteRT
+    interpreter against onnxruntime."""
+    try:
+        import litert_torch
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise ExportError(f"the TFLite export needs litert-torch (pip install litert-torch): {exc}") from exc
+    litert_torch.config.show_progress = False  # its progress lines go to stdout, where a CLI writes its JSON
+    model = copy.deepcopy(student).cpu().eval()
+    example = torch.rand(TFLITE_BATCH, RGB_CHANNELS, image_size, image_size, generator=torch.Generator().manual_seed(CHECK_SEED))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flatbuffer = bytes(litert_torch.convert(model, (example,)).model_content())
+        interpreter = Interpreter(model_content=flatbuffer)
+        source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.resize_tensor_input(source["index"], list(images.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], np.ascontiguousarray(images, dtype=np.float32))
+        interpreter.invoke()
+        converted = np.array(interpreter.get_tensor(target["index"]))
+    except Exception as exc:
+        raise ExportError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
+    return flatbuffer, logit_parity(run_onnx(onnx_bytes, images), converted, "TFLite")
+
+
 def onnx_metadata(onnx_bytes: bytes) -> dict[str, str]:
     """The model-level ``metadata_props`` of an ONNX file."""
     return {p.key: p.value for p in onnx.load_model_from_string(onnx_bytes).metadata_props}

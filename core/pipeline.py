@@ -27,6 +27,7 @@ from core.artifacts import (
     OPENVINO_BIN_FILE,
     OPENVINO_XML_FILE,
     SAMPLES_FILE,
+    TFLITE_FILE,
     TORCHSCRIPT_FILE,
 )
 from core.bank import DEFAULT_BANK_IMAGES, BankStore, SampleBank, bank_key, obtain_bank
@@ -35,7 +36,7 @@ from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surro
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
-from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_torchscript, quantize_onnx_int8
+from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 from core.pools import PoolSplit, fit_pool_prior, held_out_agreement, pool_sampler, split_pool
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
@@ -590,7 +591,7 @@ def _distill_and_export(
         card = model_card(spec, teacher, student, metrics)
         artifacts: dict[str, bytes] = {}
         onnx_bytes = None
-        if {"onnx", "onnx_int8", "openvino"} & set(spec.export.formats):
+        if {"onnx", "onnx_int8", "openvino", "tflite"} & set(spec.export.formats):  # converted formats check against it
             onnx_bytes = export_onnx(
                 student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
             )
@@ -602,11 +603,16 @@ def _distill_and_export(
             artifacts[INT8_ONNX_FILE] = quantize_onnx_int8(onnx_bytes, calibration.numpy())
         if "torchscript" in spec.export.formats:
             artifacts[TORCHSCRIPT_FILE] = export_torchscript(student, student.image_size)
+        checked = torch.nn.functional.interpolate(surrogate.images[:PARITY_IMAGES], size=student.image_size).numpy()
+        parities: dict[str, object] = {}
         if "openvino" in spec.export.formats:
             assert onnx_bytes is not None
-            checked = torch.nn.functional.interpolate(surrogate.images[:PARITY_IMAGES], size=student.image_size).numpy()
-            artifacts[OPENVINO_XML_FILE], artifacts[OPENVINO_BIN_FILE], parity = export_openvino(onnx_bytes, checked)
-            metrics["export_parity"] = {"openvino": parity}
+            artifacts[OPENVINO_XML_FILE], artifacts[OPENVINO_BIN_FILE], parities["openvino"] = export_openvino(onnx_bytes, checked)
+        if "tflite" in spec.export.formats:
+            assert onnx_bytes is not None
+            artifacts[TFLITE_FILE], parities["tflite"] = export_tflite(student, student.image_size, onnx_bytes, checked)
+        if parities:
+            metrics["export_parity"] = parities
         artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)
     metrics["stage_seconds"] = dict(tracker.stage_times)
     card["metrics"] = metrics

@@ -152,8 +152,9 @@ DEFAULT_VOCABULARY: tuple[str, ...] = (
 DistillMethod = Literal["ce", "kd", "ce_kd", "meta_kd", "meta_ce_kd"]
 GeneratorName = Literal["auto", "fourier", "pixel", "decoder", "pool"]
 InversionObjective = Literal["matching", "bn_inversion"]
-# onnx_int8: statically quantized, calibrated on synthesized images; openvino: OpenVINO IR converted from the ONNX file
-ExportFormat = Literal["onnx", "torchscript", "onnx_int8", "openvino"]
+# onnx_int8: statically quantized, calibrated on synthesized images; openvino: OpenVINO IR converted from the ONNX file;
+# tflite: a TFLite flatbuffer converted from the torch student by litert-torch
+ExportFormat = Literal["onnx", "torchscript", "onnx_int8", "openvino", "tflite"]
 
 
 StyleText = Annotated[str, Field(min_length=1, max_length=MAX_STYLE_CHARS)]

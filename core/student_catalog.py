@@ -18,7 +18,7 @@ from core.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "onnx_int8", "openvino")  # core.spec.ExportFormat's values
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "onnx_int8", "openvino", "tflite")  # core.spec.ExportFormat's values
 
 
 @dataclass(frozen=True)

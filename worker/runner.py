@@ -25,7 +25,7 @@ from celery import Celery
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE
+from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE, TFLITE_FILE
 from core.bank import storage_bank_store
 from core.checkpoints import Checkpoints
 from core.coverage import Coverage
@@ -77,6 +77,7 @@ CONTENT_TYPES = {
     SAMPLES_FILE: "image/png",
     OPENVINO_XML_FILE: "application/xml",
     OPENVINO_BIN_FILE: "application/octet-stream",
+    TFLITE_FILE: "application/octet-stream",
 }
 
 

@@ -74,24 +74,37 @@ def test_customize_end_to_end_produces_verified_artifacts(shapes_teacher):
     assert len(result.surrogate) == 12 and torch.equal(torch.bincount(result.surrogate.labels), torch.tensor([4, 4, 4]))
 
 
-def test_an_openvino_export_is_the_onnx_students_with_its_parity_in_the_metrics(shapes_teacher):
+def test_openvino_and_tflite_exports_are_the_onnx_students_with_their_parity_in_the_metrics(shapes_teacher):
     import openvino as ov
+    from ai_edge_litert.interpreter import Interpreter
 
-    from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE
+    from core.artifacts import OPENVINO_BIN_FILE, OPENVINO_XML_FILE, TFLITE_FILE
 
-    result = customize(small_spec(export={"formats": ["onnx", "openvino"]}), shapes_teacher)
-    assert {OPENVINO_XML_FILE, OPENVINO_BIN_FILE} <= set(result.artifacts) and TORCHSCRIPT_FILE not in result.artifacts
-    parity = json.loads(result.artifacts[METRICS_FILE])["export_parity"]["openvino"]
-    assert parity["images"] == 12 and parity["max_abs_logit_difference"] <= 1e-4 and parity["top1_agreement"] == 1.0
-    assert json.loads(result.artifacts[CARD_FILE])["metrics"]["export_parity"]["openvino"] == parity
-    # The IR as a user loads it (the .bin beside the .xml) gives the ONNX student's logits on real renders.
+    result = customize(small_spec(export={"formats": ["onnx", "openvino", "tflite"]}), shapes_teacher)
+    assert {OPENVINO_XML_FILE, OPENVINO_BIN_FILE, TFLITE_FILE} <= set(result.artifacts)
+    assert TORCHSCRIPT_FILE not in result.artifacts
+    parities = json.loads(result.artifacts[METRICS_FILE])["export_parity"]
+    assert set(parities) == {"openvino", "tflite"}
+    for parity in parities.values():
+        assert parity["images"] == 12 and parity["max_abs_logit_difference"] <= 1e-4 and parity["top1_agreement"] == 1.0
+    assert json.loads(result.artifacts[CARD_FILE])["metrics"]["export_parity"] == parities
+    # Each as a user loads it (the .bin beside the .xml; the .tflite resized to the batch) gives the ONNX student's logits
+    # on real renders.
     images, _ = get_task("shape8").render("test", 4)
+    expected = run_onnx(result.artifacts[ONNX_FILE], images.numpy())
     model = ov.Core().read_model(
         result.artifacts[OPENVINO_XML_FILE].decode(), ov.Tensor(np.frombuffer(result.artifacts[OPENVINO_BIN_FILE], np.uint8))
     )
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    expected = run_onnx(result.artifacts[ONNX_FILE], images.numpy())
     assert np.allclose(np.asarray(compiled(images.numpy())[0]), expected, atol=1e-4)
+    interpreter = Interpreter(model_content=result.artifacts[TFLITE_FILE])
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert list(source["shape"]) == [1, 3, images.shape[-1], images.shape[-1]]
+    interpreter.resize_tensor_input(source["index"], list(images.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], images.numpy())
+    interpreter.invoke()
+    assert np.allclose(interpreter.get_tensor(target["index"]), expected, atol=1e-4)
 
 
 def test_same_seed_same_student_and_another_seed_another(shapes_teacher):

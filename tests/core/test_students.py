@@ -40,18 +40,23 @@ def test_an_entrys_size_facts_are_the_models(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_an_entrys_export_formats_export(arch: str) -> None:
-    from core.export import export_onnx, export_openvino, export_torchscript, quantize_onnx_int8
+    from core.export import export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 
     student = make(arch).eval()
     formats = student_entry(arch).export_formats
-    onnx_bytes = export_onnx(student, 32) if {"onnx", "onnx_int8", "openvino"} & set(formats) else None
+    onnx_bytes = export_onnx(student, 32) if {"onnx", "onnx_int8", "openvino", "tflite"} & set(formats) else None
     if "torchscript" in formats:
         export_torchscript(student, 32)
     if "onnx_int8" in formats:
         # Exportable is the fact; how closely INT8 follows fp32 depends on the trained weights (the job checks that).
         quantize_onnx_int8(onnx_bytes, torch.rand(16, 3, 32, 32).numpy(), max_disagreement=1.0)
-    if "openvino" in formats:  # within 1e-4 of the ONNX file's logits and the same top-1 on 256 images, or it raises
-        parity = export_openvino(onnx_bytes, torch.rand(256, 3, 32, 32).numpy())[2]
+    checked = torch.rand(256, 3, 32, 32).numpy()
+    parities = []  # each within 1e-4 of the ONNX file's logits and the same top-1 on 256 images, or it raises
+    if "openvino" in formats:
+        parities.append(export_openvino(onnx_bytes, checked)[2])
+    if "tflite" in formats:
+        parities.append(export_tflite(student, 32, onnx_bytes, checked)[1])
+    for parity in parities:
         assert parity["images"] == 256 and parity["max_abs_logit_difference"] <= 1e-4 and parity["top1_agreement"] == 1.0
 
 
