@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from clipforge_runtime.student import softmax, top_log_odds
-from core.spec import normalise_text
+from core.spec import UnknownSpec, normalise_text
 from core.synthesis import InversionTargets, SynthesisConfig, prior_sampler, synthesize
 from core.teachers.base import DEFAULT_TEMPLATE, Teacher
 
-FALSE_ACCEPT_RATE = 0.05  # the share of out-of-class images the stored threshold lets through
-IN_CLASS_PER_CLASS = 32  # held-out synthesized images per class
+# The spec's export.unknown (core.spec.UnknownSpec) sets the share of out-of-class images the threshold lets through,
+# the held-out synthesized images per class, and how many prior samples are sorted; by default:
 CANDIDATES = 4096  # prior samples the teacher sorts into the job's classes and the vocabulary's, from a bank
 CANDIDATES_WITHOUT_BANK = 1024  # the same decoded and embedded at export when the job has no bank
 OUT_OF_CLASS_MARGIN = 0.5  # the teacher's probability of the out-of-class name, over job and vocabulary, at least this
@@ -61,7 +61,13 @@ def _student_logits(student: nn.Module, pixels: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def out_of_class_images(
-    teacher: Teacher, targets: InversionTargets, class_texts: list[str], synthesis: SynthesisConfig, seed: int, bank=None
+    teacher: Teacher,
+    targets: InversionTargets,
+    class_texts: list[str],
+    synthesis: SynthesisConfig,
+    seed: int,
+    bank=None,
+    candidates: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Prior samples the teacher gives, with a margin, to a name of its vocabulary that is none of the job's classes;
     and how many vocabulary names were outside the job."""
@@ -72,13 +78,14 @@ def out_of_class_images(
     words = teacher.encode_text([DEFAULT_TEMPLATE.format(word) for word in outside])
     heads = torch.cat([targets.classifier, words.to(targets.classifier.device)])
     if bank is not None:
-        count = min(CANDIDATES, len(bank))
+        count = min(candidates or CANDIDATES, len(bank))
         index = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET))[:count]
         pixels = bank.pixels(index)
         embeddings = bank.embeddings[index, 0].to(heads.device)
     else:
         rng = torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET)
-        pixels = prior_sampler(synthesis, teacher.image_size, teacher.device)(CANDIDATES_WITHOUT_BANK, rng).float().cpu()
+        count = candidates or CANDIDATES_WITHOUT_BANK
+        pixels = prior_sampler(synthesis, teacher.image_size, teacher.device)(count, rng).float().cpu()
         embeddings = torch.cat([teacher.encode_image(chunk.to(teacher.device)) for chunk in pixels.split(256)])
     probabilities = (teacher.logit_scale * embeddings @ heads.T).float().softmax(-1).cpu()
     job = targets.num_classes
@@ -97,15 +104,19 @@ def calibrate_unknown(
     *,
     seed: int,
     bank=None,
-    false_accept_rate: float = FALSE_ACCEPT_RATE,
+    settings: UnknownSpec | None = None,
 ) -> dict[str, object]:
     """The model card's ``unknown`` entry: the temperature, the threshold and what they measured, or why there is none."""
-    out_of_class, names = out_of_class_images(teacher, targets, class_texts, synthesis, seed, bank)
+    settings = settings or UnknownSpec()
+    if not settings.enabled:
+        return {"available": False, "reason": "not asked for (export.unknown.enabled is false)"}
+    false_accept_rate = settings.false_accept_rate
+    out_of_class, names = out_of_class_images(teacher, targets, class_texts, synthesis, seed, bank, settings.candidates)
     if names == 0:
         return {"available": False, "reason": "the teacher's vocabulary names no object outside the job's classes"}
     if len(out_of_class) < 20:
         return {"available": False, "reason": f"the teacher gave only {len(out_of_class)} prior samples to names outside the job"}
-    config = replace(synthesis, images_per_class=IN_CLASS_PER_CLASS)
+    config = replace(synthesis, images_per_class=settings.in_class_per_class)
     in_class = synthesize(teacher, targets, config, seed=seed + CALIBRATION_SEED_OFFSET, bank=bank)
     in_logits, out_logits = _student_logits(student, in_class.images), _student_logits(student, out_of_class)
     labels = in_class.labels.numpy()

@@ -15,7 +15,6 @@ import torch
 from core.synthesis import SEED_STRIDE, SynthesisConfig, prior_sampler, teacher_probabilities
 from core.teachers.base import Teacher
 
-COVERAGE_SAMPLES = 1024  # prior samples the teacher looks at (decoded and scored once, in the preparing stage)
 COVERAGE_TOP = 64  # the best samples per class whose confidence is averaged
 STAYS_THIN = 0.5  # a class whose surrogate images the teacher gives less than this on average stays thin (a warning)
 COVERAGE_STREAM = 999_983  # offset of the coverage draw's seed from the synthesis batches' (a prime, never a batch index)
@@ -45,7 +44,7 @@ class Coverage:
 @torch.no_grad()
 def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float) -> Coverage:
     rng = torch.Generator().manual_seed(seed * SEED_STRIDE + COVERAGE_STREAM)
-    samples = prior_sampler(config, teacher.image_size, teacher.device)(COVERAGE_SAMPLES, rng)
+    samples = prior_sampler(config, teacher.image_size, teacher.device)(config.coverage_samples, rng)
     probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
     best = probabilities.topk(min(COVERAGE_TOP, len(probabilities)), dim=0).values.mean(0)
     prior = [float(p) for p in best.cpu()]

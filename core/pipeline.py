@@ -560,7 +560,9 @@ def _distill_and_export(
         # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
         quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
         texts = [c.prompt_text or c.name for c in spec.classes]
-        unknown = calibrate_unknown(student, teacher, targets, texts, synthesis, seed=spec.seed, bank=preparation.bank)
+        unknown = calibrate_unknown(
+            student, teacher, targets, texts, synthesis, seed=spec.seed, bank=preparation.bank, settings=spec.export.unknown
+        )
         coverage = preparation.coverage.as_dict(spec.class_names)
         for name, after in zip(
             spec.class_names, surrogate_coverage(teacher, targets.classifier, surrogate.images, surrogate.labels), strict=True

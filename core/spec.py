@@ -216,6 +216,7 @@ class SynthesisSpec(Strict):
     # below coverage_threshold) get this many inversion steps for their images when ``steps`` is 0; None: the budget's.
     thin_class_steps: Annotated[int | None, Field(ge=0, le=5000)] = None
     coverage_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7  # prior coverage below which a class is thin
+    coverage_samples: Annotated[int, Field(ge=64, le=8192)] = 1024  # prior samples decoded and scored to measure coverage
     # CCM's weight in the thin classes' inversion; None: the budget's (cpu: 0, measured: the cross-entropy term makes
     # images the teacher is sure of that teach the student least).
     thin_class_consistency_weight: Annotated[float | None, Field(ge=0, le=100)] = None
@@ -278,9 +279,21 @@ class StudentSpec(Strict):
     image_size: Annotated[int | None, Field(ge=16, le=1024)] = None  # input size; None: the teacher's
 
 
+class UnknownSpec(Strict):
+    """The student's "none of these" answer, calibrated at export without real data (core.calibration)."""
+
+    enabled: bool = True  # calibrate it; False: the model card says none was asked for and the export is faster
+    false_accept_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.05  # share of out-of-class images the threshold lets through
+    # Prior samples the teacher sorts into the job's classes and its vocabulary's other names; None: 4,096 from a sample
+    # bank (already decoded and embedded), 1,024 decoded and embedded at export without one.
+    candidates: Annotated[int | None, Field(ge=64, le=16384)] = None
+    in_class_per_class: Annotated[int, Field(ge=2, le=256)] = 32  # held-out synthesized images per class for the temperature
+
+
 class ExportSpec(Strict):
     formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "torchscript"], min_length=1)
     opset: Annotated[int, Field(ge=17, le=23)] = 17  # ONNX opset
+    unknown: UnknownSpec = Field(default_factory=UnknownSpec)
 
 
 # What a spec's unset (None) fields become, by budget. "cpu": chosen on val renders for the bundled teacher on

@@ -110,6 +110,7 @@ class SynthesisConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     thin_class_steps: int = 0  # with steps 0: inversion steps for the images of thin_classes only (no pool growth then)
     coverage_threshold: float = 0.7  # prior coverage below which a class is thin (core.coverage, in the preparing stage)
+    coverage_samples: int = 1024  # prior samples the teacher scores to measure that coverage
     thin_classes: tuple[int, ...] = ()  # the classes found thin: set by the preparing stage, the same in every process
     thin_class_consistency_weight: float = 1.0  # class_consistency_weight in the thin classes' inversion
 
