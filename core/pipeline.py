@@ -8,6 +8,7 @@ Progress and cancellation reach the engine as callbacks; nothing here writes fil
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import time
@@ -360,6 +361,25 @@ def with_bank(
     return dataclasses.replace(preparation, bank=bank, bank_summary=summary)
 
 
+def uses_bank(preparation: Preparation, request: BankRequest | None) -> bool:
+    """Whether the job has a "bank" stage: a store to keep a bank in, and batches or distillation that draw from one."""
+    return request is not None and bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is None
+
+
+def bank_stage(
+    preparation: Preparation,
+    teacher: Teacher,
+    request: BankRequest,
+    report: Callable[[float, dict[str, float] | None, str | None], None],
+) -> Preparation:
+    """The "bank" stage (whole and split jobs alike): the sample bank loaded, or built and stored, with its progress,
+    then its figures and event message (``bank_report``), through ``report(fraction, figures, message)``."""
+    report(0.0, None, None)
+    preparation = with_bank(preparation, teacher, request, on_step=lambda done, total: report(done / total, None, None))
+    report(1.0, *bank_report(preparation))
+    return preparation
+
+
 def bank_report(preparation: Preparation) -> tuple[dict[str, float], str]:
     """The bank stage's last figures and the job's event message: built now, or reused (loaded in so many seconds)."""
     summary = preparation.bank_summary or {}
@@ -476,12 +496,12 @@ def customize(
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
             tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
-        if bank is not None and bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is None:
+        if uses_bank(preparation, bank):
+            assert bank is not None
             with tracker.timed("bank"):
-                preparation = with_bank(preparation, teacher, bank, on_step=lambda done, total: tracker.update("bank", done / total))
-                tracker.update("bank", 1.0, *bank_report(preparation))
+                preparation = bank_stage(preparation, teacher, bank, functools.partial(tracker.update, "bank"))
         else:
-            preparation = with_bank(preparation, teacher, None)
+            preparation = with_bank(preparation, teacher, bank)  # none: the metrics say why
         with tracker.timed("synthesizing"):
             saved = checkpoints.load(SURROGATE) if checkpoints is not None else None
             if saved is not None:  # an earlier attempt synthesized it: the same set, as the seed fixes it

@@ -44,14 +44,14 @@ from core.pipeline import (
     Preparation,
     Progress,
     assemble_surrogate,
-    bank_report,
-    bank_use,
+    bank_stage,
     customize,
     distill_and_export,
     job_fraction,
     prepare,
     stage_estimates,
     synthesis_plan,
+    uses_bank,
     with_bank,
 )
 from core.spec import CustomizeSpec, ResolvedSpec, resolve
@@ -299,17 +299,16 @@ class JobRunner:
     def _bank_stage(self, preparation: Preparation, teacher: Teacher, reporter: ProgressReporter, estimates: dict[str, float]) -> None:
         """A split job's "bank" stage: its sample bank loaded, or built in storage for its chunks and distillation."""
         request = self._bank()
-        if request is None or bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is not None:
+        if request is None or not uses_bank(preparation, request):
             return
 
-        def report(fraction: float, figures: dict[str, float] | None = None, message: str | None = None) -> None:
+        def report(fraction: float, figures: dict[str, float] | None, message: str | None) -> None:
             if reporter.should_cancel():
                 raise CustomizeCancelled("cancelled while building the sample bank")
             progress = job_fraction(estimates, "bank", fraction)
             reporter.on_progress(Progress("bank", fraction, progress, None, metrics=figures or {}, message=message))
 
-        report(0.0)
-        report(1.0, *bank_report(with_bank(preparation, teacher, request, on_step=lambda done, total: report(done / total))))
+        bank_stage(preparation, teacher, request, report)
 
     def _bank(self) -> BankRequest | None:
         return bank_request(self.settings, self.storage)
