@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutouts", type=int, default=8)
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=224, help="the teacher's and the decoder's image side")
+    parser.add_argument("--probes", type=int, default=1024, help="prior samples of the coverage probe and the unknown calibration")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder = random_taesd(Path(scratch.name) / "taesd-random", args.image_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    synthesis = {"images_per_class": args.images_per_class, "steps": args.steps, "cutouts": args.cutouts}
+    synthesis = {"images_per_class": args.images_per_class, "steps": args.steps, "cutouts": args.cutouts, "coverage_samples": args.probes}
     synthesis.update(decoder=str(decoder), prior="standard")  # N(0, I) codes: no images to fit a prior on here
     spec = CustomizeSpec(
         teacher=teacher.name,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         synthesis=synthesis,
         distillation={"method": "meta_kd", "steps": args.distill_steps},
         student={"arch": "resnet18"},
-        export={"formats": ["onnx"]},
+        export={"formats": ["onnx"], "unknown": {"candidates": args.probes, "in_class_per_class": min(32, args.images_per_class)}},
         device=args.device if args.device != "auto" else "auto",
         seed=0,
     )

@@ -15,14 +15,14 @@ import torch
 from core.synthesis import SEED_STRIDE, SynthesisConfig, prior_sampler, teacher_probabilities
 from core.teachers.base import Teacher
 
-COVERAGE_TOP = 64  # the best samples per class whose confidence is averaged
+COVERAGE_TOP_SHARE = 1 / 16  # the share of the samples, the best per class, whose confidence is averaged (64 of 1,024)
 STAYS_THIN = 0.5  # a class whose surrogate images the teacher gives less than this on average stays thin (a warning)
 COVERAGE_STREAM = 999_983  # offset of the coverage draw's seed from the synthesis batches' (a prime, never a batch index)
 
 
 @dataclass(frozen=True)
 class Coverage:
-    prior: list[float]  # per class: mean teacher probability of its COVERAGE_TOP most class-like prior samples
+    prior: list[float]  # per class: mean teacher probability of its most class-like prior samples (COVERAGE_TOP_SHARE)
     threshold: float  # below it a class is thin
     thin: tuple[int, ...]  # the thin classes' indices
 
@@ -46,7 +46,8 @@ def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: Synthesis
     rng = torch.Generator().manual_seed(seed * SEED_STRIDE + COVERAGE_STREAM)
     samples = prior_sampler(config, teacher.image_size, teacher.device)(config.coverage_samples, rng)
     probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
-    best = probabilities.topk(min(COVERAGE_TOP, len(probabilities)), dim=0).values.mean(0)
+    top = max(1, round(len(probabilities) * COVERAGE_TOP_SHARE))
+    best = probabilities.topk(top, dim=0).values.mean(0)
     prior = [float(p) for p in best.cpu()]
     return Coverage(prior, threshold, tuple(k for k, p in enumerate(prior) if p < threshold))
 

@@ -33,13 +33,18 @@ from bench.servers import service_env as shared_service_env
 from service.settings import Settings
 
 # Budgets far below the defaults: these tests check the service's machinery, not the student's quality.
+# A job's own probes at a quarter of their size: the prior's coverage (1,024 samples decoded and scored) and the unknown
+# calibration (1,024 more, and 32 synthesized images per class) cost a tiny job more than its synthesis and distillation.
+QUICK_PROBES = {"coverage_samples": 256}
+QUICK_EXPORT = {"formats": ["onnx", "torchscript"], "unknown": {"candidates": 256, "in_class_per_class": 4}}
 TINY_SPEC = {
-    "synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 12},
+    "synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 12, **QUICK_PROBES},
     "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
+    "export": QUICK_EXPORT,
 }
 # Long enough to be cancelled or killed while synthesizing (10 to 30 s on 2 cores), yet with tiny artifacts.
-SLOW_SPEC = {**TINY_SPEC, "synthesis": {"images_per_class": 4, "steps": 20, "cutouts": 1, "batch_size": 12}}
+SLOW_SPEC = {**TINY_SPEC, "synthesis": {**TINY_SPEC["synthesis"], "steps": 20}}
 
 
 # ------------------------------------------------------------------------------------------

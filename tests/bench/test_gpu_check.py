@@ -18,7 +18,7 @@ def test_the_gpu_check_fails_clearly_without_the_cuda_device_it_was_asked_for():
 def test_the_gpu_check_runs_its_job_on_the_cpu_at_a_tiny_size():
     """The script a lent GPU runs, end to end here: the random ViT-B-32 and TAESD, a gpu-budget job, its report."""
     command = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--image-size", "32", "--images-per-class", "2",
-               "--steps", "2", "--cutouts", "2", "--distill-steps", "4"]  # fmt: skip
+               "--steps", "2", "--cutouts", "2", "--distill-steps", "4", "--probes", "64"]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.cli.test_teachers_cli import run
+from tests.servers import QUICK_EXPORT, QUICK_PROBES
 
 
 def test_bank_build_then_reuse_then_a_job_on_it(tmp_path):
@@ -19,8 +20,8 @@ def test_bank_build_then_reuse_then_a_job_on_it(tmp_path):
     assert again["status"] == "reused" and again["key"] == first["key"]
 
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"synthesis": {"images_per_class": 4, "batch_size": 8}, "distillation": {"steps": 4},
-                                "student": {"arch": "tiny_cnn"}, "export": {"formats": ["onnx"]}}))  # fmt: skip
+    spec.write_text(json.dumps({"synthesis": {"images_per_class": 4, "batch_size": 8, **QUICK_PROBES}, "distillation": {"steps": 4},
+                                "student": {"arch": "tiny_cnn"}, "export": {**QUICK_EXPORT, "formats": ["onnx"]}}))  # fmt: skip
     out = tmp_path / "job"
     job = run("customize", "--config", str(spec), "--classes", "circle,star", "--bank-dir", str(banks), "--bank-images", "64",
               "--out", str(out), "--quiet")  # fmt: skip

@@ -9,11 +9,13 @@ from PIL import Image
 
 from bench.tasks import get_task
 from tests.cli.test_teachers_cli import run
+from tests.servers import QUICK_EXPORT, QUICK_PROBES
 
 SMALL = {
-    "synthesis": {"images_per_class": 6, "steps": 10, "cutouts": 2, "batch_size": 24},
+    "synthesis": {"images_per_class": 6, "steps": 10, "cutouts": 2, "batch_size": 24, **QUICK_PROBES},
     "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
+    "export": QUICK_EXPORT,
 }
 
 
@@ -102,7 +104,7 @@ def test_a_folder_of_unlabelled_images_is_the_jobs_pool(tmp_path):
     pool = tmp_path / "photos"
     _save_renders(pool / "nested", 20)  # searched recursively, as `clipforge pools create` reads a folder
     config = tmp_path / "spec.json"
-    config.write_text(json.dumps({**SMALL, "export": {"formats": ["onnx"]}}))
+    config.write_text(json.dumps({**SMALL, "export": {**QUICK_EXPORT, "formats": ["onnx"]}}))
     out = tmp_path / "out"
     common = ("--teacher", "shapes-mini", "--classes", "circle,square", "--config", str(config), "--seed", "1", "--quiet")
     result = run("customize", *common, "--pool", str(pool), "--out", str(out))

@@ -27,15 +27,16 @@ from core.spec import CustomizeSpec
 from core.students import create_student_for
 from core.synthesis import SurrogateSet, assemble
 from service.storage import LocalStorage
+from tests.servers import QUICK_EXPORT, QUICK_PROBES
 
 BANK_IMAGES = 96
 SPEC = {
     "teacher": "shapes-mini",
     "classes": ["circle", "square", "star"],
-    "synthesis": {"images_per_class": 6, "batch_size": 6, "init_candidates": 2, "steps": 0, "thin_class_steps": 0},
+    "synthesis": {"images_per_class": 6, "batch_size": 6, "init_candidates": 2, "steps": 0, "thin_class_steps": 0, **QUICK_PROBES},
     "distillation": {"steps": 6, "batch_size": 8, "method": "kd", "fresh_share": 0.5, "fixed_views": 2},
     "student": {"arch": "tiny_cnn"},
-    "export": {"formats": ["onnx"]},
+    "export": {**QUICK_EXPORT, "formats": ["onnx"]},
     "seed": 3,
 }
 

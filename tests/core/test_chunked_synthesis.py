@@ -29,16 +29,17 @@ from core.synthesis import (
     synthesize,
     synthesize_batches,
 )
+from tests.servers import QUICK_EXPORT, QUICK_PROBES
 
 # Five batches (3 classes x 5 images, batch 3), with everything a batch draws at random: teacher-chosen starts among
 # candidates, inversion steps with cutouts, styles.
 TINY = {
     "teacher": "shapes-mini",
     "classes": ["circle", "square", "star"],
-    "synthesis": {"images_per_class": 5, "steps": 2, "cutouts": 2, "batch_size": 3, "init_candidates": 2},
+    "synthesis": {"images_per_class": 5, "steps": 2, "cutouts": 2, "batch_size": 3, "init_candidates": 2, **QUICK_PROBES},
     "distillation": {"steps": 12, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
-    "export": {"formats": ["onnx"]},
+    "export": {**QUICK_EXPORT, "formats": ["onnx"]},
     "seed": 4,
 }
 
@@ -62,7 +63,7 @@ def test_the_default_cpu_job_and_a_job_with_inversion_steps_split_and_a_tiny_one
     inversion = CustomizeSpec.model_validate({"teacher": "shapes-mini", "classes": shape8, "budget": "gpu"})  # 400 steps
     assert len(synthesis_plan(inversion, shapes_teacher, batches_per_chunk=1, max_chunks=64)) == 8
     assert synthesis_plan(default, shapes_teacher, batches_per_chunk=0, max_chunks=64) == [list(range(8))]  # 0: never split
-    tiny = CustomizeSpec.model_validate({**TINY, "synthesis": {"images_per_class": 4, "batch_size": 12}})
+    tiny = CustomizeSpec.model_validate({**TINY, "synthesis": {"images_per_class": 4, "batch_size": 12, **QUICK_PROBES}})
     assert synthesis_plan(tiny, shapes_teacher, batches_per_chunk=1, max_chunks=64) == [[0]]  # one batch: runs whole
 
 

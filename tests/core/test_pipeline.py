@@ -26,13 +26,15 @@ from core.pipeline import (
     resolved_generator,
 )
 from core.spec import BUDGETS, CustomizeSpec, NoImagePriorError
+from tests.servers import QUICK_EXPORT, QUICK_PROBES
 
 # Budgets far below the defaults: these tests check the machinery, the benchmark checks quality.
 SMALL = {
     "teacher": "shapes-mini",
-    "synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 12},
+    "synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 12, **QUICK_PROBES},
     "distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8},
     "student": {"arch": "tiny_cnn"},
+    "export": QUICK_EXPORT,
     "device": "cpu",
 }
 
@@ -138,7 +140,7 @@ def test_image_prompts_and_mixed_classes(shapes_teacher):
                 {"name": "asterisk", "text": "star", "images": ["upload-2"]},
                 {"name": "square"},
             ],
-            "export": {"formats": ["onnx"]},
+            "export": {**QUICK_EXPORT, "formats": ["onnx"]},
         }
     )
     result = customize(spec, shapes_teacher, examples={"donut": examples["donut"], "asterisk": examples["asterisk"]})

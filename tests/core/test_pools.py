@@ -14,13 +14,19 @@ from core.pipeline import customize, prepare
 from core.pools import MAX_HELD_OUT, MIN_PRIOR_IMAGES, split_pool
 from core.spec import CustomizeSpec, InvalidSharesError, resolve
 from tests.core.test_pipeline import SMALL
+from tests.servers import QUICK_EXPORT
 
 POOL_ID = "pool_" + "0" * 26
 CLASSES = ["circle", "square", "star"]
 
 
 def _spec(**distillation) -> CustomizeSpec:
-    body = {**SMALL, "classes": CLASSES, "synthesis": {**SMALL["synthesis"], "pool": POOL_ID}, "export": {"formats": ["onnx"]}}
+    body = {
+        **SMALL,
+        "classes": CLASSES,
+        "synthesis": {**SMALL["synthesis"], "pool": POOL_ID},
+        "export": {**QUICK_EXPORT, "formats": ["onnx"]},
+    }
     return CustomizeSpec.model_validate({**body, "distillation": {**SMALL["distillation"], **distillation}})
 
 

@@ -100,3 +100,26 @@ def test_a_tenants_prediction_rate_is_bounded():
     now[0] += 61  # the minute has passed
     rate.take("acme", 10)
     assert json.dumps(refused.value.details)
+
+
+def test_a_tenant_past_its_prediction_rate_gets_429_with_retry_after_over_http(served, finished_job):  # noqa: F811
+    """Last in the module: it spends the open tenant's minute of predictions."""
+    client, _, _ = served
+    job, _ = finished_job
+    batch = [("images", (f"{i}.png", _png(), "image/png")) for i in range(16)]
+    accepted = 0
+    with httpx.Client(base_url=client.url, timeout=60) as http:
+        for _ in range(200):
+            response = http.post(f"/v1/jobs/{job.id}/predictions", files=batch)
+            if response.status_code != 200:
+                break
+            accepted += 16
+        error = response.json()["error"]
+        assert (response.status_code, error["code"]) == (429, "rate_limited"), response.text
+        limit, used = error["details"]["limit"], error["details"]["used"]
+        assert used >= accepted and used <= limit < used + 16 and 1 <= int(response.headers["Retry-After"]) <= 60
+        if limit > used:  # what is left of the minute is still served, and not one image more
+            rest = http.post(f"/v1/jobs/{job.id}/predictions", files=batch[: limit - used])
+            assert rest.status_code == 200 and len(rest.json()["predictions"]) == limit - used
+        one_more = http.post(f"/v1/jobs/{job.id}/predictions", files=batch[:1])
+        assert (one_more.status_code, one_more.json()["error"]["code"]) == (429, "rate_limited")

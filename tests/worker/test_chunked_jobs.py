@@ -30,7 +30,7 @@ from tests.worker.conftest import open_service
 SPLIT_SPEC = {
     **TINY_SPEC,
     "classes": ["circle", "star"],
-    "synthesis": {"images_per_class": 8, "steps": 40, "cutouts": 1, "batch_size": 4},
+    "synthesis": {**TINY_SPEC["synthesis"], "images_per_class": 8, "steps": 40, "batch_size": 4},
     "seed": 13,
 }
 CHUNKS = 4

@@ -115,7 +115,7 @@ def test_image_prompts_travel_as_uploads(embedded):
 
     examples = get_task("ambiguous").examples(2)
     parts = [("spec", (None, '{"classes": ["donut", {"name": "square", "text": "square"}], "student": {"arch": "tiny_cnn"}, '
-                              '"synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 8}, '
+                              '"synthesis": {"images_per_class": 4, "steps": 6, "cutouts": 1, "batch_size": 8, "coverage_samples": 256}, '
                               '"distillation": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8}, "seed": 1}'))]  # fmt: skip
     for index, pixels in enumerate(examples["donut"]):
         buffer = io.BytesIO()
