@@ -221,10 +221,13 @@ def export_openvino(onnx_bytes: bytes, images: np.ndarray) -> tuple[bytes, bytes
 TFLITE_BATCH = 1  # a TFLite model is converted for one image (the phone's case); the interpreter resizes its input
 
 
-def export_tflite(student: nn.Module, image_size: int, onnx_bytes: bytes, images: np.ndarray) -> tuple[bytes, dict[str, float | int]]:
+def export_tflite(
+    student: nn.Module, image_size: int, onnx_bytes: bytes, images: np.ndarray, *, metadata: dict[str, str] | None = None
+) -> tuple[bytes, dict[str, float | int]]:
     """The student as a TFLite flatbuffer (litert-torch, fp32; input ``pixels`` (1, 3, S, S) as in the ONNX file,
     resizable to any batch), and its parity with the ONNX file on ``images`` (N, 3, S, S) run by the LiteRT
-    interpreter against onnxruntime."""
+    interpreter against onnxruntime. ``metadata`` goes into the flatbuffer's named metadata buffers (read it back with
+    ``tflite_metadata``), as the ONNX file's does."""
     try:
         import litert_torch
         from ai_edge_litert.interpreter import Interpreter
@@ -237,6 +240,8 @@ def export_tflite(student: nn.Module, image_size: int, onnx_bytes: bytes, images
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flatbuffer = bytes(litert_torch.convert(model, (example,)).model_content())
+        if metadata:
+            flatbuffer = _with_tflite_metadata(flatbuffer, metadata)
         interpreter = Interpreter(model_content=flatbuffer)
         source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         interpreter.resize_tensor_input(source["index"], list(images.shape))
@@ -247,6 +252,39 @@ def export_tflite(student: nn.Module, image_size: int, onnx_bytes: bytes, images
     except Exception as exc:
         raise ExportError(f"TFLite conversion failed: {type(exc).__name__}: {exc}") from exc
     return flatbuffer, logit_parity(run_onnx(onnx_bytes, images), converted, "TFLite")
+
+
+def _with_tflite_metadata(flatbuffer: bytes, metadata: dict[str, str]) -> bytes:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    entries = list(model.metadata or [])
+    for name, value in metadata.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(value.encode(), np.uint8).copy()
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        entries.append(entry)
+    model.metadata = entries
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_metadata(flatbuffer: bytes) -> dict[str, str]:
+    """The named metadata buffers of a TFLite file that hold text (the converter's own and ``export_tflite``'s)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    found = {}
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else str(entry.name)
+        data = model.buffers[entry.buffer].data
+        try:
+            found[name] = bytes(data if data is not None else b"").decode()
+        except UnicodeDecodeError:
+            continue
+    return found
 
 
 def onnx_metadata(onnx_bytes: bytes) -> dict[str, str]:

@@ -632,7 +632,9 @@ def _distill_and_export(
             artifacts[OPENVINO_XML_FILE], artifacts[OPENVINO_BIN_FILE], parities["openvino"] = export_openvino(onnx_bytes, checked)
         if "tflite" in spec.export.formats:
             assert onnx_bytes is not None
-            artifacts[TFLITE_FILE], parities["tflite"] = export_tflite(student, student.image_size, onnx_bytes, checked)
+            artifacts[TFLITE_FILE], parities["tflite"] = export_tflite(
+                student, student.image_size, onnx_bytes, checked, metadata={"clipforge_model_card": json.dumps(card)}
+            )
         if parities:
             metrics["export_parity"] = parities
         artifacts[SAMPLES_FILE] = samples_grid(surrogate, spec.class_names)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bench.tasks import get_task
-from core.export import onnx_metadata, run_onnx
+from core.export import onnx_metadata, run_onnx, tflite_metadata
 from core.pipeline import (
     CARD_FILE,
     METRICS_FILE,
@@ -107,6 +107,10 @@ def test_openvino_and_tflite_exports_are_the_onnx_students_with_their_parity_in_
     interpreter.set_tensor(source["index"], images.numpy())
     interpreter.invoke()
     assert np.allclose(interpreter.get_tensor(target["index"]), expected, atol=1e-4)
+    # The model card rides in the TFLite file, as in the ONNX file.
+    assert json.loads(tflite_metadata(result.artifacts[TFLITE_FILE])["clipforge_model_card"]) == json.loads(
+        onnx_metadata(result.artifacts[ONNX_FILE])["clipforge_model_card"]
+    )
 
 
 def test_same_seed_same_student_and_another_seed_another(shapes_teacher):
