@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         synthesis=synthesis,
         distillation={"method": "meta_kd", "steps": args.distill_steps},
         student={"arch": "resnet18"},
-        export={"formats": ["onnx"], "unknown": {"candidates": args.probes, "in_class_per_class": min(32, args.images_per_class)}},
+        export={"formats": ["onnx"], "unknown": {"candidates": args.probes, "in_class_per_class": max(2, min(32, args.images_per_class))}},
         device=args.device if args.device != "auto" else "auto",
         seed=0,
     )
