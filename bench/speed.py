@@ -63,15 +63,20 @@ def ort_session(onnx_bytes: bytes, threads: int):  # -> onnxruntime.InferenceSes
     return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def time_onnx(name: str, onnx_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
-    session = ort_session(onnx_bytes, threads)
-    input_name = session.get_inputs()[0].name
+def time_batches(name: str, size: int, repeats: int, runner: Callable[[np.ndarray], Callable[[], object]]) -> list[Timing]:
+    """A runtime's median latency at each of BATCHES: ``runner(pixels)`` returns the call that runs that batch."""
     timings = []
     for batch in BATCHES:
         pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-        ms = median_ms(lambda pixels=pixels: session.run(None, {input_name: pixels}), repeats)
+        ms = median_ms(runner(pixels), repeats)
         timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
     return timings
+
+
+def time_onnx(name: str, onnx_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
+    session = ort_session(onnx_bytes, threads)
+    input_name = session.get_inputs()[0].name
+    return time_batches(name, size, repeats, lambda pixels: lambda: session.run(None, {input_name: pixels}))
 
 
 def time_openvino(name: str, onnx_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
@@ -86,33 +91,26 @@ def time_openvino(name: str, onnx_bytes: bytes, size: int, threads: int, repeats
     model = core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8)))
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
-    timings = []
-    for batch in BATCHES:
-        batch_pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-        ms = median_ms(lambda batch_pixels=batch_pixels: request.infer([batch_pixels]), repeats)
-        timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
-    return timings
+    return time_batches(name, size, repeats, lambda pixels: lambda: request.infer([pixels]))
 
 
 def time_tflite(name: str, tflite_bytes: bytes, size: int, threads: int, repeats: int) -> list[Timing]:
     """The job's TFLite export as the LiteRT interpreter runs it (XNNPACK on the CPU), resized to each batch."""
     from ai_edge_litert.interpreter import Interpreter
 
-    timings = []
-    for batch in BATCHES:
-        interpreter = Interpreter(model_content=tflite_bytes, num_threads=threads)
-        source = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(source["index"], [batch, 3, size, size])
+    def runner(pixels: np.ndarray) -> Callable[[], None]:
+        interpreter = Interpreter(model_content=tflite_bytes, num_threads=threads)  # one per batch shape
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, list(pixels.shape))
         interpreter.allocate_tensors()
-        batch_pixels = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
 
-        def run(interpreter=interpreter, index=source["index"], batch_pixels=batch_pixels) -> None:
-            interpreter.set_tensor(index, batch_pixels)
+        def run() -> None:
+            interpreter.set_tensor(index, pixels)
             interpreter.invoke()
 
-        ms = median_ms(run, repeats)
-        timings.append(Timing(name, batch, round(ms, 3), round(batch * 1000 / ms, 1)))
-    return timings
+        return run
+
+    return time_batches(name, size, repeats, runner)
 
 
 class ZeroShot(torch.nn.Module):

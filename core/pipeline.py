@@ -612,11 +612,10 @@ def _distill_and_export(
         }
         card = model_card(spec, teacher, student, metrics)
         artifacts: dict[str, bytes] = {}
+        card_metadata = {"clipforge_model_card": json.dumps(card)}  # in the ONNX and the TFLite file
         onnx_bytes = None
         if {"onnx", "onnx_int8", "openvino", "tflite"} & set(spec.export.formats):  # converted formats check against it
-            onnx_bytes = export_onnx(
-                student, student.image_size, opset=spec.export.opset, metadata={"clipforge_model_card": json.dumps(card)}
-            )
+            onnx_bytes = export_onnx(student, student.image_size, opset=spec.export.opset, metadata=card_metadata)
         if "onnx" in spec.export.formats:
             artifacts[ONNX_FILE] = onnx_bytes  # type: ignore[assignment]
         if "onnx_int8" in spec.export.formats:
@@ -633,7 +632,7 @@ def _distill_and_export(
         if "tflite" in spec.export.formats:
             assert onnx_bytes is not None
             artifacts[TFLITE_FILE], parities["tflite"] = export_tflite(
-                student, student.image_size, onnx_bytes, checked, metadata={"clipforge_model_card": json.dumps(card)}
+                student, student.image_size, onnx_bytes, checked, metadata=card_metadata
             )
         if parities:
             metrics["export_parity"] = parities
