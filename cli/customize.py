@@ -117,20 +117,21 @@ def local_pool_id(content_sha256: str) -> str:
 
 
 def read_pool_folder(spec, folder: Path, size: int):
-    """The spec naming the folder's pool, and its images (N, 3, size, size) in [0, 1]."""
-    from core.generators.image_folder import ImageFolderError, as_float, load_image_folder
-    from core.pools import MIN_POOL_IMAGES
+    """The spec naming the folder's pool, and its images (core.pools.PoolSource) kept at ``size``: each file is decoded
+    again at the teacher's size only while the pool's embeddings are built (the first job on it)."""
+    from core.generators.image_folder import ImageFolderError
+    from core.pools import MIN_POOL_IMAGES, PoolSource
 
     try:
-        images = load_image_folder(folder, size)
+        source = PoolSource.from_folder(folder, size)
     except ImageFolderError as exc:  # no images, or one Pillow cannot decode
         raise CliError(exc.code, str(exc)) from exc
-    if len(images) < MIN_POOL_IMAGES:  # the job's held-out split needs them (core.pools.split_pool)
+    if len(source) < MIN_POOL_IMAGES:  # the job's held-out split needs them (core.pools.split_indices)
         raise CliError(
-            "too_few_images", f"a pool needs at least {MIN_POOL_IMAGES} images (to distil on and to hold out): {folder} has {len(images)}"
+            "too_few_images", f"a pool needs at least {MIN_POOL_IMAGES} images (to distil on and to hold out): {folder} has {len(source)}"
         )
-    synthesis = spec.synthesis.model_copy(update={"pool": local_pool_id(images.content_sha256)})
-    return spec.model_copy(update={"synthesis": synthesis}), as_float(images.pixels)
+    synthesis = spec.synthesis.model_copy(update={"pool": local_pool_id(source.content_sha256)})
+    return spec.model_copy(update={"synthesis": synthesis}), source
 
 
 def write_artifacts(artifacts: dict[str, bytes], out: Path) -> None:
@@ -167,7 +168,9 @@ def run_customize(args: argparse.Namespace) -> int:
         raise CliError("invalid_images", str(exc)) from exc
     pool = None
     if args.pool is not None:
-        spec, pool = read_pool_folder(spec, args.pool, teacher.image_size)
+        from core.pipeline import resolved_spec, working_size
+
+        spec, pool = read_pool_folder(spec, args.pool, working_size(resolved_spec(spec, teacher), teacher))
     bar = tqdm(total=100, disable=args.quiet, bar_format="{desc:<14}{percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr)
 
     shown: dict[str, object] = {}

@@ -19,19 +19,34 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from core.augment import VIEW_PARAMS, AugmentConfig, apply_views, view_params
-from core.distill import EMBED_BATCH
-from core.synthesis import StepCallback, SynthesisConfig, prior_sampler
+from core.stored import (
+    BUILT,
+    EMBED_BATCH,
+    REBUILT,
+    REUSED,
+    CachedViews,
+    ObjectStore,
+    Obtained,
+    StepCallback,
+    StoredObjectDamagedError,
+    obtain,
+    pack,
+    storage_object_store,
+    unpack,
+)
+from core.synthesis import SynthesisConfig, prior_sampler
 from core.teachers.base import Teacher
+
+__all__ = ["BUILT", "REBUILT", "REUSED", "BankStore", "SampleBank", "bank_key", "obtain_bank", "storage_bank_store"]
+BankStore = ObjectStore  # where banks are kept (core.stored): the caller's load and save callbacks
+storage_bank_store = storage_object_store
 
 BANK_FORMAT = 1
 BANK_MAGIC = b"clipforge-sample-bank\n"
@@ -42,7 +57,7 @@ BUILD_BATCH = 256  # images decoded and embedded together while building
 BANKS_PREFIX = "banks"  # storage keys of banks: banks/<digest>.bank
 
 
-class BankDamagedError(ValueError):
+class BankDamagedError(StoredObjectDamagedError):
     """Stored bytes that are not a whole bank of the expected key (truncated, altered, or another bank's)."""
 
     code = "bank_damaged"
@@ -152,59 +167,28 @@ def bank_key(
 
 
 @dataclass(frozen=True)
-class SampleBank:
-    key: BankKey
-    images: torch.Tensor  # (N, 3, S, S) uint8: decoded prior samples, quantised as stored (the embeddings are of these)
-    view_params: torch.Tensor  # (N, V, VIEW_PARAMS) float32: each view's geometry (core.augment.apply_views)
-    embeddings: torch.Tensor  # (N, 1 + V, D) float32: the teacher's unit embeddings of the image (0) and its views (1..V)
+class SampleBank(CachedViews):
+    """Decoded prior samples (``images``: uint8, quantised as stored; the embeddings are of these), their views and the
+    teacher's embeddings of both (core.stored.CachedViews), and what they were made of."""
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def views(self) -> int:
-        return int(self.view_params.shape[1])
-
-    def pixels(self, index: torch.Tensor) -> torch.Tensor:
-        """Images ``index`` as float pixels in [0, 1]."""
-        return self.images[index].float() / 255.0
-
-    def logits(self, classifier: torch.Tensor, logit_scale: float, index: torch.Tensor, view: torch.Tensor | int = 0) -> torch.Tensor:
-        """The teacher's class logits of images ``index`` (view 0: the image itself; 1..V: its views)."""
-        embeddings = self.embeddings[index, view].to(classifier.device)
-        return logit_scale * embeddings @ classifier.T
+    key: BankKey | None = None
 
     def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save({"images": self.images, "view_params": self.view_params, "embeddings": self.embeddings}, buffer)
-        payload = buffer.getvalue()
-        header = json.dumps(
-            {"key": self.key.to_json(), "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
-        )
-        encoded = header.encode()
-        return BANK_MAGIC + len(encoded).to_bytes(4, "big") + encoded + payload
+        assert self.key is not None
+        tensors = {"images": self.images, "view_params": self.view_params, "embeddings": self.embeddings}
+        return pack(BANK_MAGIC, self.key.to_json(), tensors)
 
     @classmethod
     def from_bytes(cls, data: bytes, expected: BankKey | None = None) -> SampleBank:
         """A stored bank, checked whole: its header, its payload's sha256 and size, and (given) its key."""
+        header, tensors = unpack(data, BANK_MAGIC, BankDamagedError)
         try:
-            if not data.startswith(BANK_MAGIC):
-                raise BankDamagedError("not a sample bank (no header)")
-            start = len(BANK_MAGIC) + 4
-            length = int.from_bytes(data[len(BANK_MAGIC) : start], "big")
-            header = json.loads(data[start : start + length])
-            payload = data[start + length :]
-            key = BankKey.from_json(header["key"])
-        except BankDamagedError:
-            raise
+            key = BankKey.from_json(header)
         except Exception as exc:
             raise BankDamagedError(f"the bank's header is unreadable: {exc}") from None
-        if len(payload) != header["payload_bytes"] or hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-            raise BankDamagedError("the bank's payload does not match its recorded sha256 (damaged or partly written)")
         if expected is not None and key != expected:
             raise BankDamagedError("the stored bank was made of another teacher, decoder, prior or size than asked for")
-        tensors = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        bank = cls(key, tensors["images"], tensors["view_params"], tensors["embeddings"])
+        bank = cls(tensors["images"], tensors["view_params"], tensors["embeddings"], key)
         if len(bank) != key.images or bank.views != key.views or bank.view_params.shape[-1] != VIEW_PARAMS:
             raise BankDamagedError("the bank's tensors do not have its key's sizes")
         return bank
@@ -239,31 +223,7 @@ def build_bank(teacher: Teacher, synthesis: SynthesisConfig, key: BankKey, *, on
         if on_step is not None:
             on_step(batch + 1, total)
     assert embeddings is not None
-    return SampleBank(key, images, params, embeddings)
-
-
-@dataclass(frozen=True)
-class BankStore:
-    """Where banks are kept (a service's storage, a local folder): the caller's two callbacks, as with checkpoints."""
-
-    load: Callable[[str], bytes | None]  # the bytes stored under a key, or None
-    save: Callable[[str, bytes], None]  # store bytes under a key, whole or not at all (an atomic put)
-
-
-class ObjectStore(Protocol):
-    """What ``storage_bank_store`` needs of a storage (service.storage.Storage has it)."""
-
-    def exists(self, key: str) -> bool: ...
-    def read(self, key: str) -> bytes: ...
-    def put(self, key: str, data: bytes) -> object: ...
-
-
-def storage_bank_store(storage: ObjectStore) -> BankStore:
-    """Banks as objects of a storage (a local folder or S3), each written whole by the storage's atomic put."""
-    return BankStore(lambda key: storage.read(key) if storage.exists(key) else None, storage.put)
-
-
-BUILT, REUSED, REBUILT = "built", "reused", "rebuilt"
+    return SampleBank(images, params, embeddings, key)
 
 
 @dataclass(frozen=True)
@@ -276,6 +236,7 @@ class BankOutcome:
     def summary(self) -> dict[str, object]:
         """What a job's metrics say of its bank."""
         key = self.bank.key
+        assert key is not None
         return {"used": True, "status": self.status, "key": key.digest[:16], "images": key.images, "views": key.views,
                 "seconds": round(self.seconds, 3), **({"reason": self.reason} if self.reason else {})}  # fmt: skip
 
@@ -284,14 +245,11 @@ def obtain_bank(
     store: BankStore, teacher: Teacher, synthesis: SynthesisConfig, key: BankKey, *, on_step: StepCallback | None = None
 ) -> BankOutcome:
     """The bank of ``key``: the stored one when it is whole and of that key, else built now and stored."""
-    began = time.monotonic()
-    data = store.load(key.storage_key)
-    reason = None
-    if data is not None:
-        try:
-            return BankOutcome(SampleBank.from_bytes(data, key), REUSED, time.monotonic() - began)
-        except BankDamagedError as exc:
-            reason = str(exc)
-    bank = build_bank(teacher, synthesis, key, on_step=on_step)
-    store.save(key.storage_key, bank.to_bytes())
-    return BankOutcome(bank, BUILT if reason is None else REBUILT, time.monotonic() - began, reason)
+    got: Obtained[SampleBank] = obtain(
+        store,
+        key.storage_key,
+        lambda data: SampleBank.from_bytes(data, key),
+        lambda: build_bank(teacher, synthesis, key, on_step=on_step),
+        SampleBank.to_bytes,
+    )
+    return BankOutcome(got.value, got.status, got.seconds, got.reason)

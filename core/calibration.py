@@ -81,7 +81,7 @@ def out_of_class_images(
         count = min(candidates or CANDIDATES, len(bank))
         index = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET))[:count]
         pixels = bank.pixels(index)
-        embeddings = bank.embeddings[index, 0].to(heads.device)
+        embeddings = bank.embeddings[index, 0].to(heads.device, heads.dtype)
     else:
         rng = torch.Generator().manual_seed(seed + CALIBRATION_SEED_OFFSET)
         count = candidates or CANDIDATES_WITHOUT_BANK

@@ -42,9 +42,10 @@ def from_bytes(data: bytes) -> dict[str, Any]:
 
 
 def surrogate_to_bytes(surrogate: SurrogateSet) -> bytes:
-    return to_bytes({"images": surrogate.images.contiguous(), "labels": surrogate.labels, "styles": surrogate.styles})
+    tensors = {"images": surrogate.images.contiguous(), "labels": surrogate.labels, "styles": surrogate.styles}
+    return to_bytes({**tensors, "sources": surrogate.sources})
 
 
 def surrogate_from_bytes(data: bytes) -> SurrogateSet:
     tensors = from_bytes(data)
-    return SurrogateSet(tensors["images"], tensors["labels"], tensors["styles"])
+    return SurrogateSet(tensors["images"], tensors["labels"], tensors["styles"], tensors.get("sources"))

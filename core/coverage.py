@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.synthesis import SEED_STRIDE, SynthesisConfig, prior_sampler, teacher_probabilities
+from core.stored import CachedViews
+from core.synthesis import SEED_STRIDE, SurrogateSet, SynthesisConfig, cached_probabilities, prior_sampler, teacher_probabilities
 from core.teachers.base import Teacher
 
 COVERAGE_TOP_SHARE = 1 / 16  # the share of the samples, the best per class, whose confidence is averaged (64 of 1,024)
@@ -42,10 +43,17 @@ class Coverage:
 
 
 @torch.no_grad()
-def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float) -> Coverage:
+def prior_coverage(
+    teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float, bank: CachedViews | None = None
+) -> Coverage:
+    """``bank``: the prior's samples are the bank's (a pool's images), scored from their cached embeddings."""
     rng = torch.Generator().manual_seed(seed * SEED_STRIDE + COVERAGE_STREAM)
-    samples = prior_sampler(config, teacher.image_size, teacher.device)(config.coverage_samples, rng)
-    probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
+    if bank is not None:
+        index = torch.randint(len(bank), (config.coverage_samples,), generator=rng)
+        probabilities = bank.logits(classifier, teacher.logit_scale, index).float().softmax(-1)
+    else:
+        samples = prior_sampler(config, teacher.image_size, teacher.device)(config.coverage_samples, rng)
+        probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
     top = max(1, round(len(probabilities) * COVERAGE_TOP_SHARE))
     best = probabilities.topk(top, dim=0).values.mean(0)
     prior = [float(p) for p in best.cpu()]
@@ -53,9 +61,12 @@ def prior_coverage(teacher: Teacher, classifier: torch.Tensor, config: Synthesis
 
 
 @torch.no_grad()
-def surrogate_coverage(teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+def surrogate_coverage(
+    teacher: Teacher, classifier: torch.Tensor, surrogate: SurrogateSet, *, bank: CachedViews | None = None
+) -> list[float]:
     """Per class: the teacher's mean probability of the class on the surrogate images made for it (after inversion)."""
-    probabilities = teacher_probabilities(teacher, classifier, images.to(teacher.device)).cpu()
+    probabilities = cached_probabilities(teacher, classifier, surrogate, bank).cpu()
+    labels = surrogate.labels
     own = probabilities[torch.arange(len(labels)), labels]
     return [float(own[labels == k].mean()) if bool((labels == k).any()) else 0.0 for k in range(classifier.shape[0])]
 

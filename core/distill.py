@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,17 +19,14 @@ from torch import nn
 from core.augment import AugmentConfig, apply_views, random_views, view_params
 from core.checkpoints import DISTILLATION, Checkpoints, from_bytes, to_bytes
 from core.losses import OBJECTIVES, meta_objective
+from core.stored import EMBED_BATCH, CachedViews
 from core.synthesis import SurrogateSet
 from core.teachers.base import Teacher
-
-if TYPE_CHECKING:
-    from core.bank import SampleBank
 
 META_METHODS = {"meta_kd": "kd", "meta_ce_kd": "ce_kd"}
 PLAIN_METHODS = ("ce", "kd", "ce_kd")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
-EMBED_BATCH = 256  # images a teacher pass embeds at once when caching views: 0.36 ms an image on 2 cores against 0.62 at 1,024
 GRAD_CLIP_NORM = 5.0  # synthetic images can give huge early gradients; clipping keeps SGD stable
 # Distillation views are milder than inversion cutouts: the student should see whole objects.
 DISTILL_AUGMENT = AugmentConfig(min_scale=0.8, max_scale=1.0, max_rotation_deg=8.0, noise_std=0.01, max_shift=0.08)
@@ -103,21 +100,23 @@ class Distiller:
         *,
         seed: int,
         sampler: ImageSampler | None = None,
-        pool_sampler: ImageSampler | None = None,
-        bank: SampleBank | None = None,
+        pool: CachedViews | None = None,
+        bank: CachedViews | None = None,
     ) -> None:
         """``bank``: fresh images are the bank's (core.bank), each with one of its views and that view's cached teacher
-        embedding, instead of ``sampler``'s."""
+        embedding, instead of ``sampler``'s; surrogate images drawn from it (``SurrogateSet.sources``) take its views as
+        their fixed views. ``pool``: the user's images with their cached views (core.pools): a pool share of a batch is
+        drawn from them, and the teacher never runs on it."""
         if config.method not in PLAIN_METHODS and config.method not in META_METHODS:
             raise ValueError(f"unknown distillation method {config.method!r}")
         if config.fresh_share > 0 and sampler is None and bank is None:
             raise ValueError("fresh_share > 0 needs a sampler of fresh images")
-        if config.pool_share > 0 and pool_sampler is None:
-            raise ValueError("pool_share > 0 needs a sampler of the pool's images")
+        if config.pool_share > 0 and pool is None:
+            raise ValueError("pool_share > 0 needs the pool's images and their cached views")
         if config.fresh_share + config.pool_share >= 1:
             raise ValueError("fresh_share + pool_share must leave room for the surrogate set's images (below 1)")
         self.student, self.teacher, self.classifier, self.config = student, teacher, classifier, config
-        self.sampler, self.pool_sampler, self.bank = sampler, pool_sampler, bank
+        self.sampler, self.pool, self.bank = sampler, pool, bank
         if bank is not None and sampler is None:  # without fixed views the bank's images stand in for the sampler's
             self.sampler = lambda n, rng: bank.pixels(torch.randint(len(bank), (n,), generator=rng))
         self.cached: _CachedViews | None = None  # the surrogate set's fixed views, once fit() has made them
@@ -163,65 +162,92 @@ class Distiller:
     def _sample_computed(
         self, indices: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0, pool_share: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_sample`` with new views of every image, through the teacher."""
+        """``_sample`` with new views of every image, through the teacher; the pool's images with their cached views."""
         size = min(self.config.batch_size, len(indices))
         fresh, pooled = round(size * fresh_share), round(size * pool_share)
         pick = indices[torch.randint(len(indices), (size - fresh - pooled,), generator=self.rng)]
         images, labels = data.images[pick].to(self.device), data.labels[pick]
-        for count, sampler in ((fresh, self.sampler), (pooled, self.pool_sampler)):
-            if count:
-                assert sampler is not None
-                with torch.no_grad():
-                    new = sampler(count, self.rng)
-                images = torch.cat([images, new.to(self.device, images.dtype)])
-                labels = torch.cat([labels, labels.new_full((count,), -1)])
-        return self._views(images, labels, fresh + pooled)
+        if fresh:
+            assert self.sampler is not None
+            with torch.no_grad():
+                new = self.sampler(fresh, self.rng)
+            images = torch.cat([images, new.to(self.device, images.dtype)])
+            labels = torch.cat([labels, labels.new_full((fresh,), -1)])
+        views, logits, labels = self._views(images, labels, fresh)
+        if not pooled:
+            return views, logits, labels
+        assert self.pool is not None
+        pool_views, pool_logits = self._draw_cached(self.pool, pooled)
+        labels = torch.cat([labels, pool_logits.argmax(1)])
+        logits = torch.cat([logits, pool_logits]) if len(logits) else logits  # plain CE reads no teacher logits
+        return torch.cat([views, pool_views]), logits, labels
+
+    def _draw_cached(self, cache: CachedViews, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random images of ``cache``, each in one of its views, and the teacher's logits of those views."""
+        chosen = torch.randint(len(cache), (n,), generator=self.rng)
+        view = torch.randint(cache.views, (n,), generator=self.rng)
+        views = apply_views(cache.pixels(chosen).to(self.device), cache.view_params[chosen, view], self.image_size)
+        return views, cache.logits(self.classifier, self.teacher.logit_scale, chosen, 1 + view)
 
     @torch.no_grad()
     def _fix_views(self, data: SurrogateSet) -> _CachedViews:
-        """``fixed_views`` views of every surrogate image and the teacher's unit embeddings of them (at the teacher's size)."""
+        """``fixed_views`` views of every surrogate image and the teacher's unit embeddings of them (at the teacher's size).
+        An image drawn from the bank (``data.sources``) takes the bank's views, cycled where it has fewer: the teacher
+        has seen them already."""
         views = self.config.fixed_views
         geometry = view_params(len(data) * views, self.rng, self.config.augment).view(len(data), views, -1)
         size = self.teacher.image_size
-        embeddings = []
-        for index in torch.arange(len(data)).split(max(1, EMBED_BATCH // views)):
+        embeddings: torch.Tensor | None = None
+        banked = (data.sources >= 0) if self.bank is not None else torch.zeros(len(data), dtype=torch.bool)
+        if bool(banked.any()):
+            assert self.bank is not None
+            rows, sources = banked.nonzero(as_tuple=True)[0], data.sources[banked]
+            cycle = 1 + torch.arange(views) % self.bank.views
+            geometry[rows] = self.bank.view_params[sources][:, cycle - 1]
+            embeddings = torch.empty(len(data), views, self.bank.embeddings.shape[-1])
+            embeddings[rows] = self.bank.embeddings[sources][:, cycle].float()
+        for index in (~banked).nonzero(as_tuple=True)[0].split(max(1, EMBED_BATCH // views)):
+            if not len(index):  # every image drawn from the bank
+                continue
             images = data.images[index].to(self.device).repeat_interleave(views, dim=0)
             viewed = apply_views(images, geometry[index].reshape(-1, geometry.shape[-1]), size)
-            embeddings.append(self.teacher.encode_image(viewed).float().view(len(index), views, -1))
-        return _CachedViews(geometry, torch.cat(embeddings))
+            embedded = self.teacher.encode_image(viewed).float().view(len(index), views, -1).cpu()
+            if embeddings is None:
+                embeddings = torch.empty(len(data), views, embedded.shape[-1])
+            embeddings[index] = embedded
+        assert embeddings is not None
+        return _CachedViews(geometry, embeddings.to(self.device))
 
     def _sample_cached(
         self, indices: torch.Tensor, data: SurrogateSet, *, fresh_share: float = 0.0, pool_share: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``_sample`` with the surrogate set's fixed views and the bank's: their teacher logits are cached embeddings times
-        the classifier; the teacher runs on fresh images without a bank and on pool images only."""
+        """``_sample`` with the surrogate set's fixed views, the bank's and the pool's: their teacher logits are cached
+        embeddings times the classifier; the teacher runs only on fresh images without a bank."""
         assert self.cached is not None
         size = min(self.config.batch_size, len(indices))
         fresh, pooled = round(size * fresh_share), round(size * pool_share)
         pick = indices[torch.randint(len(indices), (size - fresh - pooled,), generator=self.rng)]
         view = torch.randint(self.config.fixed_views, (len(pick),), generator=self.rng)
-        parts = [apply_views(data.images[pick].to(self.device), self.cached.geometry[pick, view], self.image_size)]
-        embeddings = [self.cached.embeddings[pick, view]]
-        labels = [data.labels[pick]]
-        if fresh and self.bank is not None:
-            chosen = torch.randint(len(self.bank), (fresh,), generator=self.rng)
-            bank_view = torch.randint(self.bank.views, (fresh,), generator=self.rng)
-            parts.append(apply_views(self.bank.pixels(chosen).to(self.device), self.bank.view_params[chosen, bank_view], self.image_size))
-            embeddings.append(self.bank.embeddings[chosen, 1 + bank_view].to(self.device))
-            labels.append(torch.full((fresh,), -1, dtype=labels[0].dtype))
-            fresh = 0
-        logits = self.teacher.logit_scale * torch.cat(embeddings) @ self.classifier.T
-        views = torch.cat(parts)
-        unlabelled = [(fresh, self.sampler), (pooled, self.pool_sampler)]
-        if fresh or pooled:  # images the cache cannot have: new views, through the teacher
+        views = [apply_views(data.images[pick].to(self.device), self.cached.geometry[pick, view], self.image_size)]
+        logits = [self.teacher.logit_scale * self.cached.embeddings[pick, view] @ self.classifier.T]
+        labels = [data.labels[pick].to(self.device)]
+        for cache, count in ((self.bank, fresh), (self.pool, pooled)):
+            if count and cache is not None:
+                drawn_views, drawn_logits = self._draw_cached(cache, count)
+                views.append(drawn_views)
+                logits.append(drawn_logits)
+                labels.append(torch.full((count,), -1, dtype=labels[0].dtype, device=self.device))
+        if fresh and self.bank is None:  # images no cache has: new views, through the teacher
+            assert self.sampler is not None
             with torch.no_grad():
-                new = torch.cat([sampler(count, self.rng).to(self.device, views.dtype) for count, sampler in unlabelled if count])  # type: ignore[misc]
+                new = self.sampler(fresh, self.rng).to(self.device, views[0].dtype)
             new_views = random_views(new, 1, self.image_size, self.rng, self.config.augment)
-            views = torch.cat([views, new_views])
-            logits = torch.cat([logits, self.teacher.classify(new_views, self.classifier, batch_size=len(new_views))])
-            labels.append(torch.full((len(new),), -1, dtype=labels[0].dtype))
-        label = torch.cat(labels).to(self.device)
-        return views, logits, torch.where(label >= 0, label, logits.argmax(1))
+            views.append(new_views)
+            logits.append(self.teacher.classify(new_views, self.classifier, batch_size=len(new_views)))
+            labels.append(torch.full((fresh,), -1, dtype=labels[0].dtype, device=self.device))
+        logit = torch.cat(logits)
+        label = torch.cat(labels)
+        return torch.cat(views), logit, torch.where(label >= 0, label, logit.argmax(1))
 
     def fit(self, data: SurrogateSet, on_step: StepCallback | None = None, checkpoints: Checkpoints | None = None) -> dict[str, float]:
         """Train for the configured steps; with ``checkpoints``, resume from the last saved state and save the state

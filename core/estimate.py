@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from core.student_catalog import STUDENTS, student_entry
 
 # "bank": loading (or the first time building) the job's sample bank (core.bank); a job without one skips it.
-STAGES = ("preparing", "bank", "synthesizing", "distilling", "exporting")
+# "pool": loading (or the first time building) the teacher's embeddings of the job's pool images (core.pools).
+STAGES = ("pool", "preparing", "bank", "synthesizing", "distilling", "exporting")
 
 # Seconds per image on the reference machine (2 cores, 32 px), measured with bench-style timing loops (2026-11-29).
 DECODER_FORWARD_S = 1.0e-3  # shapes-vae, 32 images in 31 ms
@@ -29,7 +30,7 @@ DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the defa
 META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per update
 CHANNELS_LAST_FACTOR = 0.84  # a channels-last step against the catalogue's (measured) default-layout one: 17.1 / 20.3 ms
 # Targets, loading a built sample bank, quality estimates and export at the default's size.
-FIXED_S = {"preparing": 2.0, "bank": 1.0, "exporting": 6.0}
+FIXED_S = {"pool": 0.0, "preparing": 2.0, "bank": 1.0, "exporting": 6.0}
 MEASURED_TRUST_FRACTION = 0.05  # a stage's measured rate fully replaces its estimate once this share of it has run here
 CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).

@@ -31,16 +31,28 @@ from core.artifacts import (
     TFLITE_FILE,
     TORCHSCRIPT_FILE,
 )
-from core.bank import DEFAULT_BANK_IMAGES, BankStore, SampleBank, bank_key, obtain_bank
+from core.bank import DEFAULT_BANK_IMAGES, BankStore, bank_key, obtain_bank, teacher_sha256
 from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
 from core.estimate import STAGES, Eta, estimate_stage_seconds
 from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
-from core.pools import PoolSplit, fit_pool_prior, held_out_agreement, pool_sampler, split_pool
+from core.pools import (
+    MAX_PRIOR_IMAGES,
+    PoolSource,
+    PoolSplit,
+    PoolViews,
+    fit_pool_prior,
+    held_out_agreement,
+    obtain_pool_views,
+    pool_embeddings_key,
+    split_indices,
+    split_pool,
+)
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
+from core.stored import CachedViews, ObjectStore
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -61,7 +73,7 @@ from core.teachers.base import Teacher
 
 # Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
 # matter for the progress fraction, and the ETA replaces them with measured rates as stages finish.
-FALLBACK_STAGE_SECONDS = {"preparing": 12.0, "bank": 2.0, "synthesizing": 350.0, "distilling": 210.0, "exporting": 30.0}
+FALLBACK_STAGE_SECONDS = {"pool": 0.0, "preparing": 12.0, "bank": 2.0, "synthesizing": 350.0, "distilling": 210.0, "exporting": 30.0}
 SAMPLES_PER_CLASS = 8
 SAMPLE_UPSCALE_TO = 96  # samples.png shows each image at least this many pixels wide
 
@@ -184,7 +196,7 @@ def resolved_generator(spec: CustomizeSpec, teacher: Teacher) -> tuple[str, tupl
 def synthesis_config(spec: CustomizeSpec, teacher: Teacher) -> SynthesisConfig:
     # The spec and the engine config share field names; a field one lacks fails loudly here.
     generator, options = resolved_generator(spec, teacher)
-    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior", "pool", "pool_prior"}, exclude_none=True)
+    fields = spec.synthesis.model_dump(exclude={"decoder", "generator", "prior", "pool", "pool_prior", "pool_views"}, exclude_none=True)
     return SynthesisConfig(**fields, generator=generator, generator_options=options)
 
 
@@ -274,13 +286,45 @@ class Preparation:
     targets: InversionTargets
     coverage: Coverage  # how well the generator's prior covers each class (core.coverage); its thin classes are in synthesis
     pool_prior: dict[str, object] | None = None  # the prior fitted on the job's pool (core.pools.fit_pool_prior), if any
-    pool: PoolSplit | None = None  # the job's pool, split once: distilled-on and held-out images (core.pools.split_pool)
-    bank: SampleBank | None = None  # the sample bank the job draws from (``with_bank``), if any
+    pool: PoolSplit | None = None  # the job's pool with its cached views, split once: distilled-on and held-out images
+    bank: CachedViews | None = None  # the sample bank the job draws from (``with_bank``; a pool's images with "pool"), if any
     bank_summary: dict[str, object] | None = None  # what the metrics say of it: how it was obtained, or why there is none
+    pool_summary: dict[str, object] | None = None  # how the pool's embeddings were obtained (core.pools.obtain_pool_views)
 
     @property
     def used_styles(self) -> list[str]:
         return self.styles if self.spec.synthesis.use_styles else []
+
+
+PoolInput = torch.Tensor | PoolSource | PoolViews
+
+
+def working_size(spec: ResolvedSpec, teacher: Teacher) -> int:
+    """The size a job keeps its pool's images at: the student's input size (never the teacher's, when larger)."""
+    return int(spec.student.image_size or teacher.image_size)
+
+
+def pool_views(
+    spec: CustomizeSpec,
+    teacher: Teacher,
+    pool: PoolInput,
+    store: ObjectStore | None = None,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+) -> PoolViews:
+    """The "pool" stage: the teacher's embeddings of the job's pool images and of their views (core.pools), loaded from
+    ``store`` or built (and stored there) now; ``pool``: its images (a tensor in [0, 1], or a streamed PoolSource)."""
+    if isinstance(pool, PoolViews):
+        return pool
+    spec = resolved_spec(spec, teacher)
+    size = working_size(spec, teacher)
+    source = pool if isinstance(pool, PoolSource) else PoolSource.from_pixels(pool, size)
+    if source.pixels.shape[-1] != size:
+        raise ValueError(f"the pool's images are kept at {source.pixels.shape[-1]} px, the job's student sees {size} px")
+    views = spec.synthesis.pool_views
+    digest = teacher_sha256(teacher)
+    key = pool_embeddings_key(source, digest, teacher.name, teacher.image_size, views=views, augment=DISTILL_AUGMENT, encoder="torch")
+    return obtain_pool_views(store, source, key, teacher.encode_image, on_step=on_step)
 
 
 def prepare(
@@ -289,30 +333,43 @@ def prepare(
     examples: Mapping[str, torch.Tensor] | None = None,
     *,
     coverage: Coverage | None = None,
-    pool: torch.Tensor | None = None,
+    pool: PoolInput | None = None,
 ) -> Preparation:
     """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts. ``coverage``:
     the prior's coverage as this job's first preparation measured it (deterministic, so only saved work): a split job's
-    chunks and distillation take it instead of decoding and scoring the prior samples again. ``pool``: the images of
-    the spec's pool (as ``customize`` takes them); with ``synthesis.pool_prior`` the prior is fitted on them."""
+    chunks and distillation take it instead of decoding and scoring the prior samples again. ``pool``: the spec's pool,
+    best with its embeddings (``pool_views``; images alone are embedded here); with ``synthesis.pool_prior`` the prior is
+    fitted on them. With the pool generator the pool's images and their cached embeddings are the job's bank."""
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
     if (pool is None) != (spec.synthesis.pool is None):
         raise ValueError("the spec names a pool and no pool images were given, or pool images came without one")
-    split = split_pool(pool, spec.seed) if pool is not None else None
-    pool_prior = None
+    pooled = pool_views(spec, teacher, pool) if pool is not None else None
+    split = split_pool(pooled.views, spec.seed) if pooled is not None else None
+    pool_prior, bank, bank_summary = None, None, None
     if synthesis.generator == "pool" and split is not None:  # the pool's images are the prior itself (core.generators.pool_images)
-        synthesis = dataclasses.replace(synthesis, generator_options=(("images", split.train),))
-    elif split is not None and spec.synthesis.pool_prior:
-        synthesis, pool_prior = with_pool_prior(synthesis, split.train, teacher.device)
+        synthesis = dataclasses.replace(synthesis, generator_options=(("images", split.train.images),))
+        bank, bank_summary = split.train, pool_bank_summary(split.train)
+    elif pooled is not None and spec.synthesis.pool_prior:
+        train = split_indices(len(pooled.views), spec.seed)[0][:MAX_PRIOR_IMAGES]
+        synthesis, pool_prior = with_pool_prior(synthesis, pooled.source.at(train, teacher.image_size), teacher.device)
     styles = resolved_styles(spec, teacher)
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
     if coverage is None:
-        coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=synthesis.coverage_threshold)
+        threshold = synthesis.coverage_threshold
+        coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=threshold, bank=bank)
     elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
-    return Preparation(with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior, split)
+    return Preparation(
+        with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior, split, bank, bank_summary,
+        pooled.summary if pooled is not None else None,
+    )  # fmt: skip
+
+
+def pool_bank_summary(train: CachedViews) -> dict[str, object]:
+    """What the metrics say of a pool generator's bank: the pool's distilled-on images and their cached embeddings."""
+    return {"used": True, "status": "pool", "images": len(train), "views": train.views}
 
 
 @dataclass(frozen=True)
@@ -338,7 +395,7 @@ def job_bank(
     request: BankRequest | None,
     *,
     on_step: Callable[[int, int], None] | None = None,
-) -> tuple[SampleBank | None, dict[str, object]]:
+) -> tuple[CachedViews | None, dict[str, object]]:
     """The sample bank a job on ``synthesis`` draws from, loaded from ``request.store`` or built there now, and what the
     metrics say of it; None (and why) when it cannot use one: no store, a generator without a named prior (a pool's
     prior is the job's own), or nothing a bank serves."""
@@ -355,14 +412,19 @@ def job_bank(
 def with_bank(
     preparation: Preparation, teacher: Teacher, request: BankRequest | None, *, on_step: Callable[[int, int], None] | None = None
 ) -> Preparation:
-    """The preparation with its sample bank (``job_bank``)."""
+    """The preparation with its sample bank (``job_bank``); a pool generator's job keeps its pool as its bank."""
+    if preparation.pool is not None and preparation.bank is preparation.pool.train:
+        return preparation
     fresh_share = preparation.spec.distillation.fresh_share or 0.0
     bank, summary = job_bank(teacher, preparation.synthesis, fresh_share, request, on_step=on_step)
     return dataclasses.replace(preparation, bank=bank, bank_summary=summary)
 
 
 def uses_bank(preparation: Preparation, request: BankRequest | None) -> bool:
-    """Whether the job has a "bank" stage: a store to keep a bank in, and batches or distillation that draw from one."""
+    """Whether the job has a "bank" stage: a store to keep a bank in, and batches or distillation that draw from one (a
+    pool generator's job has its pool's instead)."""
+    if preparation.pool is not None and preparation.bank is preparation.pool.train:
+        return False
     return request is not None and bank_use(preparation.synthesis, preparation.spec.distillation.fresh_share or 0.0) is None
 
 
@@ -473,13 +535,16 @@ def customize(
     on_progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     checkpoints: Checkpoints | None = None,
-    pool: torch.Tensor | None = None,
+    pool: PoolInput | None = None,
     bank: BankRequest | None = None,
+    pool_store: ObjectStore | None = None,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts. ``pool``: the images of
-    the spec's ``synthesis.pool`` (N, 3, S, S) at the teacher's size, in [0, 1] (core.pools).
+    the spec's ``synthesis.pool``: (N, 3, S, S) pixels in [0, 1] or a streamed ``PoolSource`` (core.pools); the "pool"
+    stage embeds them and their views with the teacher once, or loads those embeddings from ``pool_store`` (by default
+    ``bank.store``: where the CLI keeps its banks).
     Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
     the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
@@ -491,6 +556,10 @@ def customize(
     tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(resolved.model_dump(mode="json")))
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
+        if pool is not None:
+            with tracker.timed("pool"):
+                store = pool_store or (bank.store if bank is not None else None)
+                pool = pool_views(resolved, teacher, pool, store, on_step=lambda done, total: tracker.update("pool", done / total))
         with tracker.timed("preparing"):
             preparation = prepare(resolved, teacher, examples, pool=pool)
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
@@ -568,24 +637,23 @@ def _distill_and_export(
         bank = preparation.bank
         fresh = distillation.fresh_share > 0 and bank is None
         sampler = prior_sampler(synthesis, teacher.image_size, teacher.device) if fresh else None
-        from_pool = pool_sampler(split.train) if split is not None else None
-        distiller = Distiller(
-            student, teacher, targets.classifier, distillation, seed=spec.seed, sampler=sampler, pool_sampler=from_pool, bank=bank
-        )
+        from_pool = split.train if split is not None else None
+        classifier = targets.classifier
+        distiller = Distiller(student, teacher, classifier, distillation, seed=spec.seed, sampler=sampler, pool=from_pool, bank=bank)
         final_losses = distiller.fit(
             surrogate, on_step=lambda done, total, losses: tracker.update("distilling", done / total, losses), checkpoints=checkpoints
         )
     student = student.cpu().eval()
     with tracker.timed("exporting"):
         # No real data: the best a job can say is how often the student agrees with the teacher on unseen images.
-        quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed)
+        quality = estimate_quality(student, teacher, targets, synthesis, seed=spec.seed, bank=preparation.bank)
         texts = [c.prompt_text or c.name for c in spec.classes]
         unknown = calibrate_unknown(
             student, teacher, targets, texts, synthesis, seed=spec.seed, bank=preparation.bank, settings=spec.export.unknown
         )
         coverage = preparation.coverage.as_dict(spec.class_names)
         for name, after in zip(
-            spec.class_names, surrogate_coverage(teacher, targets.classifier, surrogate.images, surrogate.labels), strict=True
+            spec.class_names, surrogate_coverage(teacher, targets.classifier, surrogate, bank=preparation.bank), strict=True
         ):
             coverage[name]["surrogate"] = round(after, 4)
         metrics: dict[str, object] = {
@@ -600,6 +668,7 @@ def _distill_and_export(
             "surrogate_sha256": surrogate_sha256(surrogate),
             "generator": generator_metrics(synthesis, preparation.pool_prior),
             "bank": preparation.bank_summary or {"used": False, "reason": "no bank store"},
+            **({"pool_embeddings": preparation.pool_summary} if preparation.pool_summary else {}),
             "final_losses": final_losses,
             "student_parameters": count_parameters(student),
             "student_flops": count_flops(student, student.image_size),
@@ -648,7 +717,7 @@ def pool_metrics(split: PoolSplit, student: Student, teacher: Teacher, classifie
     """What the job's pool gave: how many images, the share of each batch, and the student's agreement with the teacher
     on the held-out part (the one quality figure measured on real images of the user's domain)."""
     return {"images": len(split.train) + len(split.held_out), "distilled_on": len(split.train), "share": share,
-            **held_out_agreement(student, teacher, classifier, split.held_out)}  # fmt: skip
+            **held_out_agreement(student, classifier, teacher.logit_scale, split.held_out)}  # fmt: skip
 
 
 def model_card(spec: CustomizeSpec, teacher: Teacher, student: Student, metrics: dict[str, object]) -> dict[str, object]:

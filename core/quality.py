@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.scoring import Scores, score
-from core.synthesis import InversionTargets, SynthesisConfig, prior_sampler, synthesize, teacher_probabilities
+from core.stored import CachedViews
+from core.synthesis import InversionTargets, SynthesisConfig, cached_probabilities, prior_sampler, synthesize, teacher_probabilities
 from core.teachers.base import Teacher
 
 HELDOUT_IMAGES_PER_CLASS = 8  # synthesized images per class for the held-out estimate
@@ -35,9 +37,20 @@ def top_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The student's and the teacher's top class on each of ``images`` (on the CPU)."""
     teacher_top = teacher_probabilities(teacher, classifier, images.to(teacher.device)).argmax(1).cpu()
+    return _student_top(student, images, chunk), teacher_top
+
+
+@torch.no_grad()
+def _student_top(student: nn.Module, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """The student's top class on each of ``images`` (any size: resized to the student's), on the CPU."""
     parameter = next(student.parameters())
-    student_top = torch.cat([student(part.to(parameter.device, parameter.dtype)).argmax(1).cpu() for part in images.split(chunk)])
-    return student_top, teacher_top
+    size = int(getattr(student, "image_size", images.shape[-1]))
+    parts = []
+    for part in images.split(chunk):
+        if part.shape[-1] != size:
+            part = F.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        parts.append(student(part.to(parameter.device, parameter.dtype)).argmax(1).cpu())
+    return torch.cat(parts)
 
 
 def agreement(student: nn.Module, teacher: Teacher, classifier: torch.Tensor, images: torch.Tensor) -> float:
@@ -58,18 +71,33 @@ def _class_balanced(scores: Scores) -> float:
 
 
 def estimate_quality(
-    student: nn.Module, teacher: Teacher, targets: InversionTargets, synthesis: SynthesisConfig, *, seed: int
+    student: nn.Module,
+    teacher: Teacher,
+    targets: InversionTargets,
+    synthesis: SynthesisConfig,
+    *,
+    seed: int,
+    bank: CachedViews | None = None,
 ) -> dict[str, float | int]:
-    """The student's agreement with the teacher on held-out synthesized images and on prior samples."""
+    """The student's agreement with the teacher on held-out synthesized images and on prior samples. ``bank``: the job's
+    bank (a sample bank, a pool's images): both come from it, with the teacher's cached embeddings of them."""
     held_out_config = replace(synthesis, images_per_class=HELDOUT_IMAGES_PER_CLASS)
-    held_out = synthesize(teacher, targets, held_out_config, seed=seed + HELDOUT_SEED_OFFSET)
+    held_out = synthesize(teacher, targets, held_out_config, seed=seed + HELDOUT_SEED_OFFSET, bank=bank)
     rng = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
-    samples = prior_sampler(synthesis, teacher.image_size, teacher.device)(PRIOR_SAMPLES, rng).float().cpu()
-    # The teacher's top classes as labels: the student's accuracy and per-class accuracy against them are agreements.
-    student_top, teacher_top = top_classes(student, teacher, targets.classifier, samples)
-    on_prior = score(student_top.numpy(), teacher_top.numpy(), targets.classifier.shape[0])
+    classifier = targets.classifier
+    if bank is not None:
+        index = torch.randint(len(bank), (PRIOR_SAMPLES,), generator=rng)
+        samples, teacher_top = bank.pixels(index), bank.logits(classifier, teacher.logit_scale, index).argmax(1).cpu()
+        student_top = _student_top(student, samples)
+    else:
+        samples = prior_sampler(synthesis, teacher.image_size, teacher.device)(PRIOR_SAMPLES, rng).float().cpu()
+        # The teacher's top classes as labels: the student's accuracy and per-class accuracy against them are agreements.
+        student_top, teacher_top = top_classes(student, teacher, classifier, samples)
+    on_prior = score(student_top.numpy(), teacher_top.numpy(), classifier.shape[0])
+    held_out_teacher = cached_probabilities(teacher, classifier, held_out, bank).argmax(1).cpu()
+    held_out_agreement = float((_student_top(student, held_out.images) == held_out_teacher).float().mean())
     return {
-        "agreement_heldout_synthesized": round(agreement(student, teacher, targets.classifier, held_out.images), 4),
+        "agreement_heldout_synthesized": round(held_out_agreement, 4),
         "heldout_synthesized_images": len(held_out),
         "agreement_prior_samples": round(on_prior.accuracy, 4),
         "agreement_prior_samples_balanced": round(_class_balanced(on_prior), 4),

@@ -226,6 +226,9 @@ class SynthesisSpec(Strict):
     # With a pool and a decoder that ships its encoder: synthesis draws from a prior fitted on the codes of the pool's
     # images (those distilled on, not the held-out ones) instead of synthesis.prior: the user's domain, not the decoder's.
     pool_prior: bool = True
+    # Augmented views of each pool image whose teacher embeddings are made once and kept with the pool (core.pools): a
+    # job on the pool distils on them without running the teacher; more views, more variety, a longer first job.
+    pool_views: Annotated[int, Field(ge=1, le=16)] = 4
 
     @model_validator(mode="after")
     def _pool_generator_needs_a_pool(self) -> SynthesisSpec:

@@ -14,17 +14,14 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from core.augment import AugmentConfig, random_views
 from core.generators import create_generator
 from core.losses import BatchNormStatistics, consistency_loss, matching_loss, total_variation
+from core.stored import CachedViews
 from core.teachers.base import DEFAULT_TEMPLATE, Teacher
-
-if TYPE_CHECKING:
-    from core.bank import SampleBank
 
 STYLE_TEMPLATE = "a {text} in the style of {style}."
 # DeepInversion baseline weights: the BatchNorm term dominates, TV keeps images smooth.
@@ -86,6 +83,13 @@ class SurrogateSet:
     images: torch.Tensor  # (N, 3, S, S) pixels in [0, 1], on the CPU
     labels: torch.Tensor  # (N,) class index
     styles: torch.Tensor  # (N,) style index, -1 where no style was used
+    # (N,) the index in the job's bank (or pool) of each image drawn from it without inversion, -1 elsewhere: the teacher's
+    # cached embeddings of its views stand for new passes (core.distill). None: no image was drawn from a bank.
+    sources: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            object.__setattr__(self, "sources", torch.full((len(self.labels),), -1, dtype=torch.long))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -163,6 +167,11 @@ class SurrogateChunk:
     labels: torch.Tensor  # (n,)
     styles: torch.Tensor  # (n,)
     neighbours: torch.Tensor  # (copies, n, 3, S, S): pool growth's images of each one (copies may be 0)
+    sources: torch.Tensor | None = None  # (n,) bank index of each image drawn from the bank, -1 elsewhere (SurrogateSet)
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            object.__setattr__(self, "sources", torch.full((len(self.positions),), -1, dtype=torch.long))
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
@@ -176,7 +185,7 @@ def synthesize_batches(
     *,
     seed: int,
     on_step: StepCallback | None = None,
-    bank: SampleBank | None = None,
+    bank: CachedViews | None = None,
 ) -> SurrogateChunk:
     """Synthesize the batches ``batch_indices`` of the surrogate set. Each batch depends only on (seed, its index, the
     teacher, the targets, the config): not on torch's global RNG, nor on the batches run before it, so chunks run in any
@@ -193,7 +202,9 @@ def synthesize_batches(
     if unknown or len(set(batch_indices)) != len(batch_indices):
         raise ValueError(f"batch indices {list(batch_indices)} are not distinct batches of 0..{len(ranges) - 1}")
     positions = torch.cat([torch.arange(*ranges[b]) for b in batch_indices]) if batch_indices else torch.zeros(0, dtype=torch.long)
-    images = torch.empty(len(positions), 3, teacher.image_size, teacher.image_size)
+    size = teacher.image_size if bank is None else int(bank.images.shape[-1])  # a pool's images are kept at the student's size
+    images = torch.empty(len(positions), 3, size, size)
+    sources = torch.full((len(positions),), -1, dtype=torch.long)
     grown = torch.empty(config.neighbours, *images.shape)
     total_units = sum(config.steps + config.thin_steps_for(labels[slice(*ranges[b])]) + 1 for b in batch_indices)
     done, offset = 0, 0
@@ -203,7 +214,8 @@ def synthesize_batches(
         y = labels[start:stop].to(device)
         s = styles[start:stop].to(device)
         if bank is not None and not config.steps and not config.neighbours and not config.thin_steps_for(y.cpu()):
-            images[offset : offset + stop - start] = _from_bank(bank, teacher, targets, config, y, ranges[batch_index][0], seed)
+            chosen = _from_bank(bank, teacher, targets, config, y, ranges[batch_index][0], seed)
+            images[offset : offset + stop - start], sources[offset : offset + stop - start] = bank.pixels(chosen), chosen
             offset += stop - start
             done += 1
             if on_step is not None:
@@ -222,9 +234,9 @@ def synthesize_batches(
         done = _invert(generator, teacher, targets, config, y, s, rng, config.steps, done, total_units, on_step)
         size = stop - start
         with torch.no_grad():
-            images[offset : offset + size] = generator().float().cpu()
+            images[offset : offset + size] = _resized(generator().float().cpu(), images.shape[-1])
             for copy in range(config.neighbours):
-                grown[copy, offset : offset + size] = _neighbours(generator, config.neighbour_scale, rng)
+                grown[copy, offset : offset + size] = _resized(_neighbours(generator, config.neighbour_scale, rng), images.shape[-1])
         if thin_steps := config.thin_steps_for(y.cpu()):  # never with neighbours
             # The thin classes' images alone are inverted from their starts; the others stay the prior samples chosen.
             thin = torch.isin(y.cpu(), torch.tensor(config.thin_classes)).nonzero(as_tuple=True)[0]
@@ -234,26 +246,33 @@ def synthesize_batches(
             labels_on, styles_on = y[on_device], s[on_device]
             done = _invert(generator, teacher, targets, inversion, labels_on, styles_on, rng, thin_steps, done, total_units, on_step)
             with torch.no_grad():
-                images[offset + thin] = generator().float().cpu()
+                images[offset + thin] = _resized(generator().float().cpu(), images.shape[-1])
         offset += size
         done += 1
         if on_step is not None:
             on_step(done, total_units)
-    return SurrogateChunk(tuple(batch_indices), positions, images, labels[positions], styles[positions], grown)
+    return SurrogateChunk(tuple(batch_indices), positions, images, labels[positions], styles[positions], grown, sources)
+
+
+def _resized(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixels at ``size`` (a set drawn partly from a pool kept at the student's size)."""
+    if pixels.shape[-1] == size:
+        return pixels
+    return torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 @torch.no_grad()
 def _from_bank(
-    bank: SampleBank, teacher: Teacher, targets: InversionTargets, config: SynthesisConfig, labels: torch.Tensor, first: int, seed: int
+    bank: CachedViews, teacher: Teacher, targets: InversionTargets, config: SynthesisConfig, labels: torch.Tensor, first: int, seed: int
 ) -> torch.Tensor:
-    """The images of a batch whose first image is the set's ``first``: ``init_candidates`` bank images per image, the
-    job's own run through the bank (a seeded order: batches take disjoint candidates while the bank lasts), and of them
-    the ones the teacher finds most class-like, as ``select_starts`` chooses among fresh prior samples."""
+    """The bank indices of the images of a batch whose first image is the set's ``first``: ``init_candidates`` bank images
+    per image, the job's own run through the bank (a seeded order: batches take disjoint candidates while the bank lasts),
+    and of them the ones the teacher finds most class-like, as ``select_starts`` chooses among fresh prior samples."""
     order = torch.randperm(len(bank), generator=torch.Generator().manual_seed(seed * SEED_STRIDE + BANK_STREAM))
     count = len(labels) * config.init_candidates
     candidates = order[(first * config.init_candidates + torch.arange(count)) % len(bank)]
     probabilities = bank.logits(targets.classifier, teacher.logit_scale, candidates).float().softmax(-1)
-    return bank.pixels(candidates[choose_per_class(probabilities, labels).cpu()])
+    return candidates[choose_per_class(probabilities, labels).cpu()]
 
 
 def _invert(
@@ -302,15 +321,20 @@ def assemble(chunks: Sequence[SurrogateChunk]) -> SurrogateSet:
     grown = torch.empty(copies.pop(), *images.shape, dtype=images.dtype)
     labels = torch.empty(total, dtype=first.labels.dtype)
     styles = torch.empty(total, dtype=first.styles.dtype)
+    sources = torch.empty(total, dtype=torch.long)
     for chunk in chunks:
         images[chunk.positions] = chunk.images
         grown[:, chunk.positions] = chunk.neighbours
         labels[chunk.positions] = chunk.labels
         styles[chunk.positions] = chunk.styles
+        sources[chunk.positions] = chunk.sources
     copies_grown = len(grown)
     if copies_grown:
-        return SurrogateSet(torch.cat([images, *grown]), labels.repeat(copies_grown + 1), styles.repeat(copies_grown + 1))
-    return SurrogateSet(images, labels, styles)
+        none = torch.full((copies_grown * total,), -1, dtype=torch.long)  # grown images are new: no cached views
+        return SurrogateSet(
+            torch.cat([images, *grown]), labels.repeat(copies_grown + 1), styles.repeat(copies_grown + 1), torch.cat([sources, none])
+        )
+    return SurrogateSet(images, labels, styles, sources)
 
 
 def synthesize(
@@ -320,7 +344,7 @@ def synthesize(
     *,
     seed: int,
     on_step: StepCallback | None = None,
-    bank: SampleBank | None = None,
+    bank: CachedViews | None = None,
 ) -> SurrogateSet:
     """The whole surrogate set in this process: every batch as one chunk, assembled as a job's chunks are."""
     batches = range(len(batch_ranges(targets.num_classes, config)))
@@ -338,6 +362,7 @@ def chunk_to_bytes(chunk: SurrogateChunk) -> bytes:
             "labels": chunk.labels,
             "styles": chunk.styles,
             "neighbours": chunk.neighbours.contiguous(),
+            "sources": chunk.sources,
         },
         buffer,
     )
@@ -353,6 +378,7 @@ def chunk_from_bytes(data: bytes) -> SurrogateChunk:
         tensors["labels"],
         tensors["styles"],
         tensors["neighbours"],
+        tensors.get("sources"),  # absent from a chunk stored before sources were kept: none drawn from a bank
     )
 
 
@@ -391,6 +417,22 @@ def prior_sampler(config: SynthesisConfig, image_size: int, device: torch.device
 def teacher_probabilities(teacher: Teacher, classifier: torch.Tensor, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """(N, K) zero-shot class probabilities of the teacher for pixels in [0, 1]."""
     return teacher.classify(pixels, classifier, batch_size=chunk).float().softmax(-1)
+
+
+@torch.no_grad()
+def cached_probabilities(teacher: Teacher, classifier: torch.Tensor, surrogate: SurrogateSet, bank: CachedViews | None) -> torch.Tensor:
+    """``teacher_probabilities`` of a surrogate set's images: those drawn from ``bank`` from its cached embeddings, the
+    others through the teacher."""
+    sources = surrogate.sources if bank is not None else None
+    banked = sources >= 0 if sources is not None else torch.zeros(len(surrogate), dtype=torch.bool)
+    probabilities = torch.empty(len(surrogate), classifier.shape[0], device=classifier.device)
+    if bool(banked.any()):
+        assert bank is not None and sources is not None
+        probabilities[banked.to(classifier.device)] = bank.logits(classifier, teacher.logit_scale, sources[banked]).float().softmax(-1)
+    if not bool(banked.all()):
+        rest = (~banked).nonzero(as_tuple=True)[0]
+        probabilities[rest.to(classifier.device)] = teacher_probabilities(teacher, classifier, surrogate.images[rest].to(teacher.device))
+    return probabilities
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
+FIRST_STAGE = STAGES[STAGES.index("preparing")]  # what a started job reports first (a pool's embeddings may come before)
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
     RUNNING: frozenset({RUNNING, CANCELLING, SUCCEEDED, FAILED, QUEUED}),  # QUEUED: requeued after a lost worker
@@ -45,6 +46,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
     CANCELLED: frozenset(),
 }
+
+FIRST_STAGE = STAGES[STAGES.index("preparing")]  # what a started job reports first (a pool's embeddings may come before)
 
 
 class _AnyTenant:
@@ -329,7 +332,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
         owner,
         lease_seconds,
         now,
-        stage=STAGES[0],
+        stage=FIRST_STAGE,
         progress=0.0,
         eta_seconds=None,
         metrics=None,
@@ -343,7 +346,7 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float, max_a
     if taken_over:
         increment(session, "leases_lost")
     session.refresh(job)
-    add_event(session, job_id, "status", status=RUNNING, stage=STAGES[0], progress=0.0, message=f"started (attempt {job.attempts})")
+    add_event(session, job_id, "status", status=RUNNING, stage=FIRST_STAGE, progress=0.0, message=f"started (attempt {job.attempts})")
     return job
 
 

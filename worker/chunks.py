@@ -75,7 +75,7 @@ class ChunkRunner:
         def attempt() -> ChunkOutcome:
             spec, teacher = resolve_for_worker(task.spec, self.settings)
             examples = read_examples(self.storage, task.uploads, teacher.image_size)
-            pool = read_pool(self.factory, self.storage, spec, teacher.image_size)
+            pool = read_pool(self.factory, self.storage, spec, teacher)
             preparation = prepare(spec, teacher, examples, coverage=read_coverage(self.storage, job_id), pool=pool)
             if not preparation.synthesis.steps:  # a chunk draws on the bank only to choose prior samples without inverting
                 preparation = with_bank(preparation, teacher, bank_request(self.settings, self.storage))

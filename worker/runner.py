@@ -12,6 +12,7 @@ which ``JobRunner.distill`` runs: it assembles the chunks' surrogate set and goe
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -48,13 +49,17 @@ from core.pipeline import (
     customize,
     distill_and_export,
     job_fraction,
+    pool_views,
     prepare,
     stage_estimates,
     synthesis_plan,
     uses_bank,
     with_bank,
+    working_size,
 )
+from core.pools import PoolSource, PoolViews
 from core.spec import CustomizeSpec, ResolvedSpec, resolve
+from core.stored import storage_object_store
 from core.synthesis import chunk_from_bytes
 from core.teachers.base import Teacher
 from service import chunks, pools
@@ -174,8 +179,10 @@ class JobRunner:
         # One chunk, or a synthesis that only chooses prior samples from a bank (milliseconds a batch): nothing to share,
         # the job runs here whole.
         if len(plan) < 2 or (bank is not None and not spec.synthesis.steps):
+            pool = read_pool_source(self.factory, self.storage, spec, teacher)
             return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
-                             checkpoints=self._checkpoints(job_id, reporter), pool=self._pool(spec, teacher), bank=bank)  # fmt: skip
+                             checkpoints=self._checkpoints(job_id, reporter), bank=bank, pool=pool,
+                             pool_store=storage_object_store(self.storage))  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 
@@ -313,8 +320,8 @@ class JobRunner:
     def _bank(self) -> BankRequest | None:
         return bank_request(self.settings, self.storage)
 
-    def _pool(self, spec: CustomizeSpec, teacher: Teacher) -> torch.Tensor | None:
-        return read_pool(self.factory, self.storage, spec, teacher.image_size)
+    def _pool(self, spec: ResolvedSpec, teacher: Teacher) -> PoolViews | None:
+        return read_pool(self.factory, self.storage, spec, teacher)
 
 
 def bank_request(settings: Settings, storage: Storage) -> BankRequest | None:
@@ -328,15 +335,25 @@ class PoolUnavailableError(RuntimeError):
     code = "pool_unavailable"
 
 
-def read_pool(factory: sessionmaker[Session], storage: Storage, spec: CustomizeSpec, size: int) -> torch.Tensor | None:
-    """The images of the spec's pool as pixels (N, 3, size, size) in [0, 1]; None without one."""
+def read_pool(factory: sessionmaker[Session], storage: Storage, spec: ResolvedSpec, teacher: Teacher) -> PoolViews | None:
+    """The spec's pool with the teacher's embeddings of its images and views (core.pipeline.pool_views), kept in the
+    service's storage: built by the first job on the pool and teacher, loaded by every later one; None without a pool."""
+    source = read_pool_source(factory, storage, spec, teacher)
+    return None if source is None else pool_views(spec, teacher, source, storage_object_store(storage))
+
+
+def read_pool_source(factory: sessionmaker[Session], storage: Storage, spec: ResolvedSpec, teacher: Teacher) -> PoolSource | None:
+    """The spec's pool images, held at the student's size only (read again from storage at the teacher's while its
+    embeddings are built); None without a pool."""
     if spec.synthesis.pool is None:
         return None
     with session_scope(factory) as session:
-        keys = [image.storage_key for image in pools.images(session, spec.synthesis.pool)]
-    if not keys:  # deleted under a queued job (the API refuses that; a database edit does not)
+        rows = [(image.storage_key, image.sha256) for image in pools.images(session, spec.synthesis.pool)]
+    if not rows:  # deleted under a queued job (the API refuses that; a database edit does not)
         raise PoolUnavailableError(f"pool {spec.synthesis.pool!r} has no images (deleted?)")
-    return torch.stack([read_pixels(storage, key, size) for key in keys])
+    content = hashlib.sha256("".join(f"{sha}\n" for _, sha in rows).encode()).hexdigest()
+    readers = [functools.partial(storage.read, key) for key, _ in rows]
+    return PoolSource.from_files(readers, content, working_size(spec, teacher))
 
 
 def read_pixels(storage: Storage, key: str, size: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ the most class-like of several per surrogate image (``init_candidates``), and in
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.generators.base import GENERATORS, ImageGenerator
@@ -23,9 +24,11 @@ class PoolImageGenerator(ImageGenerator):
         super().__init__(n, image_size)
         if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
             raise ValueError(f"the pool generator draws from (N, 3, S, S) images, got shape {tuple(images.shape)}")
-        if images.shape[-1] != image_size or images.shape[-2] != image_size:
-            raise ValueError(f"pool images are {images.shape[-1]} px, the generator's are {image_size} px")
         chosen = images[torch.randint(len(images), (n,), generator=rng)]
+        if chosen.dtype == torch.uint8:  # a pool kept as bytes (core.pools)
+            chosen = chosen.float() / 255.0
+        if chosen.shape[-1] != image_size or chosen.shape[-2] != image_size:  # kept at the student's size
+            chosen = F.interpolate(chosen, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
         self.logits = nn.Parameter(torch.logit(chosen.clamp(LOGIT_EPSILON, 1 - LOGIT_EPSILON)).to(device))
 
     def forward(self) -> torch.Tensor:

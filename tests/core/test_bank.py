@@ -81,7 +81,7 @@ def test_a_damaged_or_foreign_bank_is_refused_and_rebuilt(shapes_teacher, tmp_pa
     assert rebuilt.status == REBUILT and "sha256" in (rebuilt.reason or "")
     assert path.read_bytes() == data  # the same bank again: deterministic
     # A bank of another key stored under this one's name (a changed prior) is not this bank.
-    other = SampleBank(key.__class__(**{**key.to_json(), "augment": key.augment, "prior": "standard"}), *_tensors(built.bank))
+    other = SampleBank(*_tensors(built.bank), key=key.__class__(**{**key.to_json(), "augment": key.augment, "prior": "standard"}))
     with pytest.raises(BankDamagedError, match="another"):
         SampleBank.from_bytes(other.to_bytes(), key)
 
