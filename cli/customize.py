@@ -188,7 +188,10 @@ def run_customize(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool, bank=bank_request(args))
+        from core.teachers import default_cache_dir
+
+        tower_dir = args.cache_dir or default_cache_dir()  # a large teacher's onnxruntime towers, beside its weights
+        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool, bank=bank_request(args), tower_dir=tower_dir)
     finally:
         bar.close()
     write_artifacts(result.artifacts, args.out)

@@ -31,6 +31,9 @@ META_FACTOR = 3.0  # meta-KD: an inner step and two forward-backward passes per 
 CHANNELS_LAST_FACTOR = 0.84  # a channels-last step against the catalogue's (measured) default-layout one: 17.1 / 20.3 ms
 # Targets, loading a built sample bank, quality estimates and export at the default's size.
 FIXED_S = {"pool": 0.0, "preparing": 2.0, "bank": 1.0, "exporting": 6.0}
+REFERENCE_SIZE = 32  # the student costs (core.student_catalog) are of 32 px inputs
+POOL_LOAD_S = 2e-4  # a pool image's embeddings loaded and its pixels held, per image
+EXPORT_PRIOR_SAMPLES = 512 + 1024  # prior samples the quality estimate and the unknown calibration embed without a bank
 MEASURED_TRUST_FRACTION = 0.05  # a stage's measured rate fully replaces its estimate once this share of it has run here
 CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate the ETA of the later ones
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
@@ -52,29 +55,45 @@ def teacher_cost(teacher: str) -> float | None:
     return None
 
 
-def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | None:
+@dataclass(frozen=True)
+class PoolFacts:
+    """What the estimate needs of a job's pool: its size, and whether the teacher's embeddings of it exist already."""
+
+    images: int  # the pool's images
+    embedded: bool = False  # its embeddings for this teacher are stored (core.pools): the "pool" stage only loads them
+
+
+def estimate_stage_seconds(
+    spec: Mapping[str, object], *, pool: PoolFacts | None = None, teacher_seconds_per_image: float | None = None
+) -> dict[str, float] | None:
     """Seconds per stage for a resolved spec (``core.spec.resolve(...).model_dump()``) on the reference CPU; None when
-    there is no reference for it (a GPU budget, an unknown teacher, a student without a measured cost)."""
+    there is no reference for it (a GPU budget, a teacher of unknown cost, a student without a measured cost).
+    ``teacher_seconds_per_image``: the teacher's image pass as measured on this worker (``measure_teacher_seconds``),
+    else priced from its architecture's FLOPs against shapes-mini's. ``pool``: the job's pool (a job naming one)."""
     if spec.get("budget") != "cpu":
         return None
     teacher = teacher_cost(str(spec.get("teacher", "")))
     synthesis, distillation, student = (dict(spec.get(k) or {}) for k in ("synthesis", "distillation", "student"))
     arch = str(student.get("arch"))
     student_cost = student_entry(arch).train_seconds_per_image if arch in STUDENTS else None
-    if teacher is None or student_cost is None:
+    if (teacher is None and teacher_seconds_per_image is None) or student_cost is None:
         return None
+    student_cost *= (int(student.get("image_size") or REFERENCE_SIZE) / REFERENCE_SIZE) ** 2  # a step costs the pixels
     classes = len(spec.get("classes") or [])  # type: ignore[arg-type]
     images = classes * int(synthesis.get("images_per_class") or 0)
     decoder = synthesis.get("generator") in ("auto", "decoder")
     decode = DECODER_FORWARD_S if decoder else 0.0
-    look = TEACHER_FORWARD_S * teacher
+    look = teacher_seconds_per_image if teacher_seconds_per_image is not None else TEACHER_FORWARD_S * (teacher or 1.0)
     candidates = int(synthesis.get("init_candidates") or 1)
     steps = int(synthesis.get("steps") or 0)
     cutouts = int(synthesis.get("cutouts") or 1)
-    # A decoder job's prior samples come from the teacher's sample bank (core.bank) once it exists: choosing among them
-    # and the fresh samples cost nothing but the student's steps; with fixed views (the cpu budget) distillation runs
-    # the teacher once per surrogate image's view, not per step.
-    banked = decoder and int(distillation.get("fixed_views") or 0) > 0
+    pooled = synthesis.get("pool") is not None and pool is not None
+    # A decoder job's prior samples come from the teacher's sample bank (core.bank) once it exists, a pool job's from
+    # the pool's embeddings (core.pools): choosing among them and the fresh samples cost nothing but the student's steps;
+    # with fixed views (the cpu budget) distillation runs the teacher once per surrogate image's view, not per step, and
+    # not at all on a bank's or a pool's images (their views are cached).
+    from_pool = pooled and synthesis.get("generator") == "pool"
+    banked = (decoder or from_pool) and int(distillation.get("fixed_views") or 0) > 0
     choose = 0.0 if banked and not steps else images * candidates * (decode + look)
     synthesizing = choose + images * steps * BACKWARD_FACTOR * (decode + cutouts * look)
     batch = int(distillation.get("batch_size") or 64)
@@ -82,20 +101,31 @@ def estimate_stage_seconds(spec: Mapping[str, object]) -> dict[str, float] | Non
     if updates is None:
         updates = int(distillation.get("epochs") or 1) * max(1, math.ceil(images / batch))
     fresh = float(distillation.get("fresh_share") or 0.0)
+    pool_share = float(distillation.get("pool_share") or 0.0) if pooled else 0.0
     if banked:
         per_update = batch * student_cost * CHANNELS_LAST_FACTOR
-        fixed = images * int(distillation.get("fixed_views") or 0) * look
+        fixed = 0.0 if not steps else images * int(distillation.get("fixed_views") or 0) * look  # drawn images: cached views
     else:
-        per_update, fixed = batch * (look + student_cost) + round(batch * fresh) * decode, 0.0
+        per_update, fixed = batch * ((1 - pool_share) * look + student_cost) + round(batch * fresh) * decode, 0.0
     if str(distillation.get("method", "")).startswith("meta"):
         per_update *= META_FACTOR
     distilling = fixed + int(updates) * per_update * DISTILL_OVERHEAD
     measured = {**FIXED_S, "synthesizing": synthesizing, "distilling": distilling}
+    if pooled:
+        assert pool is not None
+        passes = 0 if pool.embedded else pool.images * (1 + int(synthesis.get("pool_views") or 1))
+        measured["pool"] = passes * look + pool.images * POOL_LOAD_S
+    if not banked:  # coverage, the quality estimate and the unknown calibration embed their own prior samples
+        samples = int(synthesis.get("coverage_samples") or 0)
+        measured["preparing"] += samples * (decode + look)
+        measured["exporting"] += (EXPORT_PRIOR_SAMPLES + images) * (decode + look)
     return {stage: measured[stage] for stage in STAGES}
 
 
-def estimate_seconds(spec: Mapping[str, object]) -> float | None:
-    stages = estimate_stage_seconds(spec)
+def estimate_seconds(
+    spec: Mapping[str, object], *, pool: PoolFacts | None = None, teacher_seconds_per_image: float | None = None
+) -> float | None:
+    stages = estimate_stage_seconds(spec, pool=pool, teacher_seconds_per_image=teacher_seconds_per_image)
     return None if stages is None else round(sum(stages.values()), 1)
 
 

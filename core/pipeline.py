@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 
 import torch
 from torchvision.utils import make_grid
@@ -36,10 +37,11 @@ from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
-from core.estimate import STAGES, Eta, estimate_stage_seconds
+from core.estimate import STAGES, Eta, PoolFacts, estimate_stage_seconds
 from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 from core.pools import (
     MAX_PRIOR_IMAGES,
+    PoolEmbeddingsKey,
     PoolSource,
     PoolSplit,
     PoolViews,
@@ -69,7 +71,7 @@ from core.synthesis import (
     synthesize,
     synthesize_batches,
 )
-from core.teachers.base import Teacher
+from core.teachers.base import Teacher, seconds_per_image
 
 # Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
 # matter for the progress fraction, and the ETA replaces them with measured rates as stages finish.
@@ -299,9 +301,76 @@ class Preparation:
 PoolInput = torch.Tensor | PoolSource | PoolViews
 
 
+# A student's input size on the cpu budget when the spec names none: the teacher's up to this. Every distillation step
+# costs the square of it (a 224 px small_cnn 49 times a 32 px one), and a CPU budget is a budget of steps.
+CPU_STUDENT_MAX_SIZE = 32
+
+
+def student_image_size(spec: ResolvedSpec, teacher: Teacher) -> int:
+    """The student's input size: the spec's, else the teacher's (at most CPU_STUDENT_MAX_SIZE on the cpu budget)."""
+    if spec.student.image_size:
+        return int(spec.student.image_size)
+    return min(teacher.image_size, CPU_STUDENT_MAX_SIZE) if spec.budget == "cpu" else teacher.image_size
+
+
 def working_size(spec: ResolvedSpec, teacher: Teacher) -> int:
     """The size a job keeps its pool's images at: the student's input size (never the teacher's, when larger)."""
-    return int(spec.student.image_size or teacher.image_size)
+    return student_image_size(spec, teacher)
+
+
+def pool_source(spec: ResolvedSpec, teacher: Teacher, pool: torch.Tensor | PoolSource) -> PoolSource:
+    """The job's pool images as a PoolSource kept at the job's working size."""
+    size = working_size(spec, teacher)
+    source = pool if isinstance(pool, PoolSource) else PoolSource.from_pixels(pool, size)
+    if source.pixels.shape[-1] != size:
+        raise ValueError(f"the pool's images are kept at {source.pixels.shape[-1]} px, the job's student sees {size} px")
+    return source
+
+
+# A CPU teacher slower than this per image embeds a pool through onnxruntime (core.teachers.onnx_tower: INT8 where it
+# agrees with torch on the job's own images and classes, fp32 otherwise); a faster one (the bundled teachers, about
+# 1 ms) gains nothing worth an export.
+ONNX_MIN_SECONDS_PER_IMAGE = 5e-3
+TOWER_CHECK_IMAGES = 32  # pool images the INT8 tower is checked on against torch, with the job's classes
+POOL_ENCODERS = ("torch", "onnxruntime-int8", "onnxruntime-fp32")
+
+
+@dataclass(frozen=True)
+class PoolEncoder:
+    """The image tower that embeds a pool, and what the metrics say of the choice."""
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    name: str  # "torch", "onnxruntime-fp32" or "onnxruntime-int8": part of the embeddings' key
+    record: dict[str, object]
+
+
+def pool_encoder(
+    spec: ResolvedSpec,
+    teacher: Teacher,
+    source: PoolSource,
+    tower_dir: Path | None,
+    *,
+    min_seconds: float = ONNX_MIN_SECONDS_PER_IMAGE,
+    **thresholds: float,
+) -> PoolEncoder:
+    """torch for a GPU teacher, a fast one or without ``tower_dir`` (where the towers are cached); else the onnxruntime
+    tower that agrees with torch on TOWER_CHECK_IMAGES of the pool's images and the job's classes (``thresholds``:
+    choose_image_encoder's min_cosine and min_top1)."""
+    if tower_dir is None or teacher.device.type != "cpu" or seconds_per_image(teacher) < min_seconds:
+        return PoolEncoder(teacher.encode_image, "torch", {"backend": "torch"})
+    from core.teachers.onnx_tower import choose_image_encoder
+
+    check = torch.arange(min(TOWER_CHECK_IMAGES, len(source)))
+    classes = teacher.class_embeddings([c.prompt_text or c.name for c in spec.classes])
+    encode, record = choose_image_encoder(teacher, source.at(check, teacher.image_size), classes, cache_dir=tower_dir, **thresholds)
+    name = "torch" if record.get("backend") == "torch" else f"onnxruntime-{record['precision']}"
+    return PoolEncoder(encode, name, record)
+
+
+def pool_key(spec: ResolvedSpec, teacher: Teacher, source: PoolSource, encoder: str = "torch") -> PoolEmbeddingsKey:
+    """The key of the teacher's embeddings of the pool a job needs (core.pools)."""
+    views, digest = spec.synthesis.pool_views, teacher_sha256(teacher)
+    return pool_embeddings_key(source, digest, teacher.name, teacher.image_size, views=views, augment=DISTILL_AUGMENT, encoder=encoder)
 
 
 def pool_views(
@@ -310,21 +379,36 @@ def pool_views(
     pool: PoolInput,
     store: ObjectStore | None = None,
     *,
+    encoder: PoolEncoder | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> PoolViews:
     """The "pool" stage: the teacher's embeddings of the job's pool images and of their views (core.pools), loaded from
-    ``store`` or built (and stored there) now; ``pool``: its images (a tensor in [0, 1], or a streamed PoolSource)."""
+    ``store`` or built (and stored there) now with ``encoder`` (torch by default); ``pool``: its images (a tensor in
+    [0, 1], or a streamed PoolSource)."""
     if isinstance(pool, PoolViews):
         return pool
     spec = resolved_spec(spec, teacher)
-    size = working_size(spec, teacher)
-    source = pool if isinstance(pool, PoolSource) else PoolSource.from_pixels(pool, size)
-    if source.pixels.shape[-1] != size:
-        raise ValueError(f"the pool's images are kept at {source.pixels.shape[-1]} px, the job's student sees {size} px")
-    views = spec.synthesis.pool_views
-    digest = teacher_sha256(teacher)
-    key = pool_embeddings_key(source, digest, teacher.name, teacher.image_size, views=views, augment=DISTILL_AUGMENT, encoder="torch")
-    return obtain_pool_views(store, source, key, teacher.encode_image, on_step=on_step)
+    source = pool_source(spec, teacher, pool)
+    encoder = encoder or PoolEncoder(teacher.encode_image, "torch", {"backend": "torch"})
+    views = obtain_pool_views(store, source, pool_key(spec, teacher, source, encoder.name), encoder.encode, on_step=on_step)
+    return dataclasses.replace(views, summary={**views.summary, "encoder_choice": encoder.record})
+
+
+def job_estimates(
+    spec: ResolvedSpec, teacher: Teacher, pool: PoolInput | None = None, store: ObjectStore | None = None
+) -> dict[str, float] | None:
+    """Seconds per stage of the job before it runs (core.estimate), its teacher's passes priced as timed on this machine
+    (``seconds_per_image``), its pool's by whether their embeddings are stored already."""
+    facts = None
+    if isinstance(pool, PoolViews):
+        facts = PoolFacts(len(pool.views), embedded=True)
+    elif pool is not None:
+        source = pool_source(spec, teacher, pool)
+        keys = [pool_key(spec, teacher, source, encoder).storage_key for encoder in POOL_ENCODERS]
+        stored = store is not None and store.exists is not None and any(store.exists(key) for key in keys)
+        facts = PoolFacts(len(source), embedded=stored)
+    seconds = seconds_per_image(teacher) if spec.budget == "cpu" else None
+    return estimate_stage_seconds(spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds)
 
 
 def prepare(
@@ -538,13 +622,15 @@ def customize(
     pool: PoolInput | None = None,
     bank: BankRequest | None = None,
     pool_store: ObjectStore | None = None,
+    tower_dir: Path | None = None,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
     ``examples`` maps class names to example pixels (M, 3, H, W) in [0, 1] for image prompts. ``pool``: the images of
     the spec's ``synthesis.pool``: (N, 3, S, S) pixels in [0, 1] or a streamed ``PoolSource`` (core.pools); the "pool"
     stage embeds them and their views with the teacher once, or loads those embeddings from ``pool_store`` (by default
-    ``bank.store``: where the CLI keeps its banks).
+    ``bank.store``: where the CLI keeps its banks). ``tower_dir``: where a large CPU teacher's onnxruntime image towers are
+    cached (``pool_encoder``); without it the pool is embedded with torch.
     Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
     the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
@@ -553,13 +639,18 @@ def customize(
     "bank" stage, and the synthesis and distillation draw from it.
     """
     resolved = resolved_spec(spec, teacher)
-    tracker = _Tracker(on_progress, should_cancel, estimate_stage_seconds(resolved.model_dump(mode="json")))
+    if pool is not None and not isinstance(pool, PoolViews):
+        pool = pool_source(resolved, teacher, pool)
+    pool_store = pool_store or (bank.store if bank is not None else None)
+    tracker = _Tracker(on_progress, should_cancel, job_estimates(resolved, teacher, pool, pool_store))
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
         if pool is not None:
             with tracker.timed("pool"):
-                store = pool_store or (bank.store if bank is not None else None)
-                pool = pool_views(resolved, teacher, pool, store, on_step=lambda done, total: tracker.update("pool", done / total))
+                encoder = pool_encoder(resolved, teacher, pool, tower_dir) if isinstance(pool, PoolSource) else None
+                tracker.update("pool", 0.0)
+                step = functools.partial(_fraction_of, functools.partial(tracker.update, "pool"))
+                pool = pool_views(resolved, teacher, pool, pool_store, encoder=encoder, on_step=step)
         with tracker.timed("preparing"):
             preparation = prepare(resolved, teacher, examples, pool=pool)
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
@@ -591,6 +682,10 @@ def customize(
                 if checkpoints is not None:
                     checkpoints.save(SURROGATE, surrogate_to_bytes(surrogate))
         return _distill_and_export(preparation, teacher, surrogate, tracker, checkpoints=checkpoints)
+
+
+def _fraction_of(report: Callable[[float], None], done: int, total: int) -> None:
+    report(done / total)
 
 
 def distill_and_export(
@@ -629,7 +724,7 @@ def _distill_and_export(
     # still where torch.manual_seed(seed) put it: re-seeding changes nothing in one process, and makes a process that
     # synthesized nothing (a service's distillation task) start the same student.
     torch.manual_seed(spec.seed)
-    student = create_student_for(teacher, spec.student.arch, len(spec.classes), spec.student.image_size)
+    student = create_student_for(teacher, spec.student.arch, len(spec.classes), student_image_size(spec, teacher))
     if checkpoints is not None:  # a resumed stage tells the ETA that only what runs from there is this attempt's rate
         checkpoints = dataclasses.replace(checkpoints, on_resume=tracker.resumed(checkpoints.on_resume))
     with tracker.timed("distilling"):

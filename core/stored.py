@@ -99,6 +99,7 @@ class ObjectStore:
 
     load: Callable[[str], bytes | None]  # the bytes stored under a key, or None
     save: Callable[[str, bytes], None]  # store bytes under a key, whole or not at all (an atomic put)
+    exists: Callable[[str], bool] | None = None  # whether a key is stored, without reading it (an estimate asks)
 
 
 class Storage(Protocol):
@@ -111,7 +112,7 @@ class Storage(Protocol):
 
 def storage_object_store(storage: Storage) -> ObjectStore:
     """Objects of a storage (a local folder or S3), each written whole by the storage's atomic put."""
-    return ObjectStore(lambda key: storage.read(key) if storage.exists(key) else None, storage.put)
+    return ObjectStore(lambda key: storage.read(key) if storage.exists(key) else None, storage.put, storage.exists)
 
 
 BUILT, REUSED, REBUILT = "built", "reused", "rebuilt"

@@ -61,6 +61,7 @@ from core.pools import PoolSource, PoolViews
 from core.spec import CustomizeSpec, ResolvedSpec, resolve
 from core.stored import storage_object_store
 from core.synthesis import chunk_from_bytes
+from core.teachers import default_cache_dir
 from core.teachers.base import Teacher
 from service import chunks, pools
 from service import jobs as repo
@@ -180,9 +181,10 @@ class JobRunner:
         # the job runs here whole.
         if len(plan) < 2 or (bank is not None and not spec.synthesis.steps):
             pool = read_pool_source(self.factory, self.storage, spec, teacher)
+            towers = self.settings.cache_dir or default_cache_dir()  # a large teacher's onnxruntime towers, beside its weights
             return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
                              checkpoints=self._checkpoints(job_id, reporter), bank=bank, pool=pool,
-                             pool_store=storage_object_store(self.storage))  # fmt: skip
+                             pool_store=storage_object_store(self.storage), tower_dir=towers)  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -92,3 +93,22 @@ class Teacher(nn.Module):
         """Zero-shot logits (tau * cosine) of ``pixels`` against unit class embeddings."""
         logits = [self.logit_scale * self.encode_image(chunk) @ class_weights.T for chunk in pixels.split(batch_size)]
         return torch.cat(logits)
+
+
+TIMING_IMAGES = 8  # images of the short timing that prices a teacher's image pass on this machine
+
+
+@torch.no_grad()
+def seconds_per_image(teacher: Teacher) -> float:
+    """The teacher's image pass on this machine, in seconds per image: timed once per loaded teacher (a worker keeps
+    its teachers) on TIMING_IMAGES random images after one warm-up pass, so that a job's estimate prices its teacher
+    passes with what they cost here, whatever the teacher (core.estimate)."""
+    cached = getattr(teacher, "_seconds_per_image", None)
+    if cached is None:
+        pixels = torch.rand(TIMING_IMAGES, 3, teacher.image_size, teacher.image_size, generator=torch.Generator().manual_seed(0))
+        teacher.encode_image(pixels[:1])
+        began = time.perf_counter()
+        teacher.encode_image(pixels)
+        cached = (time.perf_counter() - began) / TIMING_IMAGES
+        teacher._seconds_per_image = cached  # type: ignore[attr-defined]
+    return cached

@@ -44,7 +44,7 @@ class Clock:
 def test_the_eta_is_honest_from_the_first_minute_when_the_estimates_are_off():
     """True durations 2x the estimates, with a short first stage: the old elapsed/fraction ETA started about 4x too
     low; this one is within a factor 2.2 at once and within 10 % once the first long stage has run for a while."""
-    estimates = {"preparing": 2.0, "bank": 1.0, "synthesizing": 100.0, "distilling": 300.0, "exporting": 6.0}
+    estimates = {"pool": 0.0, "preparing": 2.0, "bank": 1.0, "synthesizing": 100.0, "distilling": 300.0, "exporting": 6.0}
     truth = {stage: 2 * seconds for stage, seconds in estimates.items()}
     clock = Clock()
     eta = Eta(dict(estimates), clock=clock)
@@ -83,7 +83,7 @@ def test_a_short_fixed_cost_stage_does_not_scale_the_later_estimates():
 def test_a_resumed_stage_is_timed_from_where_this_attempt_took_it_up():
     """Distilling resumed at half way from an earlier attempt's checkpoint, synthesis skipped (its set was saved): the ETA
     neither takes the skipped synthesis as this machine's speed nor credits this attempt with the earlier half."""
-    estimates = {"preparing": 2.0, "bank": 1.0, "synthesizing": 100.0, "distilling": 300.0, "exporting": 6.0}
+    estimates = {"pool": 0.0, "preparing": 2.0, "bank": 1.0, "synthesizing": 100.0, "distilling": 300.0, "exporting": 6.0}
     clock = Clock()
     eta = Eta(dict(estimates), clock=clock)
     for stage in ("preparing", "synthesizing"):

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pydantic import ValidationError
 
@@ -257,3 +258,30 @@ def test_a_folder_pool_is_streamed_at_the_students_size_and_read_at_the_teachers
     result = customize(spec, shapes_teacher, pool=streamed, pool_store=store)
     assert len(reads) == 20 and result.metrics["pool_embeddings"]["status"] == "reused"
     assert result.surrogate.images.shape[-1] == 16
+
+
+def test_a_large_teachers_pool_is_embedded_with_the_int8_tower_only_where_it_agrees(tmp_path):
+    """A random-weight ViT-B-32 (the real architecture, at 32 px) on the CPU: its pool is embedded through onnxruntime,
+    INT8 where it agrees with torch on the job's own images and classes, fp32 where it does not; the key names the
+    tower, and the metrics say which and why."""
+    from bench.teacher_speed import random_teacher
+    from core.pipeline import pool_encoder, resolved_spec
+
+    teacher = random_teacher("ViT-B-32", image_size=32)
+    spec = resolved_spec(_pool_spec(["a dog", "a cat"]), teacher)
+    source = PoolSource.from_pixels(_photos(8), 32)
+    chosen = pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=0.0)
+    assert chosen.name == "onnxruntime-int8" and chosen.record["agreement"]["cosine_min"] >= 0.98
+    views = pool_views(spec, teacher, source, encoder=chosen)
+    assert views.summary["encoder"] == "onnxruntime-int8" and views.summary["encoder_choice"]["precision"] == "int8"
+    cosine = F.cosine_similarity(teacher.encode_image(source.at(torch.arange(3), 32)), views.views.embeddings[:3, 0].float())
+    assert float(cosine.min()) > 0.98
+    # Held to a cosine no INT8 tower reaches (1.0), the fp32 tower embeds the pool instead, under another key.
+    strict = pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=0.0, min_cosine=1.0)
+    assert strict.name == "onnxruntime-fp32" and "cosine_min" in str(strict.record["reason"])
+    exact = pool_views(spec, teacher, source, encoder=strict)
+    assert exact.summary["key"] != views.summary["key"]
+    cosine = F.cosine_similarity(teacher.encode_image(source.at(torch.arange(3), 32)), exact.views.embeddings[:3, 0].float())
+    assert float(cosine.min()) > 0.999  # fp16 storage of fp32 embeddings
+    # A fast teacher (under the threshold) keeps torch.
+    assert pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=10.0).name == "torch"
