@@ -39,6 +39,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the artifacts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_bank_arguments(parser)
+    parser.add_argument(
+        "--no-time-limit", action="store_true", help="run a CPU job even when its estimate is over an hour (refused by default)"
+    )
     parser.set_defaults(handler=run_customize)
 
 
@@ -188,10 +191,12 @@ def run_customize(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
+        from core.pipeline import CPU_JOB_MAX_SECONDS
         from core.teachers import default_cache_dir
 
         tower_dir = args.cache_dir or default_cache_dir()  # a large teacher's onnxruntime towers, beside its weights
-        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool, bank=bank_request(args), tower_dir=tower_dir)
+        result = customize(spec, teacher, examples=examples, on_progress=show, pool=pool, bank=bank_request(args), tower_dir=tower_dir,
+                           max_cpu_seconds=None if args.no_time_limit else CPU_JOB_MAX_SECONDS)  # fmt: skip
     finally:
         bar.close()
     write_artifacts(result.artifacts, args.out)

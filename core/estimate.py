@@ -63,13 +63,27 @@ class PoolFacts:
     embedded: bool = False  # its embeddings for this teacher are stored (core.pools): the "pool" stage only loads them
 
 
+@dataclass(frozen=True)
+class BankFacts:
+    """A sample bank the job must build first (none is stored for its teacher, decoder and prior)."""
+
+    images: int  # prior samples to decode and embed
+    views: int  # views of each, embedded too
+    decoder_seconds_per_image: float | None = None  # the decoder's pass as timed on this machine; None: shapes-vae's
+
+
 def estimate_stage_seconds(
-    spec: Mapping[str, object], *, pool: PoolFacts | None = None, teacher_seconds_per_image: float | None = None
+    spec: Mapping[str, object],
+    *,
+    pool: PoolFacts | None = None,
+    teacher_seconds_per_image: float | None = None,
+    bank: BankFacts | None = None,
 ) -> dict[str, float] | None:
     """Seconds per stage for a resolved spec (``core.spec.resolve(...).model_dump()``) on the reference CPU; None when
     there is no reference for it (a GPU budget, a teacher of unknown cost, a student without a measured cost).
     ``teacher_seconds_per_image``: the teacher's image pass as measured on this worker (``measure_teacher_seconds``),
-    else priced from its architecture's FLOPs against shapes-mini's. ``pool``: the job's pool (a job naming one)."""
+    else priced from its architecture's FLOPs against shapes-mini's. ``pool``: the job's pool (a job naming one).
+    ``bank``: the sample bank the job builds in its "bank" stage, if none is stored yet."""
     if spec.get("budget") != "cpu":
         return None
     teacher = teacher_cost(str(spec.get("teacher", "")))
@@ -82,7 +96,7 @@ def estimate_stage_seconds(
     classes = len(spec.get("classes") or [])  # type: ignore[arg-type]
     images = classes * int(synthesis.get("images_per_class") or 0)
     decoder = synthesis.get("generator") in ("auto", "decoder")
-    decode = DECODER_FORWARD_S if decoder else 0.0
+    decode = (bank.decoder_seconds_per_image if bank and bank.decoder_seconds_per_image else DECODER_FORWARD_S) if decoder else 0.0
     look = teacher_seconds_per_image if teacher_seconds_per_image is not None else TEACHER_FORWARD_S * (teacher or 1.0)
     candidates = int(synthesis.get("init_candidates") or 1)
     steps = int(synthesis.get("steps") or 0)
@@ -111,6 +125,8 @@ def estimate_stage_seconds(
         per_update *= META_FACTOR
     distilling = fixed + int(updates) * per_update * DISTILL_OVERHEAD
     measured = {**FIXED_S, "synthesizing": synthesizing, "distilling": distilling}
+    if bank is not None:
+        measured["bank"] += bank.images * (decode + (1 + bank.views) * look)
     if pooled:
         assert pool is not None
         passes = 0 if pool.embedded else pool.images * (1 + int(synthesis.get("pool_views") or 1))

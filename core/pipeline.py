@@ -37,7 +37,7 @@ from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
-from core.estimate import STAGES, Eta, PoolFacts, estimate_stage_seconds
+from core.estimate import STAGES, BankFacts, Eta, PoolFacts, estimate_stage_seconds
 from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 from core.pools import (
     MAX_PRIOR_IMAGES,
@@ -176,6 +176,31 @@ class _StageTimer:
         self.tracker.eta.end_stage(self.stage)
         if exc_type is None:
             self.tracker.update(self.stage, 1.0)
+
+
+# A CPU job estimated to run longer than this is refused before it starts, with what would make it fast (a pool, a GPU
+# worker, a sample bank built ahead): an hour of a user's CPU is no fair default to spend without asking.
+CPU_JOB_MAX_SECONDS = 3600.0
+
+
+class JobTooSlowError(RuntimeError):
+    """A CPU job whose estimate is over its limit (``CPU_JOB_MAX_SECONDS``)."""
+
+    code = "too_slow_for_cpu"
+
+
+def refuse_if_too_slow(spec: ResolvedSpec, estimates: Mapping[str, float] | None, limit: float | None) -> None:
+    """``JobTooSlowError`` naming the alternatives when a CPU job's estimate is over ``limit`` seconds (None: no limit)."""
+    if limit is None or estimates is None or spec.budget != "cpu" or sum(estimates.values()) <= limit:
+        return
+    total, slowest = sum(estimates.values()), max(estimates, key=lambda stage: estimates[stage])
+    raise JobTooSlowError(
+        f"this job would take about {total / 3600:.1f} hours on this CPU worker ({slowest}: {estimates[slowest] / 3600:.1f} h; "
+        f"limit {limit / 3600:.1f} h), so it was not started. Faster ways: give it a pool of your unlabelled images "
+        '("synthesis": {"pool": "pool_..."}: each image is embedded once, and later jobs on it skip the teacher); run it on a '
+        'GPU worker ("device": "cuda"); or build the teacher\'s sample bank ahead with `clipforge bank build` on any '
+        "machine, a GPU one best (a bank in the service's storage serves every worker)"
+    )
 
 
 class GeneratorUnavailableError(ValueError):
@@ -394,11 +419,42 @@ def pool_views(
     return dataclasses.replace(views, summary={**views.summary, "encoder_choice": encoder.record})
 
 
+_DECODER_SECONDS: dict[tuple[str, str], float] = {}  # (decoder, prior) -> seconds per decoded image, timed in this process
+
+
+@torch.no_grad()
+def decoder_seconds_per_image(synthesis: SynthesisConfig, teacher: Teacher) -> float:
+    """The generator's prior samples, timed once per process and (decoder, prior) on 4 samples after a warm-up."""
+    options = dict(synthesis.generator_options)
+    name = (str(options.get("decoder")), str(options.get("prior")))
+    if name not in _DECODER_SECONDS:
+        sample = prior_sampler(synthesis, teacher.image_size, teacher.device)
+        sample(1, torch.Generator().manual_seed(0))
+        began = time.perf_counter()
+        sample(4, torch.Generator().manual_seed(1))
+        _DECODER_SECONDS[name] = (time.perf_counter() - began) / 4
+    return _DECODER_SECONDS[name]
+
+
+def bank_to_build(spec: ResolvedSpec, teacher: Teacher, request: BankRequest | None) -> BankFacts | None:
+    """The sample bank the job's "bank" stage will build (none is stored for its key), priced with its decoder's cost."""
+    if request is None or request.store.exists is None:
+        return None
+    synthesis = synthesis_config(spec, teacher)
+    if bank_use(synthesis, spec.distillation.fresh_share or 0.0) is not None:
+        return None
+    key = bank_key(teacher, synthesis, DISTILL_AUGMENT, images=request.images)
+    if key is None or request.store.exists(key.storage_key):
+        return None
+    return BankFacts(key.images, key.views, decoder_seconds_per_image(synthesis, teacher))
+
+
 def job_estimates(
-    spec: ResolvedSpec, teacher: Teacher, pool: PoolInput | None = None, store: ObjectStore | None = None
+    spec: ResolvedSpec, teacher: Teacher, pool: PoolInput | None = None, store: ObjectStore | None = None, bank: BankRequest | None = None
 ) -> dict[str, float] | None:
     """Seconds per stage of the job before it runs (core.estimate), its teacher's passes priced as timed on this machine
-    (``seconds_per_image``), its pool's by whether their embeddings are stored already."""
+    (``seconds_per_image``), its pool's by whether their embeddings are stored already, a sample bank still to build with
+    its decoder's cost."""
     facts = None
     if isinstance(pool, PoolViews):
         facts = PoolFacts(len(pool.views), embedded=True)
@@ -407,8 +463,10 @@ def job_estimates(
         keys = [pool_key(spec, teacher, source, encoder).storage_key for encoder in POOL_ENCODERS]
         stored = store is not None and store.exists is not None and any(store.exists(key) for key in keys)
         facts = PoolFacts(len(source), embedded=stored)
-    seconds = seconds_per_image(teacher) if spec.budget == "cpu" else None
-    return estimate_stage_seconds(spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds)
+    if spec.budget != "cpu":
+        return None
+    seconds, building = seconds_per_image(teacher), bank_to_build(spec, teacher, bank) if pool is None else None
+    return estimate_stage_seconds(spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds, bank=building)
 
 
 def prepare(
@@ -623,6 +681,7 @@ def customize(
     bank: BankRequest | None = None,
     pool_store: ObjectStore | None = None,
     tower_dir: Path | None = None,
+    max_cpu_seconds: float | None = CPU_JOB_MAX_SECONDS,
 ) -> CustomizeResult:
     """Run the whole method for ``spec`` with a loaded ``teacher`` (on the device it lives on).
 
@@ -630,7 +689,8 @@ def customize(
     the spec's ``synthesis.pool``: (N, 3, S, S) pixels in [0, 1] or a streamed ``PoolSource`` (core.pools); the "pool"
     stage embeds them and their views with the teacher once, or loads those embeddings from ``pool_store`` (by default
     ``bank.store``: where the CLI keeps its banks). ``tower_dir``: where a large CPU teacher's onnxruntime image towers are
-    cached (``pool_encoder``); without it the pool is embedded with torch.
+    cached (``pool_encoder``); without it the pool is embedded with torch. ``max_cpu_seconds``: a CPU job estimated longer
+    is refused before it starts (``JobTooSlowError``, naming faster ways); None: no limit.
     Deterministic for a given spec, seed, teacher and machine. A service splits the same work over processes:
     ``prepare``, ``synthesize_chunk`` for each chunk, ``assemble_surrogate``, ``distill_and_export``; the result is
     the same bit for bit (tests/core/test_chunked_synthesis.py). ``checkpoints``: where the surrogate set and the
@@ -642,7 +702,9 @@ def customize(
     if pool is not None and not isinstance(pool, PoolViews):
         pool = pool_source(resolved, teacher, pool)
     pool_store = pool_store or (bank.store if bank is not None else None)
-    tracker = _Tracker(on_progress, should_cancel, job_estimates(resolved, teacher, pool, pool_store))
+    estimates = job_estimates(resolved, teacher, pool, pool_store, bank)
+    refuse_if_too_slow(resolved, estimates, max_cpu_seconds)
+    tracker = _Tracker(on_progress, should_cancel, estimates)
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
         if pool is not None:

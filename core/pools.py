@@ -33,7 +33,6 @@ from core.stored import CachedViews, ObjectStore, Obtained, StepCallback, Stored
 HELD_OUT_SHARE = 0.1  # of the pool's images, kept out of distillation to measure agreement on
 MAX_HELD_OUT = 512
 MIN_POOL_IMAGES = 2  # one to distil on, one to hold out
-MAX_POOL_IMAGES = 100_000  # a pool's images at most
 POOL_STREAM = 7_777_777  # offset of the split's seed from every other draw of the job
 MIN_PRIOR_IMAGES = 64  # a kernel density over fewer codes than this is no picture of a domain: the decoder's prior stays
 MAX_PRIOR_IMAGES = 4096  # pool images a prior is fitted on at most: they are decoded at the teacher's size together

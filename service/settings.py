@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # Evaluations (POST /v1/jobs/{id}/evaluations): labelled images per request, and a zip's total uncompressed size
     # and per-entry compression ratio (zip bombs). The request's bytes are bounded by max_request_bytes.
     max_evaluation_images: Annotated[int, Field(ge=1)] = 5000
-    max_pool_images: Annotated[int, Field(ge=1)] = 10000  # unlabelled images in one image pool
+    max_pool_images: Annotated[int, Field(ge=1)] = 100_000  # unlabelled images in one image pool (jobs stream them: core.pools)
     max_prediction_images: Annotated[int, Field(ge=1, le=256)] = 16  # images in one POST /v1/jobs/{id}/predictions
     predictions_per_minute: Annotated[int, Field(ge=1)] = 600  # images a tenant's predictions may run per minute (429 beyond)
     prediction_sessions: Annotated[int, Field(ge=1)] = 8  # students an API process keeps loaded for predictions (LRU)
@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # Sample banks (core.bank): prior samples per bank, built in storage by the first job on a teacher, decoder and prior
     # and shared by every later one (0: no banks, every job decodes and scores its own prior samples).
     sample_bank_images: Annotated[int, Field(ge=0, le=1_000_000)] = 16384
+    # A CPU job estimated longer than this is refused when a worker starts it (too_slow_for_cpu, naming faster ways);
+    # 0: no limit.
+    cpu_job_max_seconds: Annotated[float, Field(ge=0)] = 3600.0
     # Webhooks (service.webhooks): attempts per delivery, the first retry's wait (doubling, with jitter), the POST's
     # timeout, how often the dispatcher looks for due deliveries, and whether private or loopback targets are allowed.
     webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8

@@ -184,7 +184,8 @@ class JobRunner:
             towers = self.settings.cache_dir or default_cache_dir()  # a large teacher's onnxruntime towers, beside its weights
             return customize(spec, teacher, examples=examples, on_progress=reporter.on_progress, should_cancel=reporter.should_cancel,
                              checkpoints=self._checkpoints(job_id, reporter), bank=bank, pool=pool,
-                             pool_store=storage_object_store(self.storage), tower_dir=towers)  # fmt: skip
+                             pool_store=storage_object_store(self.storage), tower_dir=towers,
+                             max_cpu_seconds=self.settings.cpu_job_max_seconds or None)  # fmt: skip
         self._split(job_id, owner, spec, teacher, examples, reporter, plan)
         return None
 

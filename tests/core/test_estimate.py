@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.estimate import STAGES, Eta, estimate_seconds, estimate_stage_seconds, teacher_cost
 from core.spec import CustomizeSpec, resolve
 from tests.core.teacher_facts import SHAPES_MINI
@@ -100,3 +102,25 @@ def test_a_resumed_stage_is_timed_from_where_this_attempt_took_it_up():
         left = eta.seconds_left(0.5 + tenth / 10)
         true_left = 600 * (0.5 - tenth / 10) + 6
         assert 0.6 < left / true_left < 1.1, (tenth, left, true_left)
+
+
+def test_a_cpu_job_that_would_take_hours_is_refused_before_it_starts_with_the_faster_ways_named(tmp_path):
+    """A random-weight ViT-B-32 at its real 224 px on a decoder whose sample bank is missing: the bank alone is hours of
+    teacher passes on 2 cores, so the job stops before its first stage and says what would make it fast."""
+    from bench.teacher_speed import random_teacher
+    from core.bank import storage_bank_store
+    from core.pipeline import BankRequest, JobTooSlowError, customize, job_estimates, resolved_spec
+    from core.spec import CustomizeSpec
+    from service.storage import LocalStorage
+
+    teacher = random_teacher("ViT-B-32")
+    spec = CustomizeSpec.model_validate({"classes": ["a dog", "a cat"], "synthesis": {"decoder": "fashion-vae"}, "budget": "cpu"})
+    bank = BankRequest(storage_bank_store(LocalStorage(tmp_path)))
+    estimates = job_estimates(resolved_spec(spec, teacher), teacher, bank=bank)
+    assert estimates is not None and estimates["bank"] > 3600  # 16,384 prior samples and 4 views each through the teacher
+    seen = []
+    with pytest.raises(JobTooSlowError) as refused:
+        customize(spec, teacher, bank=bank, on_progress=seen.append)
+    assert seen == [] and refused.value.code == "too_slow_for_cpu"
+    assert all(way in str(refused.value) for way in ("pool", "GPU", "clipforge bank build"))
+    assert not any(tmp_path.iterdir())  # nothing was built
