@@ -35,7 +35,7 @@ class JobError(BaseModel):
 class Job(BaseModel):
     id: str
     status: JobStatus
-    stage: str | None = None  # preparing, bank (loading or building its sample bank), synthesizing, distilling, exporting
+    stage: str | None = None  # pool (embedding its pool), preparing, bank (its sample bank), synthesizing, distilling, exporting
     progress: float = Field(ge=0, le=1)
     eta_seconds: float | None = None  # while running: seconds left, from the measured rate of the current stage
     # Before it runs: about how long the job takes on a worker of its budget (core.estimate), to decide whether to wait.

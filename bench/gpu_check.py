@@ -6,6 +6,11 @@ is absent or was not used.
 
     python -m bench.gpu_check                 # CUDA, sized for under 5 minutes on one data-centre GPU
     python -m bench.gpu_check --device cpu --image-size 64 --images-per-class 2 --steps 2 --distill-steps 4   # a smoke run
+    python -m bench.gpu_check --pool runs/pools/fashion   # also the pool path: two pool jobs on the same teacher
+
+``--pool DIR``: the path a CPU user takes, on the GPU: a job naming a pool of DIR's unlabelled images (its "pool" stage
+embeds each image and its views once), then a second job on other classes that loads those embeddings; their seconds,
+stage seconds and how the pool was embedded (bench/real_teacher.py measures the same on the CPU).
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=224, help="the teacher's and the decoder's image side")
     parser.add_argument("--probes", type=int, default=1024, help="prior samples of the coverage probe and the unknown calibration")
+    parser.add_argument("--pool", type=Path, default=None, help="a folder of unlabelled images: also run two pool jobs on it")
+    parser.add_argument("--pool-distill-steps", type=int, default=4000, help="distillation steps of each pool job")
+    parser.add_argument("--pool-images-per-class", type=int, default=256, help="surrogate images per class of each pool job")
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -109,8 +117,40 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "bf16_autocast": device.type == "cuda",
     }
+    if args.pool is not None:
+        report["pool_jobs"] = pool_jobs(teacher, args.pool, args.pool_distill_steps, args.pool_images_per_class, args.probes, args.device)
     print(json.dumps(report, indent=2))
     return 0
+
+
+POOL_CLASSES = (["t-shirt/top", "trouser", "sneaker", "bag"], ["pullover", "dress", "sandal", "ankle boot"])
+
+
+def pool_jobs(teacher: Teacher, folder: Path, distill_steps: int, per_class: int, probes: int, device: str) -> list[dict[str, object]]:
+    """Two jobs on a pool of ``folder``'s images with the cpu budget's method (the pool generator, cached views): the
+    first embeds the pool, the second (other classes) loads its embeddings."""
+    from core.pipeline import pool_source, resolved_spec, working_size
+    from core.pools import PoolSource
+    from core.stored import ObjectStore
+
+    stored: dict[str, bytes] = {}
+    store = ObjectStore(stored.get, stored.__setitem__, stored.__contains__)
+    reports = []
+    for classes in POOL_CLASSES:
+        spec = CustomizeSpec(
+            teacher=teacher.name, classes=classes, budget="cpu", device=device, seed=0,
+            synthesis={"pool": "pool_" + "0" * 26, "images_per_class": per_class, "coverage_samples": max(64, probes)},
+            distillation={"steps": distill_steps},
+            export={"formats": ["onnx"], "unknown": {"candidates": probes, "in_class_per_class": max(2, min(32, per_class))}},
+        )  # fmt: skip
+        resolved = resolved_spec(spec, teacher)
+        began = time.monotonic()
+        source = pool_source(resolved, teacher, PoolSource.from_folder(folder, working_size(resolved, teacher)))
+        result = customize(resolved, teacher, pool=source, pool_store=store)
+        metrics = result.metrics
+        reports.append({"classes": classes, "seconds": round(time.monotonic() - began, 1), "stage_seconds": metrics["stage_seconds"],
+                        "pool_embeddings": metrics["pool_embeddings"], "held_out_agreement": metrics["pool"]["agreement"]})  # fmt: skip
+    return reports
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ALL_TEN = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shi
 REFERENCE_CLASSES = ["circle", "star", "heart", "ring"]
 
 
-def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, str], seed: int, queue) -> None:
+def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, str], seed: int, thin: str | None, queue) -> None:
     """One job in this (fresh) process; what it measured goes on ``queue``."""
     import torch
 
@@ -49,11 +49,13 @@ def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, st
     pool = None
     if kind == "pool":
         body["synthesis"] = {"pool": "pool_" + "0" * 26}
+        if thin is not None:
+            body["distillation"] = {"thin_class_method": thin}
     spec = resolved_spec(CustomizeSpec.model_validate(body), teacher)
     if kind == "pool":
         pool = PoolSource.from_folder(folders["pool"], working_size(spec, teacher))
         pool = pool_source(spec, teacher, pool)
-    estimates = job_estimates(spec, teacher, pool, bank.store)
+    estimates = job_estimates(spec, teacher, pool, bank.store, bank, Path(folders["towers"]))
     reports: list[tuple[float, str, float, float | None]] = []
 
     def on_progress(progress) -> None:
@@ -80,15 +82,17 @@ def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, st
             "pool_embeddings": result.metrics.get("pool_embeddings"),
             "pool": {k: v for k, v in (result.metrics.get("pool") or {}).items() if k != "teacher_classes"},
             "student_image_size": result.card["student"]["image_size"],
+            "distillation_method": result.card["spec"]["distillation"]["method"],
+            "thin_classes": [name for name, figures in result.metrics["coverage"].items() if figures["thin"]],
             "threads": torch.get_num_threads(),
         }
     )
 
 
-def run(kind: str, teacher: str, classes: list[str], folders: dict[str, str], seed: int = 0) -> dict[str, object]:
+def run(kind: str, teacher: str, classes: list[str], folders: dict[str, str], thin: str | None = None) -> dict[str, object]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_job, args=(kind, teacher, classes, folders, seed, queue))
+    process = context.Process(target=_job, args=(kind, teacher, classes, folders, 0, thin, queue))
     process.start()
     measured = queue.get()
     process.join()
@@ -102,22 +106,30 @@ def main() -> None:
     parser.add_argument("--pool", type=Path, required=True, help="a folder of unlabelled images (bench.export_images)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-ten", action="store_true", help="leave out the 10-class job")
+    parser.add_argument(
+        "--thin-class-method",
+        default=None,
+        help="the pool jobs' distillation.thin_class_method: random weights find every class thin (the teacher is sure of "
+        "nothing), which switches a job to meta-KD (3 student passes a step); kd stands in for a teacher that covers them",
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="clipforge-real-teacher-") as root:
         folders = {name: str(Path(root) / name) for name in ("store", "towers")}
         folders["pool"] = str(args.pool)
         shapes = {**folders, "store": str(Path(root) / "shapes-store")}
+        thin = args.thin_class_method
+        first = run("pool", args.teacher, FIRST, folders, thin)
         run("reference", "shapes-mini", REFERENCE_CLASSES, shapes)  # builds shapes-mini's sample bank: not timed
         reference = run("reference", "shapes-mini", REFERENCE_CLASSES, shapes)
-        first = run("pool", args.teacher, FIRST, folders)
-        second = run("pool", args.teacher, SECOND, folders)
-        ten = None if args.skip_ten else run("pool", args.teacher, ALL_TEN, folders)
+        second = run("pool", args.teacher, SECOND, folders, thin)
+        ten = None if args.skip_ten else run("pool", args.teacher, ALL_TEN, folders, thin)
     base = float(reference["seconds"])  # type: ignore[arg-type]
     summary = {
         "load_average_before": [round(x, 2) for x in load],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "pool_images": len([p for p in args.pool.rglob("*") if p.is_file()]),
+        "thin_class_method": args.thin_class_method,
         "reference": reference,
         "first_pool_job": first,
         "second_pool_job": second,

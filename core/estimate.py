@@ -61,6 +61,7 @@ class PoolFacts:
 
     images: int  # the pool's images
     embedded: bool = False  # its embeddings for this teacher are stored (core.pools): the "pool" stage only loads them
+    seconds_per_image: float | None = None  # the pool's encoder (an onnxruntime tower) timed here; None: the teacher's
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def estimate_stage_seconds(
     if pooled:
         assert pool is not None
         passes = 0 if pool.embedded else pool.images * (1 + int(synthesis.get("pool_views") or 1))
-        measured["pool"] = passes * look + pool.images * POOL_LOAD_S
+        measured["pool"] = passes * (pool.seconds_per_image or look) + pool.images * POOL_LOAD_S
     if not banked:  # coverage, the quality estimate and the unknown calibration embed their own prior samples
         samples = int(synthesis.get("coverage_samples") or 0)
         measured["preparing"] += samples * (decode + look)

@@ -7,6 +7,7 @@ Progress and cancellation reach the engine as callbacks; nothing here writes fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -37,7 +38,7 @@ from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
-from core.estimate import STAGES, BankFacts, Eta, PoolFacts, estimate_stage_seconds
+from core.estimate import BACKWARD_FACTOR, STAGES, BankFacts, Eta, PoolFacts, estimate_stage_seconds
 from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 from core.pools import (
     MAX_PRIOR_IMAGES,
@@ -71,7 +72,7 @@ from core.synthesis import (
     synthesize,
     synthesize_batches,
 )
-from core.teachers.base import Teacher, seconds_per_image
+from core.teachers.base import TIMING_IMAGES, Teacher, seconds_per_image
 
 # Seconds per stage when the cost model has no reference for a job (a GPU budget, an unknown teacher): only their ratios
 # matter for the progress fraction, and the ETA replaces them with measured rates as stages finish.
@@ -97,6 +98,9 @@ class Progress:
     metrics: dict[str, float] = field(default_factory=dict)
     eta_measured_share: float | None = None  # how sure: the share of eta_seconds resting on rates measured in this job
     message: str | None = None  # a note for the job's events (how its sample bank was obtained)
+    # The job's duration as estimated on this worker before it ran (its teacher timed here, its pool's and bank's state
+    # known): a service shows it in place of the submission's estimate. None where the cost model has no reference.
+    estimated_seconds: float | None = None
 
 
 @dataclass
@@ -132,6 +136,7 @@ class _Tracker:
     ) -> None:
         self.on_progress, self.should_cancel = on_progress, should_cancel
         self.estimates = stage_seconds or FALLBACK_STAGE_SECONDS
+        self.estimated_seconds = round(sum(stage_seconds.values()), 1) if stage_seconds else None
         self.eta = Eta(dict(self.estimates))
         self.stage_times: dict[str, float] = {}
 
@@ -143,7 +148,16 @@ class _Tracker:
         share = self.eta.measured_share if eta is not None else None
         if self.on_progress is not None:
             self.on_progress(
-                Progress(stage, stage_fraction, fraction, eta, metrics=metrics or {}, eta_measured_share=share, message=message)
+                Progress(
+                    stage,
+                    stage_fraction,
+                    fraction,
+                    eta,
+                    metrics=metrics or {},
+                    eta_measured_share=share,
+                    message=message,
+                    estimated_seconds=self.estimated_seconds,
+                )
             )
 
     def timed(self, stage: str) -> _StageTimer:
@@ -376,14 +390,22 @@ def pool_encoder(
     tower_dir: Path | None,
     *,
     min_seconds: float = ONNX_MIN_SECONDS_PER_IMAGE,
+    report: Callable[[], None] | None = None,
     **thresholds: float,
 ) -> PoolEncoder:
     """torch for a GPU teacher, a fast one or without ``tower_dir`` (where the towers are cached); else the onnxruntime
     tower that agrees with torch on TOWER_CHECK_IMAGES of the pool's images and the job's classes (``thresholds``:
-    choose_image_encoder's min_cosine and min_top1)."""
+    choose_image_encoder's min_cosine and min_top1). ``report()`` after each tower is ready (the first export of a
+    ViT-B-32 takes 15 s, its quantisation 5 s: a job's progress goes on meanwhile)."""
     if tower_dir is None or teacher.device.type != "cpu" or seconds_per_image(teacher) < min_seconds:
         return PoolEncoder(teacher.encode_image, "torch", {"backend": "torch"})
-    from core.teachers.onnx_tower import choose_image_encoder
+    from core.teachers.onnx_tower import cached_tower, choose_image_encoder
+
+    for precision in ("fp32", "int8"):  # made (or found) here one at a time; a failure is choose_image_encoder's to record
+        with contextlib.suppress(Exception):
+            cached_tower(teacher, tower_dir, precision)
+        if report is not None:
+            report()
 
     check = torch.arange(min(TOWER_CHECK_IMAGES, len(source)))
     classes = teacher.class_embeddings([c.prompt_text or c.name for c in spec.classes])
@@ -449,8 +471,57 @@ def bank_to_build(spec: ResolvedSpec, teacher: Teacher, request: BankRequest | N
     return BankFacts(key.images, key.views, decoder_seconds_per_image(synthesis, teacher))
 
 
+def embed_pool_ahead(
+    spec: ResolvedSpec,
+    teacher: Teacher,
+    source: PoolSource,
+    store: ObjectStore,
+    tower_dir: Path | None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> PoolViews:
+    """A pool's embeddings made before any job names it (`clipforge pools embed`), stored where jobs look for them. The
+    job's classes are not known yet: the onnxruntime tower is checked on the teacher's own vocabulary, and a job that
+    finds INT8 disagreeing on its classes embeds the pool again with fp32 (another key)."""
+    vocabulary = CustomizeSpec.model_validate({"classes": list(teacher.vocabulary[:VOCABULARY_CHECK_CLASSES])}).classes
+    checked = spec.model_copy(update={"classes": vocabulary})
+    return pool_views(spec, teacher, source, store, encoder=pool_encoder(checked, teacher, source, tower_dir), on_step=on_step)
+
+
+VOCABULARY_CHECK_CLASSES = 16  # names of the teacher's vocabulary an ahead-of-time INT8 check classifies into
+
+
+def tower_seconds(teacher: Teacher, tower_dir: Path | None) -> float | None:
+    """The INT8 onnxruntime tower's seconds per image, timed once per loaded teacher, where an earlier job cached it
+    (``pool_encoder`` uses it where it agrees with torch); None otherwise (the pool is priced at the teacher's cost)."""
+    if tower_dir is None or teacher.device.type != "cpu" or seconds_per_image(teacher) < ONNX_MIN_SECONDS_PER_IMAGE:
+        return None
+    from core.teachers.onnx_tower import OnnxImageTower, tower_path
+
+    path = tower_path(teacher, tower_dir, "int8")
+    if not path.is_file():
+        return None
+    cached = getattr(teacher, "_int8_seconds_per_image", None)
+    if cached is None:
+        try:
+            tower = OnnxImageTower(path, teacher.image_size, "int8")
+        except Exception:  # unreadable: the pool stage rebuilds it; priced at the teacher's cost meanwhile
+            return None
+        pixels = torch.rand(TIMING_IMAGES, 3, teacher.image_size, teacher.image_size, generator=torch.Generator().manual_seed(0))
+        tower.encode(pixels[:1])
+        began = time.perf_counter()
+        tower.encode(pixels)
+        cached = (time.perf_counter() - began) / TIMING_IMAGES
+        teacher._int8_seconds_per_image = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def job_estimates(
-    spec: ResolvedSpec, teacher: Teacher, pool: PoolInput | None = None, store: ObjectStore | None = None, bank: BankRequest | None = None
+    spec: ResolvedSpec,
+    teacher: Teacher,
+    pool: PoolInput | None = None,
+    store: ObjectStore | None = None,
+    bank: BankRequest | None = None,
+    tower_dir: Path | None = None,
 ) -> dict[str, float] | None:
     """Seconds per stage of the job before it runs (core.estimate), its teacher's passes priced as timed on this machine
     (``seconds_per_image``), its pool's by whether their embeddings are stored already, a sample bank still to build with
@@ -462,7 +533,7 @@ def job_estimates(
         source = pool_source(spec, teacher, pool)
         keys = [pool_key(spec, teacher, source, encoder).storage_key for encoder in POOL_ENCODERS]
         stored = store is not None and store.exists is not None and any(store.exists(key) for key in keys)
-        facts = PoolFacts(len(source), embedded=stored)
+        facts = PoolFacts(len(source), embedded=stored, seconds_per_image=None if stored else tower_seconds(teacher, tower_dir))
     if spec.budget != "cpu":
         return None
     seconds, building = seconds_per_image(teacher), bank_to_build(spec, teacher, bank) if pool is None else None
@@ -502,11 +573,49 @@ def prepare(
         coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=threshold, bank=bank)
     elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
-    synthesis = dataclasses.replace(synthesis, thin_classes=coverage.thin)
+    synthesis = affordable_thin_steps(spec, dataclasses.replace(synthesis, thin_classes=coverage.thin), teacher)
     return Preparation(
         with_thin_class_method(spec, coverage), synthesis, styles, targets, coverage, pool_prior, split, bank, bank_summary,
         pooled.summary if pooled is not None else None,
     )  # fmt: skip
+
+
+# Teacher FLOPs the cpu budget spends at most on its thin classes' inversion steps (forward and backward of every cutout
+# and of the image, every step): shapes-mini's 8-class job with every class thin spends 1.9e13; an open_clip ViT-B-32
+# at 224 px (5.9 GFLOPs an image) would spend 1.6e15 on 4 classes, hours of a CPU. Counted in FLOPs, not timed seconds,
+# so that every process of a job (a split job's chunks) makes the same choice.
+THIN_STEPS_MAX_FLOPS = 1e14
+
+
+def teacher_flops(teacher: Teacher) -> int:
+    """FLOPs of one image through the teacher's image tower, counted once per loaded teacher."""
+    cached = getattr(teacher, "_image_flops", None)
+    if cached is None:
+        cached = count_flops(teacher.model.visual, teacher.image_size)
+        teacher._image_flops = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def affordable_thin_steps(spec: ResolvedSpec, synthesis: SynthesisConfig, teacher: Teacher) -> SynthesisConfig:
+    """The synthesis without its thin classes' inversion steps where the cpu budget cannot afford them on this teacher
+    (``THIN_STEPS_MAX_FLOPS``): their images stay the prior's (or pool's) most class-like ones, as the teacher chose."""
+    if spec.budget != "cpu" or synthesis.steps or not synthesis.thin_classes or not synthesis.thin_class_steps:
+        return synthesis
+    images = len(synthesis.thin_classes) * synthesis.images_per_class
+    flops = images * synthesis.thin_class_steps * (synthesis.cutouts + 1) * BACKWARD_FACTOR * teacher_flops(teacher)
+    return synthesis if flops <= THIN_STEPS_MAX_FLOPS else dataclasses.replace(synthesis, thin_class_steps=0)
+
+
+def thin_steps_warning(synthesis: SynthesisConfig, spec: ResolvedSpec) -> list[str]:
+    """Why a thin class got no inversion steps on the cpu budget, when the budget dropped them (``affordable_thin_steps``)."""
+    if not synthesis.thin_classes or synthesis.thin_class_steps or not spec.synthesis.thin_class_steps:
+        return []
+    names = ", ".join(repr(spec.class_names[k]) for k in synthesis.thin_classes)
+    return [
+        f"the teacher finds few images like {names} among the prior's (or the pool's): their inversion steps would cost "
+        "this teacher hours on a CPU, so their images are the most class-like ones it found; a GPU worker inverts them "
+        "(the gpu budget), or a pool with images of them helps"
+    ]
 
 
 def pool_bank_summary(train: CachedViews) -> dict[str, object]:
@@ -702,15 +811,16 @@ def customize(
     if pool is not None and not isinstance(pool, PoolViews):
         pool = pool_source(resolved, teacher, pool)
     pool_store = pool_store or (bank.store if bank is not None else None)
-    estimates = job_estimates(resolved, teacher, pool, pool_store, bank)
+    estimates = job_estimates(resolved, teacher, pool, pool_store, bank, tower_dir)
     refuse_if_too_slow(resolved, estimates, max_cpu_seconds)
     tracker = _Tracker(on_progress, should_cancel, estimates)
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)
         if pool is not None:
             with tracker.timed("pool"):
-                encoder = pool_encoder(resolved, teacher, pool, tower_dir) if isinstance(pool, PoolSource) else None
-                tracker.update("pool", 0.0)
+                still = functools.partial(tracker.update, "pool", 0.0)
+                encoder = pool_encoder(resolved, teacher, pool, tower_dir, report=still) if isinstance(pool, PoolSource) else None
+                still()
                 step = functools.partial(_fraction_of, functools.partial(tracker.update, "pool"))
                 pool = pool_views(resolved, teacher, pool, pool_store, encoder=encoder, on_step=step)
         with tracker.timed("preparing"):
@@ -818,6 +928,7 @@ def _distill_and_export(
             "quality": quality,
             "unknown": unknown,
             "warnings": [w for w in [noise_generator_warning(spec.synthesis.generator)] if w]
+            + thin_steps_warning(synthesis, spec)
             + quality_warnings(quality, len(spec.classes))
             + coverage_warnings(coverage),
             "coverage": coverage,

@@ -279,7 +279,7 @@ def _student_names_schema(schema: dict[str, Any]) -> None:
 class StudentSpec(Strict):
     # Student architecture: an entry of core.student_catalog.STUDENTS; None: the budget's.
     arch: Annotated[str | None, AfterValidator(_known_student), Field(json_schema_extra=_student_names_schema)] = None
-    image_size: Annotated[int | None, Field(ge=16, le=1024)] = None  # input size; None: the teacher's
+    image_size: Annotated[int | None, Field(ge=16, le=1024)] = None  # input size; None: the teacher's (cpu budget: at most 32)
 
 
 class UnknownSpec(Strict):

@@ -410,11 +410,15 @@ def record_progress(
     stage_changed: bool,
     budget: str | None = None,
     message: str | None = None,
+    estimated_seconds: float | None = None,
 ) -> bool:
     """The running job's stage, progress, ETA and latest figures; ``budget``: the one its worker resolved, kept in the
     row's metrics from the first report on (so that a job submitted with "auto" shows what it got while it runs).
-    ``message``: a note the metrics event carries (how the job's sample bank was obtained)."""
+    ``message``: a note the metrics event carries (how the job's sample bank was obtained). ``estimated_seconds``: the
+    worker's own estimate of the job (its teacher timed there), replacing the submission's."""
     values: dict[str, Any] = {"stage": stage, "progress": progress, "eta_seconds": eta_seconds}
+    if estimated_seconds is not None:
+        values["estimated_seconds"] = estimated_seconds
     if metrics or budget:
         values["metrics"] = {**({"budget": budget} if budget else {}), **metrics}
     if not _cas(session, job_id, JOBS.held_by(owner, (RUNNING, CANCELLING)), **values):

@@ -422,6 +422,7 @@ class ProgressReporter:
                 stage_changed=stage_changed,
                 budget=self.budget,
                 message=progress.message,
+                estimated_seconds=progress.estimated_seconds,
             ):
                 raise LeaseLost(self.job_id)
 

@@ -107,9 +107,16 @@ def test_a_folder_of_unlabelled_images_is_the_jobs_pool(tmp_path):
     config.write_text(json.dumps({**SMALL, "export": {**QUICK_EXPORT, "formats": ["onnx"]}}))
     out = tmp_path / "out"
     common = ("--teacher", "shapes-mini", "--classes", "circle,square", "--config", str(config), "--seed", "1", "--quiet")
-    result = run("customize", *common, "--pool", str(pool), "--out", str(out))
+    # Embedded ahead (`clipforge pools embed`), where the job looks for them: the job then loads them.
+    banks = ("--bank-dir", str(tmp_path / "banks"))
+    embedded = run("pools", "embed", str(pool), "--teacher", "shapes-mini", *banks, "--quiet")
+    assert embedded.returncode == 0, embedded.stderr
+    assert json.loads(embedded.stdout)["status"] == "built" and json.loads(embedded.stdout)["images"] == 20
+    assert json.loads(run("pools", "embed", str(pool), "--teacher", "shapes-mini", *banks, "--quiet").stdout)["status"] == "reused"
+    result = run("customize", *common, "--pool", str(pool), *banks, "--out", str(out))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pool_embeddings"]["status"] == "reused" and metrics["pool_embeddings"]["key"] == json.loads(embedded.stdout)["key"]
     assert (metrics["pool"]["images"], metrics["pool"]["held_out_images"], metrics["pool"]["share"]) == (20, 2, 0.75)
     card = json.loads((out / "model_card.json").read_text())
     assert card["spec"]["synthesis"]["pool"].startswith("pool_") and card["spec"]["distillation"]["pool_share"] == 0.75

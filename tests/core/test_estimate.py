@@ -124,3 +124,24 @@ def test_a_cpu_job_that_would_take_hours_is_refused_before_it_starts_with_the_fa
     assert seen == [] and refused.value.code == "too_slow_for_cpu"
     assert all(way in str(refused.value) for way in ("pool", "GPU", "clipforge bank build"))
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def test_the_cpu_budget_drops_thin_class_inversion_a_large_teacher_cannot_afford(shapes_teacher):
+    """Thin classes get inversion steps on the cpu budget only where their teacher FLOPs fit the budget: shapes-mini's
+    do; a random-weight ViT-B-32 at 224 px would spend hours, so its job keeps the chosen images and warns."""
+    import dataclasses
+
+    from bench.teacher_speed import random_teacher
+    from core.pipeline import affordable_thin_steps, resolved_spec, synthesis_config, thin_steps_warning
+    from core.spec import CustomizeSpec
+
+    spec = CustomizeSpec.model_validate(
+        {"classes": ["a dog", "a cat", "a car", "a tree"], "budget": "cpu", "synthesis": {"generator": "fourier"}}
+    )
+    for teacher, kept in ((shapes_teacher, True), (random_teacher("ViT-B-32"), False)):
+        resolved = resolved_spec(spec, teacher)
+        thin = dataclasses.replace(synthesis_config(resolved, teacher), thin_classes=(0, 2))
+        chosen = affordable_thin_steps(resolved, thin, teacher)
+        assert (chosen.thin_class_steps == thin.thin_class_steps > 0) is kept
+        warnings = thin_steps_warning(chosen, resolved)
+        assert (warnings == []) is kept and all("'a dog', 'a car'" in w and "GPU" in w for w in warnings)

@@ -57,6 +57,8 @@ def test_a_job_on_a_vit_b32_teacher_with_a_taesd_decoder_succeeds_end_to_end(ser
     done = running.wait_finished(job["id"], timeout=600)
     assert done["status"] == "succeeded", done
     print("stage seconds", done["metrics"]["stage_seconds"])  # pytest -s shows where the job's time went
+    # No reference cost for this teacher at submission; its worker timed it and estimated the job (core.estimate).
+    assert job["estimated_seconds"] is None and done["estimated_seconds"] > 0
     assert done["metrics"]["generator"] == {"name": "decoder", "decoder": str(decoder), "prior": "fitted"}
     assert set(done["metrics"]["coverage"]) == {"a dog", "a cat", "a car"}
     onnx_path = tmp_path / "student.onnx"

@@ -165,4 +165,12 @@ def test_a_job_distils_on_the_tenants_image_pool(embedded):
     assert done["status"] == "succeeded", done
     report = done["metrics"]["pool"]
     assert (report["images"], report["held_out_images"], report["share"]) == (8, 1, 0.75) and 0 <= report["agreement"] <= 1
-    assert embedded.http.delete(f"/v1/pools/{pool['id']}").status_code == 204  # the job ended: the pool is free again
+    assert done["metrics"]["pool_embeddings"]["status"] == "built"  # the teacher's passes on the pool, kept in storage
+    assert "pool" in {e.get("stage") for e in embedded.events(job["id"])}
+    # A second job on the pool, other classes: it loads the pool's embeddings instead of running the teacher on it.
+    other = embedded.submit({**TINY_SPEC, "synthesis": synthesis, "classes": ["star", "heart", "ring"], "seed": 3})
+    again = embedded.wait_finished(other["id"], timeout=180)
+    assert again["status"] == "succeeded", again
+    assert again["metrics"]["pool_embeddings"]["status"] == "reused"
+    assert again["metrics"]["pool_embeddings"]["key"] == done["metrics"]["pool_embeddings"]["key"]
+    assert embedded.http.delete(f"/v1/pools/{pool['id']}").status_code == 204  # the jobs ended: the pool is free again
