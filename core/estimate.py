@@ -24,6 +24,7 @@ STAGES = ("pool", "preparing", "bank", "synthesizing", "distilling", "exporting"
 # Seconds per image on the reference machine (2 cores, 32 px), measured with bench-style timing loops (2026-11-29).
 DECODER_FORWARD_S = 1.0e-3  # shapes-vae, 32 images in 31 ms
 TEACHER_FORWARD_S = 0.35e-3  # shapes-mini image tower, 64 images in 22 ms
+REFERENCE_TEACHER_FLOPS = 33.9e6  # shapes-mini's image tower per image: other teachers are priced by their FLOPs against it
 BACKWARD_FACTOR = 3.0  # forward + backward against forward alone
 # A student's forward + backward per image: its entry's train_seconds_per_image (core.student_catalog).
 DISTILL_OVERHEAD = 1.18  # augmentation, the optimiser and bookkeeping: the default job's 325 s against its 276 s of model time

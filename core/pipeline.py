@@ -33,12 +33,21 @@ from core.artifacts import (
     TFLITE_FILE,
     TORCHSCRIPT_FILE,
 )
-from core.bank import DEFAULT_BANK_IMAGES, BankStore, bank_key, obtain_bank, teacher_sha256
+from core.bank import BUILD_BATCH, DEFAULT_BANK_IMAGES, BankStore, bank_key, obtain_bank, teacher_sha256
 from core.calibration import calibrate_unknown
 from core.checkpoints import SURROGATE, Checkpoints, surrogate_from_bytes, surrogate_to_bytes
 from core.coverage import Coverage, coverage_warnings, prior_coverage, surrogate_coverage
 from core.distill import DISTILL_AUGMENT, DistillConfig, Distiller
-from core.estimate import BACKWARD_FACTOR, STAGES, BankFacts, Eta, PoolFacts, estimate_stage_seconds
+from core.estimate import (
+    BACKWARD_FACTOR,
+    REFERENCE_TEACHER_FLOPS,
+    STAGES,
+    TEACHER_FORWARD_S,
+    BankFacts,
+    Eta,
+    PoolFacts,
+    estimate_stage_seconds,
+)
 from core.export import PARITY_IMAGES, export_onnx, export_openvino, export_tflite, export_torchscript, quantize_onnx_int8
 from core.pools import (
     MAX_PRIOR_IMAGES,
@@ -209,7 +218,7 @@ def refuse_if_too_slow(spec: ResolvedSpec, estimates: Mapping[str, float] | None
         return
     total, slowest = sum(estimates.values()), max(estimates, key=lambda stage: estimates[stage])
     raise JobTooSlowError(
-        f"this job would take about {total / 3600:.1f} hours on this CPU worker ({slowest}: {estimates[slowest] / 3600:.1f} h; "
+        f"this job would take about {total / 3600:.1f} hours on a 2-core CPU ({slowest}: {estimates[slowest] / 3600:.1f} h; "
         f"limit {limit / 3600:.1f} h), so it was not started. Faster ways: give it a pool of your unlabelled images "
         '("synthesis": {"pool": "pool_..."}: each image is embedded once, and later jobs on it skip the teacher); run it on a '
         'GPU worker ("device": "cuda"); or build the teacher\'s sample bank ahead with `clipforge bank build` on any '
@@ -366,10 +375,11 @@ def pool_source(spec: ResolvedSpec, teacher: Teacher, pool: torch.Tensor | PoolS
     return source
 
 
-# A CPU teacher slower than this per image embeds a pool through onnxruntime (core.teachers.onnx_tower: INT8 where it
-# agrees with torch on the job's own images and classes, fp32 otherwise); a faster one (the bundled teachers, about
-# 1 ms) gains nothing worth an export.
-ONNX_MIN_SECONDS_PER_IMAGE = 5e-3
+# A CPU teacher of more FLOPs an image than this embeds a pool through onnxruntime (core.teachers.onnx_tower: INT8 where
+# it agrees with torch on the job's own images and classes, fp32 otherwise), and its estimate is priced with its timed
+# cost; a smaller one (the bundled teachers, 34 MFLOPs, about 1 ms) gains nothing worth an export, and its timing is
+# mostly per-call overhead that a busy machine inflates tenfold. Counted, not timed: every process decides alike.
+LARGE_TEACHER_FLOPS = 1e9  # open_clip ViT-B-32 at 224 px: 5.9 GFLOPs
 TOWER_CHECK_IMAGES = 32  # pool images the INT8 tower is checked on against torch, with the job's classes
 POOL_ENCODERS = ("torch", "onnxruntime-int8", "onnxruntime-fp32")
 
@@ -389,7 +399,7 @@ def pool_encoder(
     source: PoolSource,
     tower_dir: Path | None,
     *,
-    min_seconds: float = ONNX_MIN_SECONDS_PER_IMAGE,
+    min_flops: float = LARGE_TEACHER_FLOPS,
     report: Callable[[], None] | None = None,
     **thresholds: float,
 ) -> PoolEncoder:
@@ -397,7 +407,7 @@ def pool_encoder(
     tower that agrees with torch on TOWER_CHECK_IMAGES of the pool's images and the job's classes (``thresholds``:
     choose_image_encoder's min_cosine and min_top1). ``report()`` after each tower is ready (the first export of a
     ViT-B-32 takes 15 s, its quantisation 5 s: a job's progress goes on meanwhile)."""
-    if tower_dir is None or teacher.device.type != "cpu" or seconds_per_image(teacher) < min_seconds:
+    if tower_dir is None or teacher.device.type != "cpu" or teacher_flops(teacher) < min_flops:
         return PoolEncoder(teacher.encode_image, "torch", {"backend": "torch"})
     from core.teachers.onnx_tower import cached_tower, choose_image_encoder
 
@@ -446,20 +456,23 @@ _DECODER_SECONDS: dict[tuple[str, str], float] = {}  # (decoder, prior) -> secon
 
 @torch.no_grad()
 def decoder_seconds_per_image(synthesis: SynthesisConfig, teacher: Teacher) -> float:
-    """The generator's prior samples, timed once per process and (decoder, prior) on 4 samples after a warm-up."""
+    """The generator's prior samples, timed once per process and (decoder, prior) on a batch as a bank decodes them
+    (core.bank.BUILD_BATCH) after a warm-up: each call has a fixed cost (0.05 to 0.25 s here) that a few samples would
+    price as hours of a 16,384-sample bank."""
     options = dict(synthesis.generator_options)
     name = (str(options.get("decoder")), str(options.get("prior")))
     if name not in _DECODER_SECONDS:
         sample = prior_sampler(synthesis, teacher.image_size, teacher.device)
         sample(1, torch.Generator().manual_seed(0))
         began = time.perf_counter()
-        sample(4, torch.Generator().manual_seed(1))
-        _DECODER_SECONDS[name] = (time.perf_counter() - began) / 4
+        sample(BUILD_BATCH, torch.Generator().manual_seed(1))
+        _DECODER_SECONDS[name] = (time.perf_counter() - began) / BUILD_BATCH
     return _DECODER_SECONDS[name]
 
 
-def bank_to_build(spec: ResolvedSpec, teacher: Teacher, request: BankRequest | None) -> BankFacts | None:
-    """The sample bank the job's "bank" stage will build (none is stored for its key), priced with its decoder's cost."""
+def bank_to_build(spec: ResolvedSpec, teacher: Teacher, request: BankRequest | None, *, timed: bool = True) -> BankFacts | None:
+    """The sample bank the job's "bank" stage will build (none is stored for its key), priced with its decoder's cost
+    (``timed``: as timed here; else the reference decoder's)."""
     if request is None or request.store.exists is None:
         return None
     synthesis = synthesis_config(spec, teacher)
@@ -468,7 +481,7 @@ def bank_to_build(spec: ResolvedSpec, teacher: Teacher, request: BankRequest | N
     key = bank_key(teacher, synthesis, DISTILL_AUGMENT, images=request.images)
     if key is None or request.store.exists(key.storage_key):
         return None
-    return BankFacts(key.images, key.views, decoder_seconds_per_image(synthesis, teacher))
+    return BankFacts(key.images, key.views, decoder_seconds_per_image(synthesis, teacher) if timed else None)
 
 
 def embed_pool_ahead(
@@ -493,7 +506,7 @@ VOCABULARY_CHECK_CLASSES = 16  # names of the teacher's vocabulary an ahead-of-t
 def tower_seconds(teacher: Teacher, tower_dir: Path | None) -> float | None:
     """The INT8 onnxruntime tower's seconds per image, timed once per loaded teacher, where an earlier job cached it
     (``pool_encoder`` uses it where it agrees with torch); None otherwise (the pool is priced at the teacher's cost)."""
-    if tower_dir is None or teacher.device.type != "cpu" or seconds_per_image(teacher) < ONNX_MIN_SECONDS_PER_IMAGE:
+    if tower_dir is None or teacher.device.type != "cpu" or teacher_flops(teacher) < LARGE_TEACHER_FLOPS:
         return None
     from core.teachers.onnx_tower import OnnxImageTower, tower_path
 
@@ -522,6 +535,8 @@ def job_estimates(
     store: ObjectStore | None = None,
     bank: BankRequest | None = None,
     tower_dir: Path | None = None,
+    *,
+    timed: bool = True,
 ) -> dict[str, float] | None:
     """Seconds per stage of the job before it runs (core.estimate), its teacher's passes priced as timed on this machine
     (``seconds_per_image``), its pool's by whether their embeddings are stored already, a sample bank still to build with
@@ -533,10 +548,14 @@ def job_estimates(
         source = pool_source(spec, teacher, pool)
         keys = [pool_key(spec, teacher, source, encoder).storage_key for encoder in POOL_ENCODERS]
         stored = store is not None and store.exists is not None and any(store.exists(key) for key in keys)
-        facts = PoolFacts(len(source), embedded=stored, seconds_per_image=None if stored else tower_seconds(teacher, tower_dir))
+        tower = tower_seconds(teacher, tower_dir) if timed and not stored else None
+        facts = PoolFacts(len(source), embedded=stored, seconds_per_image=tower)
     if spec.budget != "cpu":
         return None
-    seconds, building = seconds_per_image(teacher), bank_to_build(spec, teacher, bank) if pool is None else None
+    # A small teacher is priced on the reference CPU (LARGE_TEACHER_FLOPS: timed, make demo's bank read hours under load).
+    timed = timed and teacher_flops(teacher) >= LARGE_TEACHER_FLOPS
+    seconds = seconds_per_image(teacher) if timed else TEACHER_FORWARD_S * teacher_flops(teacher) / REFERENCE_TEACHER_FLOPS
+    building = bank_to_build(spec, teacher, bank, timed=timed) if pool is None else None
     return estimate_stage_seconds(spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds, bank=building)
 
 
@@ -812,7 +831,8 @@ def customize(
         pool = pool_source(resolved, teacher, pool)
     pool_store = pool_store or (bank.store if bank is not None else None)
     estimates = job_estimates(resolved, teacher, pool, pool_store, bank, tower_dir)
-    refuse_if_too_slow(resolved, estimates, max_cpu_seconds)
+    # Refused on the reference CPU's prices (the teacher's FLOPs), not on timings a busy machine can inflate tenfold.
+    refuse_if_too_slow(resolved, job_estimates(resolved, teacher, pool, pool_store, bank, timed=False), max_cpu_seconds)
     tracker = _Tracker(on_progress, should_cancel, estimates)
     with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
         torch.manual_seed(resolved.seed)

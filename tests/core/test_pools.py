@@ -270,18 +270,18 @@ def test_a_large_teachers_pool_is_embedded_with_the_int8_tower_only_where_it_agr
     teacher = random_teacher("ViT-B-32", image_size=32)
     spec = resolved_spec(_pool_spec(["a dog", "a cat"]), teacher)
     source = PoolSource.from_pixels(_photos(8), 32)
-    chosen = pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=0.0)
+    chosen = pool_encoder(spec, teacher, source, tmp_path / "towers", min_flops=0.0)
     assert chosen.name == "onnxruntime-int8" and chosen.record["agreement"]["cosine_min"] >= 0.98
     views = pool_views(spec, teacher, source, encoder=chosen)
     assert views.summary["encoder"] == "onnxruntime-int8" and views.summary["encoder_choice"]["precision"] == "int8"
     cosine = F.cosine_similarity(teacher.encode_image(source.at(torch.arange(3), 32)), views.views.embeddings[:3, 0].float())
     assert float(cosine.min()) > 0.98
     # Held to a cosine no INT8 tower reaches (1.0), the fp32 tower embeds the pool instead, under another key.
-    strict = pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=0.0, min_cosine=1.0)
+    strict = pool_encoder(spec, teacher, source, tmp_path / "towers", min_flops=0.0, min_cosine=1.0)
     assert strict.name == "onnxruntime-fp32" and "cosine_min" in str(strict.record["reason"])
     exact = pool_views(spec, teacher, source, encoder=strict)
     assert exact.summary["key"] != views.summary["key"]
     cosine = F.cosine_similarity(teacher.encode_image(source.at(torch.arange(3), 32)), exact.views.embeddings[:3, 0].float())
     assert float(cosine.min()) > 0.999  # fp16 storage of fp32 embeddings
     # A fast teacher (under the threshold) keeps torch.
-    assert pool_encoder(spec, teacher, source, tmp_path / "towers", min_seconds=10.0).name == "torch"
+    assert pool_encoder(spec, teacher, source, tmp_path / "towers", min_flops=1e15).name == "torch"
