@@ -57,9 +57,12 @@ def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, st
         pool = pool_source(spec, teacher, pool)
     estimates = job_estimates(spec, teacher, pool, bank.store, bank, Path(folders["towers"]))
     reports: list[tuple[float, str, float, float | None]] = []
+    revised: list[float] = []  # the job's own estimate as it ran: revised once its preparing found thin classes (meta-KD)
 
     def on_progress(progress) -> None:
         reports.append((time.monotonic(), progress.stage, progress.fraction, progress.eta_seconds))
+        if progress.estimated_seconds is not None and (not revised or revised[-1] != progress.estimated_seconds):
+            revised.append(progress.estimated_seconds)
 
     began = time.monotonic()
     result = customize(spec, teacher, pool=pool, bank=bank, on_progress=on_progress, tower_dir=Path(folders["towers"]))
@@ -75,6 +78,7 @@ def _job(kind: str, teacher_name: str, classes: list[str], folders: dict[str, st
             "teacher_load_seconds": round(load_seconds, 1),
             "estimate_seconds": round(sum(estimates.values()), 1) if estimates else None,
             "estimate_stage_seconds": {k: round(v, 1) for k, v in (estimates or {}).items()},
+            "estimates_as_it_ran": revised,
             "stage_seconds": result.metrics["stage_seconds"],
             "longest_progress_gap_seconds": round(max(b - a for a, b in itertools.pairwise(times)), 1),
             "eta_changes": sum(1 for a, b in itertools.pairwise(etas) if a != b),

@@ -148,11 +148,23 @@ class _Tracker:
         self.estimated_seconds = round(sum(stage_seconds.values()), 1) if stage_seconds else None
         self.eta = Eta(dict(self.estimates))
         self.stage_times: dict[str, float] = {}
+        self.last_fraction = 0.0
+
+    def revise(self, stage_seconds: Mapping[str, float] | None) -> None:
+        """The stages after the current one re-priced from what the job learnt running (the thin classes its preparing
+        found switch distillation to meta-KD, three times the student's steps): the ETA and the estimate say it."""
+        if stage_seconds is None or self.eta.stage is None or self.estimated_seconds is None:
+            return
+        later = STAGES[STAGES.index(self.eta.stage) + 1 :]
+        self.estimates = {stage: (stage_seconds[stage] if stage in later else seconds) for stage, seconds in self.estimates.items()}
+        self.eta.estimates = dict(self.estimates)
+        self.estimated_seconds = round(sum(self.estimates.values()), 1)
 
     def update(self, stage: str, stage_fraction: float, metrics: dict[str, float] | None = None, message: str | None = None) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise CustomizeCancelled(f"cancelled during {stage}")
-        fraction = job_fraction(self.estimates, stage, stage_fraction)
+        # Never backwards: a revised estimate (``revise``) re-weighs the stages, and a bar that drops reads as lost work.
+        fraction = self.last_fraction = max(self.last_fraction, job_fraction(self.estimates, stage, stage_fraction))
         eta = self.eta.seconds_left(stage_fraction) if self.eta.stage == stage else None
         share = self.eta.measured_share if eta is not None else None
         if self.on_progress is not None:
@@ -847,6 +859,8 @@ def customize(
             preparation = prepare(resolved, teacher, examples, pool=pool)
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
+            if preparation.spec.distillation.method != resolved.distillation.method:
+                tracker.revise(job_estimates(preparation.spec, teacher, pool, pool_store, bank, tower_dir))
             tracker.update("preparing", 1.0, {f"coverage/{name}": p for name, p in zip(names, preparation.coverage.prior, strict=True)})
         if uses_bank(preparation, bank):
             assert bank is not None

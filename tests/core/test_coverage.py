@@ -84,3 +84,20 @@ def test_a_class_whose_surrogate_images_stay_unlike_it_gets_a_warning() -> None:
     coverage = {"heart": {"prior": 0.31, "thin": True, "surrogate": 0.42}, "circle": {"prior": 0.99, "thin": False, "surrogate": 0.97}}
     [warning] = coverage_warnings(coverage)
     assert "'heart' stays thin" in warning
+
+
+def test_a_job_that_turns_to_meta_kd_says_its_longer_estimate_and_its_bar_never_goes_back(teacher: Teacher) -> None:
+    """The thin classes are known once preparing measured them: a job whose every class is thin (threshold 1) distils
+    with meta-KD, three times the student's work, and its estimate grows then, not after the job ran over it."""
+    from core.pipeline import customize
+
+    base = {**SPEC, "budget": "cpu", "distillation": {"steps": 12, "batch_size": 8}, "export": {"formats": ["onnx"]}}
+    thin = CustomizeSpec.model_validate({**base, "synthesis": {**SPEC["synthesis"], "coverage_threshold": 1.0}})
+    seen: list = []
+    result = customize(thin, teacher, on_progress=seen.append)
+    assert result.metrics["final_losses"].keys() >= {"loss_train_styles"}  # meta-KD's own losses: it distilled with it
+    before = {p.estimated_seconds for p in seen if p.stage in ("pool", "preparing") and p.stage_fraction < 1.0}
+    after = {p.estimated_seconds for p in seen if p.stage in ("synthesizing", "distilling", "exporting")}
+    assert len(before) == 1 and len(after) == 1 and after.pop() > before.pop()
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
