@@ -49,6 +49,7 @@ from core.pipeline import (
     customize,
     distill_and_export,
     job_fraction,
+    pool_encoder,
     pool_views,
     prepare,
     stage_estimates,
@@ -202,10 +203,11 @@ class JobRunner:
         """Prepare (which checks the prompts and example images before any chunk runs), then hand the synthesis over to
         chunks and publish them as a group. A broker that refuses them leaves them flagged: the reaper publishes them."""
         estimates = stage_estimates(spec)
+        pool = self._pool(spec, teacher, reporter, estimates)
         reporter.on_progress(Progress("preparing", 0.0, job_fraction(estimates, "preparing", 0.0), None))
         if reporter.should_cancel():
             raise CustomizeCancelled("cancelled during preparing")
-        preparation = prepare(spec, teacher, examples, pool=self._pool(spec, teacher))
+        preparation = prepare(spec, teacher, examples, pool=pool)
         self._bank_stage(preparation, teacher, reporter, estimates)  # built here, once, before the chunks that load it
         self.storage.put(chunks.coverage_key(job_id), json.dumps(preparation.coverage.to_json()).encode())
         progress = round(job_fraction(estimates, "synthesizing", 0.0), 4)
@@ -323,8 +325,27 @@ class JobRunner:
     def _bank(self) -> BankRequest | None:
         return bank_request(self.settings, self.storage)
 
-    def _pool(self, spec: ResolvedSpec, teacher: Teacher) -> PoolViews | None:
-        return read_pool(self.factory, self.storage, spec, teacher)
+    def _pool(
+        self, spec: ResolvedSpec, teacher: Teacher, reporter: ProgressReporter | None = None, estimates: dict[str, float] | None = None
+    ) -> PoolViews | None:
+        """The spec's pool with its embeddings (None without one): a split job's first process builds them (its "pool"
+        stage, with progress and a large CPU teacher's onnxruntime tower, as ``customize`` does), its distillation loads them."""
+        if reporter is None or estimates is None:
+            return read_pool(self.factory, self.storage, spec, teacher)
+        source = read_pool_source(self.factory, self.storage, spec, teacher)
+        if source is None:
+            return None
+
+        def report(fraction: float) -> None:
+            if reporter.should_cancel():
+                raise CustomizeCancelled("cancelled during pool")
+            reporter.on_progress(Progress("pool", fraction, job_fraction(estimates, "pool", fraction), None))
+
+        report(0.0)
+        towers = self.settings.cache_dir or default_cache_dir()
+        encoder = pool_encoder(spec, teacher, source, towers, report=lambda: report(0.0))
+        store = storage_object_store(self.storage)
+        return pool_views(spec, teacher, source, store, encoder=encoder, on_step=lambda done, total: report(done / total))
 
 
 def bank_request(settings: Settings, storage: Storage) -> BankRequest | None:

@@ -164,3 +164,28 @@ def test_cancelling_mid_synthesis_ends_cancelled_with_no_chunk_file_left(two_wor
     # The workers are free again: a job submitted now runs.
     probe = two_workers.submit({**TINY_SPEC, "classes": ["heart", "ring"]})
     assert two_workers.wait_finished(probe["id"], timeout=120)["status"] == "succeeded"
+
+
+def test_a_split_job_on_a_pool_embeds_it_in_its_own_stage_with_progress_and_its_distillation_loads_it(two_workers):
+    import io
+
+    from PIL import Image
+
+    from bench.tasks import get_task
+
+    renders, _ = get_task("shape8").render("val", 8)
+    files = []
+    for index, pixels in enumerate(renders):
+        buffer = io.BytesIO()
+        Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(buffer, format="PNG")
+        files.append(("images", (f"{index}.png", buffer.getvalue(), "image/png")))
+    pool = two_workers.http.post("/v1/pools", files=files).json()
+    job = two_workers.submit({**SPLIT_SPEC, "synthesis": {**SPLIT_SPEC["synthesis"], "pool": pool["id"]}})
+    done = two_workers.wait_finished(job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    assert len(chunk_rows(two_workers, job["id"])) == CHUNKS  # split, as the job without a pool
+    # Built once, by the process that prepared the job; the distillation's process loaded it (no second build).
+    assert done["metrics"]["pool_embeddings"]["status"] == "reused" and done["metrics"]["pool"]["images"] == 8
+    events = two_workers.events(job["id"])
+    assert [e["stage"] for e in events if e["kind"] == "stage"][:2] == ["pool", "preparing"]
+    assert len([e for e in events if e["kind"] == "progress" and e["stage"] == "pool"]) >= 2
