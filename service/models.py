@@ -301,3 +301,27 @@ class PoolImage(StoredFileColumns, Base):
     filename: Mapped[str | None] = mapped_column(String(300))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+
+
+class PoolEmbedding(Base):
+    """A pool's teacher embeddings (core.pools) built by a worker ahead of any job (service.pool_embeddings), asked for
+    when the pool is created: queued -> running -> succeeded | failed, with a lease and an outbox flag as evaluations."""
+
+    __tablename__ = "pool_embeddings"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    teacher: Mapped[str] = mapped_column(String(300))
+    views: Mapped[int] = mapped_column(Integer)  # synthesis.pool_views of the jobs that will load them
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what a job's metrics.pool_embeddings says, once succeeded
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    publish_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)  # the outbox flag, as on jobs
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

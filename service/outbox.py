@@ -1,5 +1,5 @@
 """The outbox's publishing side: one step that sends a flagged row's message and clears its flag, for every kind of
-message (a job's, an evaluation's, a split job's chunks' and its distillation's). The rows' side (the flags, the
+message (a job's, an evaluation's, a split job's chunks' and its distillation's, a pool embedding's). The rows' side (the flags, the
 compare-and-set that clears one) is service.leases; the API, the worker and the reaper all publish through here."""
 
 from __future__ import annotations
@@ -12,11 +12,18 @@ from datetime import datetime
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import chunks, evaluations
+from service import chunks, evaluations, pool_embeddings
 from service import jobs as repo
 from service.db import session_scope
 from service.leases import Key
-from service.queue import BrokerUnavailable, enqueue_chunks, enqueue_distillation, enqueue_evaluation, enqueue_job
+from service.queue import (
+    BrokerUnavailable,
+    enqueue_chunks,
+    enqueue_distillation,
+    enqueue_evaluation,
+    enqueue_job,
+    enqueue_pool_embedding,
+)
 from service.settings import Settings
 
 log = logging.getLogger("clipforge.outbox")
@@ -26,7 +33,7 @@ log = logging.getLogger("clipforge.outbox")
 class Outbox:
     """One kind of message that rows flag for publication."""
 
-    name: str  # how logs and events name one: "job", "evaluation", "chunk", "distillation"
+    name: str  # how logs and events name one: "job", "evaluation", "chunk", "distillation", "pool embedding"
     send: Callable[[Celery, Settings, Key], None]  # publish the message of the row with this key; BrokerUnavailable
     pending: Callable[[Session, datetime, Sequence[Key]], list[tuple[Key, datetime]]]  # flags due by then, or among these keys
     clear: Callable[[Session, Key, datetime], bool]  # clear the flag if it is still the one read (the leases' mark_published)
@@ -93,6 +100,15 @@ DISTILLATION = Outbox(  # a split job's distillation: its flag is the job's own 
         ((j,), due) for j, due in chunks.unpublished_distillations(session, due_by=due_by, including=_ids(including))
     ],
     lambda session, key, due: repo.mark_published(session, key[0], due),
+)
+
+POOL_EMBEDDING = Outbox(
+    "pool embedding",
+    lambda celery, settings, key: enqueue_pool_embedding(celery, settings, key[0]),
+    lambda session, due_by, including: [
+        ((e,), due) for e, due in pool_embeddings.unpublished(session, due_by=due_by, including=_ids(including))
+    ],
+    lambda session, key, due: pool_embeddings.mark_published(session, key[0], due),
 )
 
 

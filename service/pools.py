@@ -2,7 +2,9 @@
 
 Created whole or not at all (the files first, then the rows in one transaction; any failure removes the files), owned
 by one tenant (another tenant's pool is not found, 404), listed newest first, deleted with its files unless a queued or
-running job uses it (409 ``pool_in_use``). An image sent twice in one request is stored once (by sha256).
+running job, or a queued or running embedding of it (service.pool_embeddings), uses it (409 ``pool_in_use``). An image
+sent twice in one request is stored once (by sha256). Created with a teacher, the pool's transaction also queues that
+teacher's embeddings of it (service.submissions.submit_pool publishes their message).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from PIL import Image
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
+from service import jobs, pool_embeddings
 from service.db import session_scope
 from service.errors import ServiceError
 from service.ids import new_id
 from service.jobs import ANY_TENANT, TenantScope
-from service.models import Job, Pool, PoolImage, stored_file_values, utcnow
+from service.models import Job, Pool, PoolEmbedding, PoolImage, stored_file_values, utcnow
 from service.storage import Storage, StorageError, StorageFull
 from service.uploads import SubmittedImage
 
@@ -30,6 +32,15 @@ THUMBNAIL_SIDE = 64  # pixels of each image in the grid
 THUMBNAIL_COLUMNS = 8
 THUMBNAIL_IMAGES = 64  # the first images of the pool, in the order sent
 IN_USE = (jobs.QUEUED, jobs.RUNNING, jobs.CANCELLING)  # a job in these states reads the pool's images
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """A teacher's embeddings of the pool to build ahead of its first job (service.pool_embeddings)."""
+
+    teacher: str
+    views: int  # synthesis.pool_views of the jobs that will load them
+    publish_grace_seconds: float  # the outbox flag's grace (Settings.publish_grace_seconds)
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,15 @@ def thumbnails_png(images: Sequence[SubmittedImage]) -> bytes:
 
 
 def create(
-    images: Sequence[SubmittedImage], name: str | None, tenant_id: str | None, factory: sessionmaker[Session], storage: Storage
+    images: Sequence[SubmittedImage],
+    name: str | None,
+    tenant_id: str | None,
+    factory: sessionmaker[Session],
+    storage: Storage,
+    embedding: EmbeddingRequest | None = None,
 ) -> Pool:
-    """Store the distinct images and the thumbnails, then the rows; on any failure nothing is left behind."""
+    """Store the distinct images and the thumbnails, then the rows (with ``embedding``, its queued row too, flagged for
+    publication); on any failure nothing is left behind."""
     pool_id = new_id("pool")
     distinct: dict[str, SubmittedImage] = {}
     for image in images:
@@ -104,6 +121,10 @@ def create(
         with session_scope(factory) as session:
             session.add(pool)
             session.add_all(rows)
+            if embedding is not None:
+                session.flush()  # the pool's row before the embedding's, which refers to it
+                pool_embeddings.create(session, pool_id=pool_id, teacher=embedding.teacher, views=embedding.views,
+                                       publish_grace_seconds=embedding.publish_grace_seconds)  # fmt: skip
     except BaseException as exc:
         storage.delete_prefix(prefix(pool_id))
         if isinstance(exc, StorageError):
@@ -135,13 +156,23 @@ def jobs_using(session: Session, pool_id: str) -> list[str]:
 
 def delete_one(session: Session, pool_id: str, tenant_id: TenantScope) -> str:
     """Delete the rows (the caller commits, then removes the files under the returned prefix); 409 while in use."""
-    pool = get(session, pool_id, tenant_id, lock=True)
-    using = jobs_using(session, pool_id)
-    if using:
-        message = f"pool {pool_id!r} is used by {len(using)} queued or running job(s) ({', '.join(using[:5])}); delete it once they end"
-        raise ServiceError("pool_in_use", message, 409, {"jobs": using})
-    session.execute(delete(PoolImage).where(PoolImage.pool_id == pool.id))
-    session.delete(pool)
+    get(session, pool_id, tenant_id, lock=True)
+    using, embedding = jobs_using(session, pool_id), pool_embeddings.active(session, pool_id)
+    if using or embedding:
+        users = [f"{len(using)} queued or running job(s)"] if using else []
+        users += [f"{len(embedding)} queued or running embedding(s)"] if embedding else []
+        ids = ", ".join([*using, *embedding][:5])
+        message = f"pool {pool_id!r} is used by {' and '.join(users)} ({ids}); delete it once they end"
+        raise ServiceError("pool_in_use", message, 409, {"jobs": using, "embeddings": embedding})
+    return delete_rows(session, pool_id)
+
+
+def delete_rows(session: Session, pool_id: str) -> str:
+    """The pool's rows, its embeddings' included, whatever uses it (the caller checked, or withdraws a pool just made);
+    returns the storage prefix of its files, for the caller to remove after commit."""
+    for table in (PoolImage, PoolEmbedding):
+        session.execute(delete(table).where(table.pool_id == pool_id))
+    session.execute(delete(Pool).where(Pool.id == pool_id))
     return prefix(pool_id)
 
 

@@ -16,7 +16,8 @@ RUN_EVALUATION_TASK = "clipforge.run_evaluation"
 # A split job (service.chunks): one message per synthesis chunk (job id, chunk index), then one for its distillation.
 SYNTHESIZE_CHUNK_TASK = "clipforge.synthesize_chunk"
 DISTILL_JOB_TASK = "clipforge.distill_job"
-TASKS = (RUN_JOB_TASK, RUN_EVALUATION_TASK, SYNTHESIZE_CHUNK_TASK, DISTILL_JOB_TASK)
+EMBED_POOL_TASK = "clipforge.embed_pool"  # a pool's teacher embeddings built ahead (service.pool_embeddings)
+TASKS = (RUN_JOB_TASK, RUN_EVALUATION_TASK, SYNTHESIZE_CHUNK_TASK, DISTILL_JOB_TASK, EMBED_POOL_TASK)
 
 # Publishing never hangs on a broker that is down or stalled: a refused or silent connection fails within a few
 # seconds (connect 1 s, each reply 1 s, one retry), and the API answers 503 instead of holding the request.
@@ -88,6 +89,11 @@ def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
 def enqueue_evaluation(app: Celery, settings: Settings, evaluation_id: str) -> None:
     """Publish an evaluation's message (its id only); BrokerUnavailable when the broker cannot take it."""
     _publish("evaluation's message", _send_task(app, settings, RUN_EVALUATION_TASK, evaluation_id))
+
+
+def enqueue_pool_embedding(app: Celery, settings: Settings, embedding_id: str) -> None:
+    """Publish a pool embedding's message (its id only); BrokerUnavailable when the broker cannot take it."""
+    _publish("pool embedding's message", _send_task(app, settings, EMBED_POOL_TASK, embedding_id))
 
 
 def enqueue_chunks(app: Celery, settings: Settings, job_id: str, indices: Sequence[int]) -> None:

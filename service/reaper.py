@@ -2,7 +2,8 @@
 end); queued jobs whose message may be missing (``publish_due_at`` passed: their publisher died after the commit, or the
 broker refused the message) are published. The API and every worker run it, so that a job never stays ``running``
 without a live worker, nor ``queued`` without a message, even when no worker is left. The chunks of split jobs get the
-same care one by one (service.chunks), and so do the distillations their last chunk queued."""
+same care one by one (service.chunks), and so do the distillations their last chunk queued, evaluations and the pool
+embeddings asked for at a pool's creation (service.pool_embeddings)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from collections.abc import Callable
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import chunks, evaluations
+from service import chunks, evaluations, pool_embeddings
 from service import jobs as repo
 from service.db import session_scope
 from service.leases import Key
 from service.models import utcnow
-from service.outbox import CHUNK, DISTILLATION, EVALUATION, JOB, Outbox
+from service.outbox import CHUNK, DISTILLATION, EVALUATION, JOB, POOL_EMBEDDING, Outbox
 from service.queue import ping_broker
 from service.settings import Settings
 from service.storage import Storage
@@ -31,7 +32,7 @@ Reap = Callable[[Session], list[Key]]
 
 
 def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery, storage: Storage | None = None) -> repo.ReapResult:
-    """One round, kind by kind (jobs, evaluations, chunks of split jobs, their distillations): the rows whose worker's
+    """One round, kind by kind (jobs, evaluations, chunks of split jobs, their distillations, pool embeddings): the rows whose worker's
     lease expired are queued again (or ended), then those and every row whose publication is overdue are published.
 
     Raises BrokerUnavailable when the broker is down: nothing is requeued then (the rows stay expired until it is back),
@@ -54,6 +55,9 @@ def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery
     def reap_evaluations(session: Session) -> list[Key]:
         return [(evaluation_id,) for evaluation_id in evaluations.reap_expired(session, settings.max_attempts, publish_grace_seconds=grace)]
 
+    def reap_pool_embeddings(session: Session) -> list[Key]:
+        return [(e,) for e in pool_embeddings.reap_expired(session, settings.max_attempts, publish_grace_seconds=grace)]
+
     def reap_chunks(session: Session) -> list[Key]:
         reaped = chunks.reap_expired(session, settings.max_attempts, publish_grace_seconds=grace)
         ended.extend({*reaped.ended, *result.failed, *result.cancelled})
@@ -64,7 +68,7 @@ def reap_once(settings: Settings, factory: sessionmaker[Session], celery: Celery
 
     ended: list[str] = []  # jobs whose chunk files go: a failed or cancelled split job keeps nothing of its chunks
     rounds: list[tuple[Outbox, Reap]] = [(JOB, reap_jobs), (EVALUATION, reap_evaluations), (CHUNK, reap_chunks),
-                                         (DISTILLATION, requeued_distillations)]  # fmt: skip
+                                         (DISTILLATION, requeued_distillations), (POOL_EMBEDDING, reap_pool_embeddings)]  # fmt: skip
     for outbox, reap in rounds:
         with session_scope(factory) as session:
             requeued = reap(session)

@@ -25,8 +25,11 @@ TABLES = {
     "evaluation_images",
     "evaluation_artifacts",
     "job_chunks",
+    "pools",
+    "pool_images",
+    "pool_embeddings",
 }
-HEAD = "0008"
+HEAD = "0009"
 
 
 def _tables(url: str) -> set[str]:
