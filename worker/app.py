@@ -1,6 +1,6 @@
 """The worker's Celery app: ``create_worker_app(settings)`` registers the tasks (a job, a split job's synthesis chunk and
-its distillation, an evaluation) on ``service.queue.create_celery``'s config, and ``run_worker`` starts a worker (one task
-at a time) with the lease reaper beside it."""
+its distillation, an evaluation, a pool's embeddings built ahead) on ``service.queue.create_celery``'s config, and
+``run_worker`` starts a worker (one task at a time) with the lease reaper beside it."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_session_factory, migrate
-from service.queue import DISTILL_JOB_TASK, RUN_EVALUATION_TASK, RUN_JOB_TASK, SYNTHESIZE_CHUNK_TASK, create_celery
+from service.queue import DISTILL_JOB_TASK, EMBED_POOL_TASK, RUN_EVALUATION_TASK, RUN_JOB_TASK, SYNTHESIZE_CHUNK_TASK, create_celery
 from service.reaper import start_reaper
 from service.settings import Settings
 from service.storage import Storage, create_storage
 from worker.chunks import ChunkRunner
 from worker.evaluation import EvaluationRunner
+from worker.pool_embedding import PoolEmbeddingRunner
 from worker.runner import JobRunner
 
 log = logging.getLogger("clipforge.worker")
@@ -40,6 +41,7 @@ def create_worker_app(settings: Settings) -> WorkerContext:
     runner = JobRunner(settings, factory, storage, celery)
     chunk_runner = ChunkRunner(settings, factory, storage, celery)
     evaluator = EvaluationRunner(settings, factory, storage)
+    embedder = PoolEmbeddingRunner(settings, factory, storage)
 
     @celery.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(job_id: str) -> str:
@@ -56,6 +58,10 @@ def create_worker_app(settings: Settings) -> WorkerContext:
     @celery.task(name=RUN_EVALUATION_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_evaluation(evaluation_id: str) -> str:
         return evaluator.run(evaluation_id)
+
+    @celery.task(name=EMBED_POOL_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def embed_pool(embedding_id: str) -> str:
+        return embedder.run(embedding_id)
 
     return WorkerContext(settings, celery, factory, runner, storage)
 
