@@ -209,6 +209,37 @@ class Evaluation(BaseModel):
         return self.status in ("succeeded", "failed")
 
 
+PoolEmbeddingStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class PoolEmbeddingResult(BaseModel):
+    """What a job's ``metrics.pool_embeddings`` says of the same embeddings (core.pools)."""
+
+    status: Literal["built", "reused", "rebuilt"]  # made now, found stored whole, or made again over a damaged one
+    key: str  # the embeddings' key (pool content, teacher weights, view recipe, encoder), as jobs report it
+    images: int
+    views: int  # augmented views per image
+    encoder: str  # the image tower that made them: torch, onnxruntime-fp32 or onnxruntime-int8
+    seconds: float
+    encoder_choice: dict[str, Any] | None = None  # why that tower (a large CPU teacher's onnxruntime check)
+    reason: str | None = None  # why a stored one was rebuilt
+
+
+class PoolEmbedding(BaseModel):
+    """A teacher's embeddings of the pool's images and views, built by a worker ahead of the pool's first job."""
+
+    id: str
+    teacher: str
+    views: int
+    status: PoolEmbeddingStatus
+    result: PoolEmbeddingResult | None = None  # once succeeded
+    error: JobError | None = None  # once failed: e.g. unknown_teacher, teacher_unavailable, worker_lost
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class Pool(BaseModel):
     id: str
     name: str | None = None  # the user's label
@@ -217,6 +248,9 @@ class Pool(BaseModel):
     bytes: int  # stored bytes of its images
     thumbnails_url: str  # a PNG grid of its first images
     jobs_using: list[str]  # queued or running jobs that read it: while any, it cannot be deleted
+    # Its teachers' embeddings built ahead (created with a teacher), newest first; while one is queued or running the
+    # pool cannot be deleted either.
+    embeddings: list[PoolEmbedding]
     created_at: datetime
 
 

@@ -163,13 +163,21 @@ def fill_defaults(raw: dict[str, Any], settings: Settings, problems: Problems) -
         raw["teacher"] = settings.default_teacher
     if raw.get("seed") is None:
         raw["seed"] = secrets.randbelow(2**31)  # chosen here and stored, so the job can be repeated
-    teacher = raw["teacher"]
+    entry = None
+    with problems.collect():
+        entry = known_teacher(raw["teacher"], settings)
+    return raw, entry
+
+
+def known_teacher(name: str, settings: Settings) -> TeacherEntry:
+    """The catalogue's entry for teacher ``name`` (what a job's spec and a pool's embedding may name); 422
+    ``unknown_teacher``, with the names it knows, for a teacher the service cannot run."""
     catalogue = list_teachers(settings.cache_dir, settings.extra_teachers)
-    entry = next((t for t in catalogue if t.name == teacher), None)
+    entry = next((t for t in catalogue if t.name == name), None)
     if entry is None:
         names = sorted(t.name for t in catalogue)
-        problems.add(invalid("unknown_teacher", f"unknown teacher {teacher!r}; known: {', '.join(names)}", {"known": names}))
-    return raw, entry
+        raise invalid("unknown_teacher", f"unknown teacher {name!r}; known: {', '.join(names)}", {"known": names})
+    return entry
 
 
 def validate_spec(raw: dict[str, Any], problems: Problems, *, classes_checked: bool = False) -> dict[str, Any] | None:

@@ -21,6 +21,8 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     create.add_argument("--images", type=Path, default=None, help="a folder of images from your domain, no labels needed")
     create.add_argument("--archive", type=Path, default=None, help="a zip of images, any folder layout")
     create.add_argument("--name", default=None, help="a label for the pool")
+    create.add_argument("--teacher", default=None, help="have a worker embed the pool with this teacher now, ahead of its first job")
+    create.add_argument("--views", type=int, default=None, help="with --teacher: augmented views per image (the jobs' pool_views)")
     create.add_argument("--json", action="store_true")
     listing = command("list", "your pools, newest first", run_list, pool=False)
     listing.add_argument("--json", action="store_true")
@@ -60,6 +62,15 @@ def _line(pool) -> str:
     return f"{pool.id}{label}: {pool.image_count} images, {pool.bytes / 1e6:.1f} MB{using}"
 
 
+def _embedding_line(embedding) -> str:
+    what = f"embedding {embedding.id} by {embedding.teacher} ({embedding.views} views): {embedding.status}"
+    if embedding.result is not None:
+        what += f", {embedding.result.status} in {embedding.result.seconds:.1f} s ({embedding.result.encoder})"
+    if embedding.error is not None:
+        what += f" [{embedding.error.code}] {embedding.error.message or ''}".rstrip()
+    return what
+
+
 def folder_images(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
@@ -72,12 +83,14 @@ def run_create(args: argparse.Namespace) -> int:
         raise CliError("no_images", "give --images DIR and/or --archive ZIP")
     images = folder_images(args.images) if args.images is not None else []
     with _client(args) as client:
-        pool = client.create_pool(images=images, archive=args.archive, name=args.name)
+        pool = client.create_pool(images=images, archive=args.archive, name=args.name, teacher=args.teacher, views=args.views)
     if args.json:
         print(pool.model_dump_json(indent=2))
         return 0
     duplicates = f" ({pool.duplicates} duplicates dropped)" if pool.duplicates else ""
     print(f"created {_line(pool)}{duplicates}")
+    for embedding in pool.embeddings:
+        print(f"queued {embedding.id}: a worker embeds it with {embedding.teacher} ({embedding.views} views); see `clipforge pools show`")
     print(f'use it in a job as "synthesis": {{"pool": "{pool.id}"}}')
     return 0
 
@@ -104,6 +117,8 @@ def run_show(args: argparse.Namespace) -> int:
     print(_line(pool))
     for job_id in pool.jobs_using:
         print(f"  used by {job_id}")
+    for embedding in pool.embeddings:
+        print(f"  {_embedding_line(embedding)}")
     return 0
 
 

@@ -229,16 +229,26 @@ class ClipforgeClient:
 
     # -- image pools ---------------------------------------------------------------------
 
-    def create_pool(self, *, images: Sequence[ImageInput] = (), archive: str | Path | bytes | None = None, name: str | None = None) -> Pool:
+    def create_pool(
+        self,
+        *,
+        images: Sequence[ImageInput] = (),
+        archive: str | Path | bytes | None = None,
+        name: str | None = None,
+        teacher: str | None = None,
+        views: int | None = None,
+    ) -> Pool:
         """A pool of unlabelled images from your domain: ``images`` (paths or bytes) and/or ``archive`` (a zip of images
-        in any layout); a job distils on it with ``"synthesis": {"pool": pool.id}``."""
+        in any layout); a job distils on it with ``"synthesis": {"pool": pool.id}``. With ``teacher`` (and ``views``, the
+        jobs' ``synthesis.pool_views``), a worker embeds the pool with that teacher now: ``pool.embeddings``."""
         files = [("images", _file_part(item, index)) for index, item in enumerate(images)]
         if archive is not None:
             content = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
             files.append(("archive", ("images.zip", content, "application/zip")))
         if not files:
             raise ValueError("pass images or an archive")
-        data = {"name": name} if name else None
+        fields = {"name": name, "teacher": teacher, "views": None if views is None else str(views)}
+        data = {key: value for key, value in fields.items() if value} or None
         return Pool.model_validate(self._request("POST", "/v1/pools", files=files, data=data).json())
 
     def pools(self) -> PoolList:

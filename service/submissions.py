@@ -1,7 +1,8 @@
-"""Submitting work: a job (its example images, then its row) or an evaluation (its labelled images, then its rows),
-stored and then published, with nothing left behind when any step fails.
+"""Submitting work: a job (its example images, then its row), an evaluation (its labelled images, then its rows) or a
+pool created with a teacher (its images, then its rows and its queued embedding), stored and then published, with
+nothing left behind when any step fails.
 
-Both go the same way: the files first (a failure removes whatever was written), then the rows in one transaction
+All go the same way: the files first (a failure removes whatever was written), then the rows in one transaction
 flagged for publication (the outbox), then the message. A broker that refuses the message rolls the whole submission
 back (503 ``broker_unavailable``): the client was told it failed, so no queued row may stay, and its retry (with the same
 Idempotency-Key, for a job) creates it afresh.
@@ -18,14 +19,14 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import evaluations, pools
+from service import evaluations, pool_embeddings, pools
 from service import jobs as repo
 from service.db import session_scope
 from service.errors import ServiceError
 from service.ids import new_id
 from service.leases import Key
-from service.models import Evaluation, Job
-from service.outbox import EVALUATION, JOB, Outbox
+from service.models import Evaluation, Job, Pool, PoolEmbedding
+from service.outbox import EVALUATION, JOB, POOL_EMBEDDING, Outbox
 from service.queue import BrokerUnavailable
 from service.settings import Settings
 from service.specs import estimated_duration
@@ -215,3 +216,34 @@ def submit_evaluation(
     _publish_or_withdraw(EVALUATION, (evaluation_id,), due_at, celery, settings, factory, withdraw)
     with session_scope(factory) as session:
         return session.get_one(Evaluation, evaluation_id)
+
+
+def submit_pool(
+    images: Sequence[SubmittedImage],
+    name: str | None,
+    tenant_id: str | None,
+    teacher: tuple[str, int] | None,
+    factory: sessionmaker[Session],
+    storage: Storage,
+    celery: Celery,
+    settings: Settings,
+) -> tuple[Pool, list[PoolEmbedding]]:
+    """A new pool (service.pools.create) and, with ``teacher`` (its name and views), the queued embedding its transaction
+    made, then published; a broker that refuses it withdraws the pool (503): nothing is left behind. The pool and its
+    embeddings, newest first."""
+    request = None if teacher is None else pools.EmbeddingRequest(*teacher, publish_grace_seconds=settings.publish_grace_seconds)
+    pool = pools.create(images, name, tenant_id, factory, storage, embedding=request)
+    if request is None:
+        return pool, []
+    with session_scope(factory) as session:
+        [queued] = pool_embeddings.list_for_pools(session, [pool.id])[pool.id]
+    assert queued.publish_due_at is not None  # pool_embeddings.create flags it
+
+    def withdraw() -> None:
+        with session_scope(factory) as session:
+            prefix = pools.delete_rows(session, pool.id)
+        storage.delete_prefix(prefix)
+
+    _publish_or_withdraw(POOL_EMBEDDING, (queued.id,), queued.publish_due_at, celery, settings, factory, withdraw)
+    with session_scope(factory) as session:
+        return pool, pool_embeddings.list_for_pools(session, [pool.id])[pool.id]

@@ -113,3 +113,54 @@ def test_a_job_naming_a_pool_that_is_not_there_is_refused(http):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "pool_not_found"
     malformed = http.post("/v1/jobs", json={"classes": ["circle", "square"], "synthesis": {"pool": "../etc"}})
     assert malformed.status_code == 422 and malformed.json()["error"]["code"] == "invalid_spec"
+
+
+def test_a_pool_created_with_an_unknown_teacher_or_bad_views_is_refused_and_leaves_nothing(http, api):
+    before = (_files(api), len(http.get("/v1/pools").json()["data"]))
+    image = [("images", ("a.png", png_bytes(), "image/png"))]
+    for fields, code in (({"teacher": "no-such-teacher"}, "unknown_teacher"), ({"teacher": "shapes-mini", "views": "17"}, "invalid_views"),
+                         ({"teacher": "shapes-mini", "views": "four"}, "invalid_views"), ({"views": "2"}, "invalid_views")):  # fmt: skip
+        response = http.post("/v1/pools", files=image, data=fields)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == code, fields
+    unknown = http.post("/v1/pools", files=image, data={"teacher": "no-such-teacher"}).json()["error"]
+    assert "shapes-mini" in unknown["details"]["known"]
+    assert (_files(api), len(http.get("/v1/pools").json()["data"])) == before
+
+
+def test_a_pool_created_with_a_teacher_queues_its_embedding_which_keeps_the_pool_until_it_ends(http, api):
+    from service import pool_embeddings
+    from service.models import PoolEmbedding
+
+    parts = [("images", (f"{i}.png", png_bytes(color=(i * 60, 0, 0)), "image/png")) for i in range(3)]
+    created = http.post("/v1/pools", files=parts, data={"teacher": "shapes-mini", "views": "2"})
+    assert created.status_code == 201, created.text
+    pool = created.json()
+    [embedding] = pool["embeddings"]
+    assert (embedding["teacher"], embedding["views"], embedding["status"], embedding["attempts"]) == ("shapes-mini", 2, "queued", 0)
+    assert embedding["id"].startswith("pemb_") and embedding["result"] is None and embedding["error"] is None
+    assert http.get(f"/v1/pools/{pool['id']}").json()["embeddings"] == [embedding]
+    assert [p["embeddings"] for p in http.get("/v1/pools").json()["data"] if p["id"] == pool["id"]] == [[embedding]]
+    factory = api.app.state.session_factory
+    with session_scope(factory) as session:
+        assert session.get_one(PoolEmbedding, embedding["id"]).publish_due_at is None  # published after the commit
+    refused = http.delete(f"/v1/pools/{pool['id']}")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "pool_in_use"
+    assert refused.json()["error"]["details"]["embeddings"] == [embedding["id"]]
+    with session_scope(factory) as session:  # a worker builds it (tests/worker/test_pool_embedding.py does it for real)
+        assert pool_embeddings.claim(session, embedding["id"], "test-worker", 30, 3) is not None
+    result = {"status": "built", "key": "0123456789abcdef", "images": 3, "views": 2, "encoder": "torch", "seconds": 0.2,
+              "encoder_choice": {"backend": "torch"}}  # fmt: skip
+    with session_scope(factory) as session:
+        assert pool_embeddings.finish(session, embedding["id"], "test-worker", pool_embeddings.SUCCEEDED, result=result)
+    [done] = http.get(f"/v1/pools/{pool['id']}").json()["embeddings"]
+    assert done["status"] == "succeeded" and done["result"] == {**result, "reason": None} and done["finished_at"] is not None
+    assert http.delete(f"/v1/pools/{pool['id']}").status_code == 204
+    with session_scope(factory) as session:
+        assert session.get(PoolEmbedding, embedding["id"]) is None
+    # The contract: typed embeddings in the OpenAPI document, and the form's fields.
+    document = http.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert "embeddings" in schemas["Pool"]["required"] and schemas["PoolEmbedding"]["properties"]["result"]
+    form = document["paths"]["/v1/pools"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["views"]["maximum"] == 16 and "teacher" in form

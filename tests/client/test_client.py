@@ -148,3 +148,24 @@ def test_pools_with_the_client_and_the_command_line(client, api, tmp_path, capsy
     assert missing.value.code == "pool_not_found" and missing.value.status == 404
     assert main(["pools", "create", "--url", api.url, "--images", str(tmp_path / "empty")]) == 2
     assert "error [invalid_images]" in capsys.readouterr().err
+
+
+def test_a_pool_created_with_a_teacher_with_the_client_and_the_command_line(client, api, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for index, color in enumerate(("red", "green")):
+        Image.new("RGB", (12, 12), color).save(folder / f"{index}.png")
+    made = client.create_pool(images=sorted(folder.iterdir()), teacher="shapes-mini", views=2)
+    [embedding] = made.embeddings
+    assert (embedding.teacher, embedding.views, embedding.status) == ("shapes-mini", 2, "queued")
+    assert client.get_pool(made.id).embeddings == [embedding]
+    with pytest.raises(ApiError) as unknown:
+        client.create_pool(images=sorted(folder.iterdir()), teacher="no-such-teacher")
+    assert unknown.value.code == "unknown_teacher"
+    assert main(["pools", "create", "--url", api.url, "--images", str(folder), "--teacher", "shapes-mini"]) == 0
+    out = capsys.readouterr().out
+    assert "queued pemb_" in out and "shapes-mini (4 views)" in out
+    assert main(["pools", "show", "--url", api.url, made.id]) == 0
+    assert f"embedding {embedding.id} by shapes-mini (2 views): queued" in capsys.readouterr().out
