@@ -140,3 +140,25 @@ def test_the_pool_is_not_deleted_while_its_embedding_is_queued_or_running_and_it
     with session_scope(factory) as session:
         assert session.get(Pool, pool_id) is None and session.get(PoolEmbedding, embedding_id) is None
         assert session.query(PoolImage).filter_by(pool_id=pool_id).count() == 0
+
+
+def test_the_reaper_publishes_an_overdue_embedding_once_as_an_embed_pool_message(tmp_path):
+    from service.reaper import reap_once
+    from tests.servers import settings_for
+    from tests.service.test_outbox import Outbox
+
+    box = Outbox(settings_for(tmp_path / "service", publish_grace_seconds=10.0))
+    try:
+        _, embedding_id = _pool(box.factory, tmp_path)  # committed; its publisher died before the message went out
+        with session_scope(box.factory) as session:
+            session.get_one(PoolEmbedding, embedding_id).publish_due_at = utcnow() - timedelta(seconds=1)
+        assert reap_once(box.settings, box.factory, box.celery).published == [embedding_id]
+        assert _get(box.factory, embedding_id).publish_due_at is None
+        assert reap_once(box.settings, box.factory, box.celery).published == []  # cleared: not published again
+        with box.celery.connection_for_read() as connection, connection.SimpleQueue(box.settings.queue, no_ack=True) as queue:
+            message = queue.get(timeout=2.0)
+            assert (message.headers["task"], message.payload[0]) == ("clipforge.embed_pool", [embedding_id])
+            with pytest.raises(queue.Empty):
+                queue.get(timeout=0.5)
+    finally:
+        box.close()
