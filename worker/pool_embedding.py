@@ -25,7 +25,7 @@ from service.db import session_scope
 from service.settings import Settings
 from service.storage import Storage
 from worker.attempts import LeaseKeeper, LeaseLost, new_owner, settle
-from worker.runner import _json_safe, read_pool_source, resolve_for_worker
+from worker.runner import json_safe, read_pool_source, resolve_for_worker
 
 log = logging.getLogger("clipforge.worker")
 
@@ -91,4 +91,4 @@ class PoolEmbeddingRunner:
 
         towers = self.settings.cache_dir or default_cache_dir()  # a large teacher's onnxruntime towers, beside its weights
         built = embed_pool_ahead(spec, teacher, source, storage_object_store(self.storage), towers, on_step=on_step)
-        return _json_safe(built.summary)  # type: ignore[return-value]  # a dict stays one
+        return json_safe(built.summary)  # type: ignore[return-value]  # a dict stays one

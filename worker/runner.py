@@ -280,7 +280,7 @@ class JobRunner:
             stored = [(name, CONTENT_TYPES.get(name, "application/octet-stream"), self.storage.put(artifact_key(job_id, name), data))
                       for name, data in sorted(result.artifacts.items())]  # fmt: skip
             with session_scope(self.factory) as session:
-                if not repo.finish(session, job_id, owner, repo.SUCCEEDED, artifacts=stored, metrics=_json_safe(result.metrics)):
+                if not repo.finish(session, job_id, owner, repo.SUCCEEDED, artifacts=stored, metrics=json_safe(result.metrics)):
                     raise LeaseLost(job_id)
             self.storage.delete_prefix(checkpoints_prefix(job_id))  # internal, as the chunks: the job's artifacts are out
             if split:
@@ -461,11 +461,11 @@ class ProgressReporter:
                 raise LeaseLost(self.job_id)
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float | int | str | bool) or value is None:
         return value
     return float(value) if hasattr(value, "__float__") else str(value)  # type: ignore[arg-type]
