@@ -10,10 +10,14 @@ here, so its estimate is None. While a job runs, the pipeline replaces these gue
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.student_catalog import STUDENTS, student_entry
 
@@ -40,6 +44,7 @@ CALIBRATION_MIN_S = 10.0  # only stages estimated at least this long calibrate t
 # Image-tower FLOPs per image relative to shapes-mini's 33.9 MFLOPs (open_clip configs at their native resolution).
 TEACHER_COST = {
     "shapes-mini": 1.0,
+    "fashion-mini": 1.0,  # shapes-mini's architecture, trained on Fashion-MNIST photos
     "RN50": 121.0,
     "ViT-B-32": 130.0,
     "ViT-B-16": 520.0,
@@ -48,12 +53,46 @@ TEACHER_COST = {
 
 
 def teacher_cost(teacher: str) -> float | None:
-    """The teacher's per-image cost against shapes-mini, from its architecture name (``ViT-B-32/openai`` -> ViT-B-32)."""
-    name = teacher.split("/")[0].removeprefix("hf-hub:")
-    for known, cost in TEACHER_COST.items():
-        if name == known or name.startswith(known + "-") or name.startswith(known + "@"):
-            return cost
-    return None
+    """The teacher's per-image cost against shapes-mini, from its architecture name (``ViT-B-32/openai`` -> ViT-B-32):
+    the table's, else counted from open_clip's JSON config of that architecture (``config_cost``); None for a model
+    neither knows (an hf-hub repository, a timm tower)."""
+    name = teacher.split("/")[0].split("@")[0].removeprefix("hf-hub:")
+    counted = TEACHER_COST.get(name) or config_cost(name)  # ViT-B-16-plus-240 is its own config, not ViT-B-16's
+    if counted is not None:
+        return counted
+    return next((cost for known, cost in TEACHER_COST.items() if name.startswith(known + "-")), None)
+
+
+RN50_MACS = 4.1e9  # open_clip RN50's image tower at 224 px: layers (3, 4, 6, 3), width 64
+
+
+@functools.cache
+def config_cost(architecture: str) -> float | None:
+    """An open_clip architecture's image-tower cost against shapes-mini, counted from its model config (read as JSON
+    from the installed package, without importing it: the API prices jobs without torch). A ViT: per layer, 12 width²
+    multiply-adds a token (attention projections and MLP) and 2 width a token pair; a ModifiedResNet: RN50's, scaled by
+    its blocks, width² and pixels. Within 3 % of ``TEACHER_COST``'s published figures for ViT-B-32, RN50, ViT-B-16 and
+    ViT-L-14."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_configs" / f"{architecture}.json"
+    try:
+        vision = json.loads(path.read_text())["vision_cfg"]
+    except (OSError, ValueError, KeyError):
+        return None
+    size, layers, width = vision.get("image_size"), vision.get("layers"), vision.get("width")
+    size = size[0] if isinstance(size, list) else size
+    if not isinstance(size, int) or not isinstance(width, int):
+        return None
+    if isinstance(layers, int) and vision.get("patch_size"):
+        tokens = (size // int(vision["patch_size"])) ** 2 + 1
+        macs = layers * (12 * tokens * width**2 + 2 * tokens**2 * width)
+    elif isinstance(layers, list):
+        macs = RN50_MACS * sum(layers) / 16 * (width / 64) ** 2 * (size / 224) ** 2
+    else:
+        return None
+    return round(macs / REFERENCE_TEACHER_FLOPS, 1)
 
 
 @dataclass(frozen=True)

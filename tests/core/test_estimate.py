@@ -35,6 +35,24 @@ def test_more_work_costs_more_and_unknowns_have_no_estimate():
     assert teacher_cost("ViT-B-32/openai") == teacher_cost("ViT-B-32") > 100 * teacher_cost("shapes-mini")
 
 
+def test_every_open_clip_architecture_and_bundled_teacher_is_priced_from_its_config_without_torch():
+    """A teacher the table leaves out is counted from open_clip's JSON config: a job on it gets an estimate at submission
+    (the API has no torch), and the count agrees with the table where both know the architecture."""
+    import subprocess
+    import sys
+
+    from core.estimate import TEACHER_COST, config_cost
+
+    assert teacher_cost("fashion-mini") == teacher_cost("shapes-mini")
+    for name in ("ViT-B-32", "RN50", "ViT-B-16", "ViT-L-14"):
+        assert abs(config_cost(name) / TEACHER_COST[name] - 1) < 0.03, name
+    assert teacher_cost("RN101/openai") > teacher_cost("RN50") and teacher_cost("ViT-H-14@laion2b_s32b_b79k") > teacher_cost("ViT-L-14")
+    assert teacher_cost("hf-hub:someone/model") is None and config_cost("no-such-architecture") is None
+    assert estimate_seconds({**_resolved(), "teacher": "RN101/openai"}) is not None  # None before: not in the table
+    probe = "import sys, core.estimate as e; e.teacher_cost('RN101'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
