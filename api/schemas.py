@@ -181,8 +181,10 @@ class ClassProbability(BaseModel):
 
 class Prediction(BaseModel):
     filename: str | None  # the part's file name, as sent
-    label: str  # the most likely class, or "unknown" below the job's calibrated threshold
-    unknown: bool | None = None  # none of the classes (the model card's threshold); None when the job has no calibration
+    label: str  # the most likely class, always: a flag (``unknown``) says when it may be none of them, never replaces it
+    unknown: bool | None = None  # may be none of the classes (score below the threshold); None when the job has no calibration
+    unknown_score: float | None = None  # the top class's log-odds at the calibrated temperature, compared with the threshold
+    unknown_threshold: float | None = None  # the model card's threshold: scores below it are flagged
     top: list[ClassProbability]  # the top_k classes, most likely first
 
 

@@ -18,7 +18,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
     parser.add_argument(
-        "--unknown", action="store_true", help="answer 'unknown' for an image below the job's calibrated threshold (its model card)"
+        "--unknown",
+        action="store_true",
+        help="flag an image scored below the job's calibrated threshold (its card): maybe none of its classes",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document: every image's top classes")
     parser.set_defaults(handler=run_predict)
@@ -60,6 +62,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return 0
     for prediction in predictions:
         top = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-        verdict = "\tunknown" if prediction.unknown else ""
+        verdict = ""
+        if prediction.unknown:  # a flag beside the answer: the top class is still the answer
+            verdict = f"\tmay be none of these (score {prediction.unknown_score:.2f} < {prediction.unknown_threshold:.2f})"
         print(f"{prediction.source}\t{top}{verdict}")
     return 0

@@ -39,21 +39,27 @@ def top_log_odds(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -(largest[:, 0] + np.log(np.exp(gaps - largest).sum(axis=1)))
 
 
-UNKNOWN = "unknown"  # the label of an image the student finds none of its classes (with ``unknown=True``)
+UNKNOWN = "unknown"  # the verdict's name where a text line says it (`clipforge predict`); never a label
 
 
 @dataclass(frozen=True)
 class Prediction:
     source: str  # the file's path, or the image's index in the call
     top: list[tuple[str, float]]  # (class, probability), most likely first
-    unknown: bool | None = None  # below the model card's threshold: none of the classes; None when not asked or not calibrated
+    # A flag beside the answer, never instead of it: the score is below the model card's threshold, so the image may be
+    # none of the classes. None when not asked or the job made no calibration.
+    unknown: bool | None = None
+    unknown_score: float | None = None  # the top class's log-odds at the calibrated temperature (top_log_odds)
+    unknown_threshold: float | None = None  # the card's threshold the score is compared with
 
     @property
     def label(self) -> str:
-        return UNKNOWN if self.unknown else self.top[0][0]
+        """The most likely class, always (a trusted answer below the threshold is still the answer; ``unknown`` flags it)."""
+        return self.top[0][0]
 
     def to_json(self) -> dict[str, object]:
-        return {"source": self.source, "label": self.label, "unknown": self.unknown,
+        return {"source": self.source, "label": self.label, "unknown": self.unknown, "unknown_score": self.unknown_score,
+                "unknown_threshold": self.unknown_threshold,
                 "top": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}  # fmt: skip
 
 
@@ -107,9 +113,9 @@ class Student:
         return np.stack(arrays) if arrays else np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
 
     def predict(self, images: Sequence[Image.Image | str | Path], *, top_k: int = 3, unknown: bool = False) -> list[Prediction]:
-        """The ``top_k`` most likely classes of each image, with their probabilities. ``unknown``: also say whether each
-        image is none of the classes (its top class log-odds at the calibrated temperature below the card's threshold);
-        a student without a calibration answers None."""
+        """The ``top_k`` most likely classes of each image, with their probabilities. ``unknown``: also flag each image
+        that may be none of the classes (its top class log-odds at the calibrated temperature below the card's threshold),
+        with its score and the threshold; a student without a calibration answers None."""
         logits = self.logits(self.prepare(images))
         probabilities = softmax(logits)
         scores = top_log_odds(logits, self.temperature) if len(logits) else np.zeros(0)
@@ -118,10 +124,12 @@ class Student:
         for i, (image, row) in enumerate(zip(images, probabilities, strict=True)):
             order = np.argsort(-row, kind="stable")[:k]
             source = str(image) if not isinstance(image, Image.Image) else str(i)
-            verdict = None
+            top = [(self.classes[j], float(row[j])) for j in order]
             if unknown and self.unknown_threshold is not None:
-                verdict = bool(scores[i] < self.unknown_threshold)
-            predictions.append(Prediction(source, [(self.classes[j], float(row[j])) for j in order], verdict))
+                score = round(float(scores[i]), 4)
+                predictions.append(Prediction(source, top, bool(scores[i] < self.unknown_threshold), score, self.unknown_threshold))
+            else:
+                predictions.append(Prediction(source, top))
         return predictions
 
 

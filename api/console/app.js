@@ -795,17 +795,41 @@ async function classifyImages(files) {
     const items = predictions.map((prediction, index) => {
       const url = URL.createObjectURL(files[index]);
       current.blobUrls.push(url);
-      const top = prediction.top.map((entry) => el("li", {}, `${entry.name} ${(100 * entry.probability).toFixed(1)} %`));
+      const name = prediction.filename || `image ${index + 1}`;
+      // One card a result: the image at a readable size, the answer, a flag beside it (never instead of it) when the
+      // student may be seeing none of its classes, and its top classes as bars.
+      const bars = prediction.top.map((entry) => {
+        const percent = `${(100 * entry.probability).toFixed(1)} %`;
+        const fill = el("span", { className: "bar-fill" });
+        fill.style.width = `${(100 * entry.probability).toFixed(1)}%`; // through the CSSOM: the page's CSP refuses style attributes
+        return el(
+          "li",
+          { className: "bar-row" },
+          el("span", { className: "bar-name", title: entry.name }, entry.name),
+          el("span", { className: "bar-value" }, percent),
+          el("span", { className: "bar", "aria-hidden": "true" }, fill),
+        );
+      });
+      const flag = prediction.unknown
+        ? el(
+            "span",
+            {
+              className: "badge flag",
+              title: `score ${prediction.unknown_score?.toFixed(2)} below the job's calibrated threshold ${prediction.unknown_threshold?.toFixed(2)}: the image may be none of its classes`,
+            },
+            "may be none of these",
+          )
+        : "";
       return el(
         "li",
         { className: "prediction" },
-        el("img", { src: url, alt: prediction.filename || `image ${index + 1}`, className: "pixelated" }),
+        el("img", { src: url, alt: name, className: "pixelated" }),
         el(
           "div",
-          {},
-          el("strong", { className: "prediction-label" }, prediction.label),
-          prediction.unknown ? el("span", { className: "badge", title: "below the job's calibrated confidence: none of its classes" }, "none of these") : "",
-          el("ol", {}, ...top),
+          { className: "prediction-body" },
+          el("p", { className: "prediction-file", title: name }, name),
+          el("p", { className: "prediction-answer" }, el("strong", { className: "prediction-label" }, prediction.label), " ", flag),
+          el("ol", { className: "bars" }, ...bars),
         ),
       );
     });

@@ -56,6 +56,8 @@ def _predict(request: Request, key: str, sha256: str, images: list, top_k: int, 
                 filename=image.filename,
                 label=prediction.label,
                 unknown=prediction.unknown,
+                unknown_score=prediction.unknown_score,
+                unknown_threshold=prediction.unknown_threshold,
                 top=[schemas.ClassProbability(name=name, probability=round(p, 6)) for name, p in prediction.top],
             )
             for image, prediction in zip(images, predicted, strict=True)

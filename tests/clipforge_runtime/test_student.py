@@ -91,3 +91,34 @@ def test_clipforge_predict_prints_each_files_top_classes_and_refuses_with_codes(
     ):
         refused = subprocess.run([*run, *args], capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and f"error [{code}]" in refused.stderr, refused.stderr
+
+
+def test_an_image_below_the_calibrated_threshold_keeps_its_top_class_and_is_flagged_with_its_score(tmp_path):
+    """The answer is always the top class; "unknown" is a flag beside it with the score and the threshold, at the
+    threshold's median score: half the images flagged, every label still a class, in the API's JSON and the CLI's line."""
+    from clipforge_runtime import top_log_odds
+
+    torch.manual_seed(0)
+    student = create_student("tiny_cnn", len(CLASSES), 32, mean=(0.5,) * 3, std=(0.25,) * 3).eval()
+    paths = _images(tmp_path / "images", count=6)
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(
+        export_onnx(
+            student, 32, metadata={"clipforge_model_card": json.dumps({"classes": CLASSES, "input": {"shape": ["batch", 3, 32, 32]}})}
+        )
+    )
+    scores = top_log_odds(Student.load(plain).logits(Student.load(plain).prepare(paths)))
+    threshold = float(np.median(scores))
+    card = {"classes": CLASSES, "input": {"shape": ["batch", 3, 32, 32]}, "unknown": {"available": True, "threshold": threshold}}
+    calibrated = tmp_path / "calibrated.onnx"
+    calibrated.write_bytes(export_onnx(student, 32, metadata={"clipforge_model_card": json.dumps(card)}))
+    predictions = Student.load(calibrated).predict(paths, top_k=2, unknown=True)
+    assert [p.unknown for p in predictions] == [bool(s < threshold) for s in scores] and 0 < sum(p.unknown for p in predictions) < 6
+    assert all(p.label == p.top[0][0] in CLASSES and p.unknown_threshold == threshold for p in predictions)
+    assert [p.unknown_score for p in predictions] == pytest.approx(scores.tolist(), abs=1e-4)
+    assert Student.load(plain).predict(paths, unknown=True)[0].unknown is None  # no calibration: no verdict
+    flagged = next(p for p in predictions if p.unknown)
+    assert flagged.to_json()["label"] == flagged.top[0][0] and flagged.to_json()["unknown_score"] == flagged.unknown_score
+    lines = subprocess.run([sys.executable, "-m", "cli.main", "predict", "--model", str(calibrated), *map(str, paths), "--unknown"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert sum("may be none of these" in line for line in lines) == sum(p.unknown for p in predictions)

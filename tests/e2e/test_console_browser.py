@@ -108,6 +108,38 @@ def save_screenshot(page: Page, tmp_path: Path, name: str) -> None:
     page.screenshot(path=tmp_path / f"{name}.png", full_page=True)
 
 
+TRY_IT_GEOMETRY = """() => {
+    const problems = [];
+    const inside = (inner, outer) => inner.left >= outer.left - 0.5 && inner.right <= outer.right + 0.5
+        && inner.top >= outer.top - 0.5 && inner.bottom <= outer.bottom + 0.5;
+    const results = document.querySelector("#try-results");
+    const area = results.getBoundingClientRect();
+    const cards = [...results.querySelectorAll(".prediction")];
+    const boxes = cards.map((card) => card.getBoundingClientRect());
+    boxes.forEach((box, i) => {
+        if (!inside(box, area)) problems.push(`result ${i} outside the results`);
+        boxes.slice(i + 1).forEach((other, j) => {
+            const apart = box.right <= other.left + 0.5 || other.right <= box.left + 0.5
+                || box.bottom <= other.top + 0.5 || other.bottom <= box.top + 0.5;
+            if (!apart) problems.push(`results ${i} and ${i + j + 1} overlap`);
+        });
+        for (const part of cards[i].querySelectorAll("*")) {
+            const rect = part.getBoundingClientRect();
+            if (rect.width > 0 && rect.height > 0 && !inside(rect, box)) problems.push(`result ${i}: a ${part.tagName} leaves its card`);
+        }
+        const image = cards[i].querySelector("img").getBoundingClientRect();
+        if (image.width < 64 || image.height < 64) problems.push(`result ${i}: its image is ${image.width}x${image.height} px`);
+    });
+    if (document.documentElement.scrollWidth > window.innerWidth) problems.push("the page scrolls sideways");
+    return problems;
+}"""
+
+
+def try_it_geometry(page: Page) -> list[str]:
+    """What a person would see wrong in the Try it results: overlaps, parts outside their card, small images."""
+    return page.evaluate(TRY_IT_GEOMETRY)
+
+
 def unlabelled_controls(page: Page) -> list[str]:
     script = """[...document.querySelectorAll("input, select, textarea")]
         .filter((control) => control.type !== "hidden" && control.labels.length === 0 && !control.getAttribute("aria-label"))
@@ -283,7 +315,26 @@ def test_submit_follow_download_and_evaluate_a_job(page: Page, service_url: str,
     shown = page.locator("#try-results .prediction-label").all_inner_texts()
     assert shown == [p["label"] for p in answered["predictions"]]
     expect(page.locator("#try-results .prediction ol li")).to_have_count(3 * len(tried))
+    flagged = [p for p in answered["predictions"] if p["unknown"]]
+    expect(page.locator("#try-results .flag")).to_have_count(len(flagged))  # a flag beside the label, never instead of it
     save_screenshot(page, tmp_path, "try-it")
+
+    # What a person sees, at a desktop's and a phone's width, with 5 and with 16 images: no two results overlap, each
+    # stays inside the results and everything in it inside its card, images at least 64 px, no sideways scrolling.
+    extra = tmp_path / "try-more"
+    extra.mkdir()
+    many = [path for paths in render_shapes(extra, per_class=6).values() for path in paths][:16]
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        for count in (5, 16):
+            page.get_by_label("Images to classify", exact=True).set_input_files(many[:count])
+            page.get_by_role("button", name="Classify", exact=True).click()
+            expect(page.locator("#try-results .prediction")).to_have_count(count)
+            loaded = "[...document.querySelectorAll('#try-results img')].filter((i) => i.naturalWidth > 0).length"
+            page.wait_for_function(f"{loaded} === {count}")
+            assert try_it_geometry(page) == [], (width, count)
+            save_screenshot(page, tmp_path, f"try-it-{width}px-{count}")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_a_job_that_does_not_exist_says_so_and_offers_no_actions(page: Page, service_url: str):
