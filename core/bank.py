@@ -197,7 +197,8 @@ class SampleBank(CachedViews):
 @torch.no_grad()
 def build_bank(teacher: Teacher, synthesis: SynthesisConfig, key: BankKey, *, on_step: StepCallback | None = None) -> SampleBank:
     """Decode ``key.images`` prior samples of ``synthesis``'s generator, draw ``key.views`` views of each and embed all
-    with the teacher. ``on_step(done, total)`` after every batch (it may raise to cancel)."""
+    with the teacher. ``on_step(done, total)`` in teacher passes, after every EMBED_BATCH of them (it may raise to
+    cancel): a slow teacher's bank reports every few seconds, not once a batch of 256 images and their views."""
     augment = AugmentConfig(*key.augment)
     rng = torch.Generator().manual_seed(BANK_SEED)
     sample = prior_sampler(synthesis, key.image_size, teacher.device)
@@ -205,23 +206,25 @@ def build_bank(teacher: Teacher, synthesis: SynthesisConfig, key: BankKey, *, on
     images = torch.empty(key.images, 3, size, size, dtype=torch.uint8)
     params = torch.empty(key.images, views, VIEW_PARAMS)
     embeddings: torch.Tensor | None = None
-    total = -(-key.images // BUILD_BATCH)
-    for batch, start in enumerate(range(0, key.images, BUILD_BATCH)):
+    total, done = key.images * (1 + views), 0
+    for start in range(0, key.images, BUILD_BATCH):
         n = min(BUILD_BATCH, key.images - start)
         quantised = (sample(n, rng).float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
         pixels = quantised.float() / 255.0
         geometry = view_params(n * views, rng, augment).view(n, views, VIEW_PARAMS)
         viewed = apply_views(pixels.repeat_interleave(views, dim=0), geometry.view(-1, VIEW_PARAMS), size)
-        embedded = torch.cat(
-            [teacher.encode_image(chunk.to(teacher.device)).float().cpu() for chunk in torch.cat([pixels, viewed]).split(EMBED_BATCH)]
-        )
+        parts = []
+        for chunk in torch.cat([pixels, viewed]).split(EMBED_BATCH):
+            parts.append(teacher.encode_image(chunk.to(teacher.device)).float().cpu())
+            done += len(chunk)
+            if on_step is not None:
+                on_step(done, total)
+        embedded = torch.cat(parts)
         if embeddings is None:
             embeddings = torch.empty(key.images, 1 + views, embedded.shape[-1])
         embeddings[start : start + n, 0] = embedded[:n]
         embeddings[start : start + n, 1:] = embedded[n:].view(n, views, -1)
         images[start : start + n], params[start : start + n] = quantised, geometry
-        if on_step is not None:
-            on_step(batch + 1, total)
     assert embeddings is not None
     return SampleBank(images, params, embeddings, key)
 

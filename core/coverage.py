@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.stored import CachedViews
+from core.stored import EMBED_BATCH, CachedViews, StepCallback
 from core.synthesis import SEED_STRIDE, SurrogateSet, SynthesisConfig, cached_probabilities, prior_sampler, teacher_probabilities
 from core.teachers.base import Teacher
 
@@ -44,16 +44,29 @@ class Coverage:
 
 @torch.no_grad()
 def prior_coverage(
-    teacher: Teacher, classifier: torch.Tensor, config: SynthesisConfig, *, seed: int, threshold: float, bank: CachedViews | None = None
+    teacher: Teacher,
+    classifier: torch.Tensor,
+    config: SynthesisConfig,
+    *,
+    seed: int,
+    threshold: float,
+    bank: CachedViews | None = None,
+    on_step: StepCallback | None = None,
 ) -> Coverage:
-    """``bank``: the prior's samples are the bank's (a pool's images), scored from their cached embeddings."""
+    """``bank``: the prior's samples are the bank's (a pool's images), scored from their cached embeddings.
+    ``on_step(done, total)`` after each EMBED_BATCH of samples the teacher scored (a slow teacher's preparing reports)."""
     rng = torch.Generator().manual_seed(seed * SEED_STRIDE + COVERAGE_STREAM)
     if bank is not None:
         index = torch.randint(len(bank), (config.coverage_samples,), generator=rng)
         probabilities = bank.logits(classifier, teacher.logit_scale, index).float().softmax(-1)
     else:
         samples = prior_sampler(config, teacher.image_size, teacher.device)(config.coverage_samples, rng)
-        probabilities = teacher_probabilities(teacher, classifier, samples)  # (M, K)
+        parts = []
+        for chunk in samples.split(EMBED_BATCH):
+            parts.append(teacher_probabilities(teacher, classifier, chunk))
+            if on_step is not None:
+                on_step(sum(len(p) for p in parts), len(samples))
+        probabilities = torch.cat(parts)  # (M, K)
     top = max(1, round(len(probabilities) * COVERAGE_TOP_SHARE))
     best = probabilities.topk(top, dim=0).values.mean(0)
     prior = [float(p) for p in best.cpu()]

@@ -119,12 +119,14 @@ def estimate_stage_seconds(
     pool: PoolFacts | None = None,
     teacher_seconds_per_image: float | None = None,
     bank: BankFacts | None = None,
+    student_seconds_per_image: float | None = None,
 ) -> dict[str, float] | None:
     """Seconds per stage for a resolved spec (``core.spec.resolve(...).model_dump()``) on the reference CPU; None when
     there is no reference for it (a GPU budget, a teacher of unknown cost, a student without a measured cost).
     ``teacher_seconds_per_image``: the teacher's image pass as measured on this worker (``measure_teacher_seconds``),
     else priced from its architecture's FLOPs against shapes-mini's. ``pool``: the job's pool (a job naming one).
-    ``bank``: the sample bank the job builds in its "bank" stage, if none is stored yet."""
+    ``bank``: the sample bank the job builds in its "bank" stage, if none is stored yet. ``student_seconds_per_image``: a
+    training step of the student at the job's size as timed on this worker, per image (else its catalogue entry's cost)."""
     if spec.get("budget") != "cpu":
         return None
     teacher = teacher_cost(str(spec.get("teacher", "")))
@@ -134,6 +136,8 @@ def estimate_stage_seconds(
     if (teacher is None and teacher_seconds_per_image is None) or student_cost is None:
         return None
     student_cost *= (int(student.get("image_size") or REFERENCE_SIZE) / REFERENCE_SIZE) ** 2  # a step costs the pixels
+    if student_seconds_per_image is not None:
+        student_cost = student_seconds_per_image
     classes = len(spec.get("classes") or [])  # type: ignore[arg-type]
     images = classes * int(synthesis.get("images_per_class") or 0)
     decoder = synthesis.get("generator") in ("auto", "decoder")
@@ -172,9 +176,9 @@ def estimate_stage_seconds(
         assert pool is not None
         passes = 0 if pool.embedded else pool.images * (1 + int(synthesis.get("pool_views") or 1))
         measured["pool"] = passes * (pool.seconds_per_image or look) + pool.images * POOL_LOAD_S
-    if not banked:  # coverage, the quality estimate and the unknown calibration embed their own prior samples
-        samples = int(synthesis.get("coverage_samples") or 0)
-        measured["preparing"] += samples * (decode + look)
+    if not from_pool:  # the coverage is measured on fresh prior samples in preparing, before any bank is loaded
+        measured["preparing"] += int(synthesis.get("coverage_samples") or 0) * (decode + look)
+    if not banked:  # the quality estimate and the unknown calibration embed their own prior samples
         measured["exporting"] += (EXPORT_PRIOR_SAMPLES + images) * (decode + look)
     return {stage: measured[stage] for stage in STAGES}
 

@@ -64,7 +64,7 @@ from core.pools import (
 )
 from core.quality import estimate_quality, quality_warnings
 from core.spec import CustomizeSpec, ResolvedSpec, generator_for, noise_generator_warning, resolve
-from core.stored import CachedViews, ObjectStore
+from core.stored import CachedViews, ObjectStore, StepCallback
 from core.students import Student, count_flops, count_parameters, create_student_for
 from core.synthesis import (
     ClassPrompts,
@@ -564,11 +564,46 @@ def job_estimates(
         facts = PoolFacts(len(source), embedded=stored, seconds_per_image=tower)
     if spec.budget != "cpu":
         return None
-    # A small teacher is priced on the reference CPU (LARGE_TEACHER_FLOPS: timed, make demo's bank read hours under load).
-    timed = timed and teacher_flops(teacher) >= LARGE_TEACHER_FLOPS
+    # Timed here, whatever the teacher: a stage's share of the progress bar is its share of the estimate, and a slow
+    # machine's bank is a third of the job, not the 2 % reference prices made it. The refusal prices on the reference
+    # CPU (``timed=False``), so a busy machine never refuses a job.
     seconds = seconds_per_image(teacher) if timed else TEACHER_FORWARD_S * teacher_flops(teacher) / REFERENCE_TEACHER_FLOPS
     building = bank_to_build(spec, teacher, bank, timed=timed) if pool is None else None
-    return estimate_stage_seconds(spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds, bank=building)
+    student = student_step_seconds(spec, teacher) if timed else None
+    return estimate_stage_seconds(
+        spec.model_dump(mode="json"), pool=facts, teacher_seconds_per_image=seconds, bank=building, student_seconds_per_image=student
+    )
+
+
+_STUDENT_SECONDS: dict[tuple[str, int, int, str], float] = {}  # (arch, size, classes, device) -> seconds per image, timed here
+STUDENT_TIMING_BATCH = 64  # images in each timed training step: the distillation's batch on the cpu budget
+STUDENT_TIMING_STEPS = 3  # timed steps, after one warm-up
+
+
+def student_step_seconds(spec: ResolvedSpec, teacher: Teacher) -> float:
+    """A training step of the job's student at its input size on this machine, in seconds per image: timed once per
+    process and (architecture, size, classes, device) on STUDENT_TIMING_STEPS steps of STUDENT_TIMING_BATCH images after a
+    warm-up (about 0.1 s for small_cnn at 32 px), so that the distillation's share of the estimate and of the progress
+    bar is measured as the teacher's is, not the reference machine's figure on a machine three times slower."""
+    size = student_image_size(spec, teacher)
+    key = (spec.student.arch, size, len(spec.classes), str(teacher.device))
+    if key not in _STUDENT_SECONDS:
+        with torch.random.fork_rng(devices=[teacher.device] if teacher.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            student = create_student_for(teacher, spec.student.arch, len(spec.classes), size).train()
+            optimizer = torch.optim.SGD(student.parameters(), lr=0.0)  # a step's cost, not its effect: no learning
+            pixels = torch.rand(STUDENT_TIMING_BATCH, 3, size, size, device=teacher.device)
+            labels = torch.randint(len(spec.classes), (STUDENT_TIMING_BATCH,), device=teacher.device)
+            began = 0.0
+            for step in range(STUDENT_TIMING_STEPS + 1):
+                if step == 1:
+                    began = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(student(pixels), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            _STUDENT_SECONDS[key] = (time.perf_counter() - began) / (STUDENT_TIMING_STEPS * STUDENT_TIMING_BATCH)
+    return _STUDENT_SECONDS[key]
 
 
 def prepare(
@@ -578,12 +613,14 @@ def prepare(
     *,
     coverage: Coverage | None = None,
     pool: PoolInput | None = None,
+    on_step: StepCallback | None = None,
 ) -> Preparation:
     """The preparing stage: ``spec`` resolved for ``teacher`` and the teacher's embeddings of its prompts. ``coverage``:
     the prior's coverage as this job's first preparation measured it (deterministic, so only saved work): a split job's
     chunks and distillation take it instead of decoding and scoring the prior samples again. ``pool``: the spec's pool,
     best with its embeddings (``pool_views``; images alone are embedded here); with ``synthesis.pool_prior`` the prior is
-    fitted on them. With the pool generator the pool's images and their cached embeddings are the job's bank."""
+    fitted on them. With the pool generator the pool's images and their cached embeddings are the job's bank.
+    ``on_step(done, total)``: the coverage's teacher passes as they go."""
     spec = resolved_spec(spec, teacher)
     synthesis = synthesis_config(spec, teacher)
     if (pool is None) != (spec.synthesis.pool is None):
@@ -601,7 +638,7 @@ def prepare(
     targets = build_targets(teacher, class_prompts(spec, examples), styles if spec.synthesis.use_styles else [])
     if coverage is None:
         threshold = synthesis.coverage_threshold
-        coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=threshold, bank=bank)
+        coverage = prior_coverage(teacher, targets.classifier, synthesis, seed=spec.seed, threshold=threshold, bank=bank, on_step=on_step)
     elif len(coverage.prior) != len(spec.classes) or coverage.threshold != synthesis.coverage_threshold:
         raise ValueError(f"the coverage given covers {len(coverage.prior)} classes at threshold {coverage.threshold}, not this job's")
     synthesis = affordable_thin_steps(spec, dataclasses.replace(synthesis, thin_classes=coverage.thin), teacher)
@@ -856,7 +893,8 @@ def customize(
                 step = functools.partial(_fraction_of, functools.partial(tracker.update, "pool"))
                 pool = pool_views(resolved, teacher, pool, pool_store, encoder=encoder, on_step=step)
         with tracker.timed("preparing"):
-            preparation = prepare(resolved, teacher, examples, pool=pool)
+            step = functools.partial(_fraction_of, functools.partial(tracker.update, "preparing"))
+            preparation = prepare(resolved, teacher, examples, pool=pool, on_step=step)
             # The prior's coverage of each class, as soon as it is known: a job's metrics event says it (coverage/NAME).
             names = preparation.spec.class_names
             if preparation.spec.distillation.method != resolved.distillation.method:

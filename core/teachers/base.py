@@ -96,26 +96,32 @@ class Teacher(nn.Module):
 
 
 TIMING_IMAGES = 8  # images of the short timing that prices a teacher's image pass on this machine
-TIMING_BATCH_IMAGES = 256  # a fast teacher is timed again on a batch this size, as it embeds in bulk (core.stored)
+TIMING_BATCH_IMAGES = 64  # ... and of the second, longer one: the marginal cost of the images beyond the first call's
+TIMING_BATCH_MAX_SECONDS = 2.0  # the second timing runs where the first took less than this (ViT-B-32: 0.9 s on 2 cores)
 
 
 @torch.no_grad()
 def seconds_per_image(teacher: Teacher) -> float:
     """The teacher's image pass on this machine, in seconds per image: timed once per loaded teacher (a worker keeps
-    its teachers) on TIMING_IMAGES random images after one warm-up pass, and a fast one (under 0.1 s for those) again on
-    TIMING_BATCH_IMAGES, as jobs embed in batches; so that a job's estimate prices its teacher passes with what they
-    cost here, whatever the teacher (core.estimate)."""
+    its teachers) on TIMING_IMAGES random images after one warm-up pass, then on TIMING_BATCH_IMAGES, the price being
+    the extra images' marginal cost. A call's fixed cost is large on a busy machine (eight shapes-mini images timed
+    72 ms an image where a bank's batches cost 8 ms), and jobs embed in batches; so that a job's estimate prices its
+    teacher passes with what they cost here, whatever the teacher (core.estimate)."""
     cached = getattr(teacher, "_seconds_per_image", None)
     if cached is None:
         generator = torch.Generator().manual_seed(0)
         teacher.encode_image(torch.rand(1, 3, teacher.image_size, teacher.image_size, generator=generator))
+        timed: list[float] = []
         for count in (TIMING_IMAGES, TIMING_BATCH_IMAGES):
             pixels = torch.rand(count, 3, teacher.image_size, teacher.image_size, generator=generator)
             began = time.perf_counter()
             teacher.encode_image(pixels)
-            seconds = time.perf_counter() - began
-            cached = seconds / count
-            if seconds >= 0.1:
-                break
+            timed.append(time.perf_counter() - began)
+            if timed[0] >= TIMING_BATCH_MAX_SECONDS:
+                break  # a large teacher: a few images say enough
+        cached = timed[0] / TIMING_IMAGES
+        if len(timed) == 2:
+            marginal = (timed[1] - timed[0]) / (TIMING_BATCH_IMAGES - TIMING_IMAGES)
+            cached = marginal if marginal > 0 else timed[1] / TIMING_BATCH_IMAGES
         teacher._seconds_per_image = cached  # type: ignore[attr-defined]
     return cached
