@@ -54,6 +54,11 @@ class JobFailed(ApiError):
         self.job = job
 
 
+# An upload's answer waits for the service to decode and check every image it holds (a 50,000-photo pool's zip: minutes),
+# so its read timeout is this, not the client's default for other calls.
+UPLOAD_READ_TIMEOUT = 1800.0
+
+
 class ClipforgeClient:
     def __init__(
         self, url: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None, api_key: str | None = None
@@ -75,6 +80,8 @@ class ClipforgeClient:
     # -- plumbing ------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if "files" in kwargs and "timeout" not in kwargs:  # the service checks every image before it answers
+            kwargs["timeout"] = httpx.Timeout(self._http.timeout.connect, read=max(self._http.timeout.read or 0.0, UPLOAD_READ_TIMEOUT))
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
