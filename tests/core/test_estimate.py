@@ -138,12 +138,12 @@ def test_a_cpu_job_that_would_take_hours_is_refused_before_it_starts_with_the_fa
     # samples and 4 views each through the teacher.
     reference = job_estimates(resolved_spec(spec, teacher), teacher, bank=bank, timed=False)
     assert reference is not None and reference["bank"] > 3600
-    # This machine's timings price it (CI's cores ran it in 48 min, this one's in 80): the limit is set under them.
-    timed = job_estimates(resolved_spec(spec, teacher), teacher, bank=bank)
-    assert timed is not None and timed["bank"] > 600
+    # The refusal prices on the reference CPU too: a busy machine never refuses a job, a fast one (CI's cores timed
+    # this bank at 48 min) never starts this one. This machine's timed estimate is what the job would show.
+    assert job_estimates(resolved_spec(spec, teacher), teacher, bank=bank) is not None
     seen = []
     with pytest.raises(JobTooSlowError) as refused:
-        customize(spec, teacher, bank=bank, on_progress=seen.append, max_cpu_seconds=sum(timed.values()) / 2)
+        customize(spec, teacher, bank=bank, on_progress=seen.append)
     assert seen == [] and refused.value.code == "too_slow_for_cpu"
     assert all(way in str(refused.value) for way in ("pool", "GPU", "clipforge bank build"))
     assert not any(tmp_path.iterdir())  # nothing was built
