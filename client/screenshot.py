@@ -1,10 +1,11 @@
-"""The README's console screenshot, docs/console.png, taken from a real default job.
+"""The README's console screenshots, docs/console.png and docs/try-it.png, taken from a real default job.
 
 ``python -m client.screenshot`` starts `clipforge serve` on a free port with a fresh data dir under runs/, submits the
 default job of bench/configs/demo.json (the 8 shape classes, the teacher and a seed: nothing else), follows it to
 success, evaluates its student through the service on held-out test renders (as `make demo` does), then opens the
 job's page in headless Chromium (Debian's ``chromium``, driven by playwright) and saves it from the top down to the
-evaluation's confusion matrices (the grid of mistakes below them would double the picture's height).
+evaluation's confusion matrices (the grid of mistakes below them would double the picture's height); then classifies
+six held-out renders in its Try it box and saves that section (docs/try-it.png).
 ``--data-dir DIR --job JOB`` takes the picture of a job that an earlier run left in DIR instead (no new job).
 """
 
@@ -23,6 +24,8 @@ from client.demo import CONFIG, SHAPE8, serving, write_test_pngs
 from client.progress import follow
 
 OUT = Path("docs/console.png")
+TRY_IT_OUT = Path("docs/try-it.png")
+TRY_IT_IMAGES = 6  # held-out renders classified in the Try it picture, one of each of the first classes
 VIEWPORT = {"width": 1280, "height": 900}
 MARGIN_PX = 16  # below the confusion matrices' caption (the next figure starts 20 px down)
 # Where the picture ends: the bottom of the newest evaluation's first figure (its confusion matrices), in page pixels.
@@ -48,9 +51,9 @@ def run_default_job(client: ClipforgeClient, data_dir: Path) -> str:
     return job.id
 
 
-def screenshot(url: str, job_id: str, out: Path) -> None:
+def screenshot(url: str, job_id: str, out: Path, try_it_out: Path = TRY_IT_OUT) -> None:
     """The job page, once its samples, model card, evaluation table and figures have loaded, down to the confusion
-    matrices."""
+    matrices; then its Try it section with held-out renders classified."""
     from playwright.sync_api import expect, sync_playwright
 
     chromium = shutil.which("chromium")
@@ -73,8 +76,15 @@ def screenshot(url: str, job_id: str, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         height = page.evaluate(PICTURE_BOTTOM) + MARGIN_PX
         page.screenshot(path=out, full_page=True, clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height})
+        print(f"wrote {out}", flush=True)
+        renders = write_test_pngs(Path(tempfile.mkdtemp(prefix="try-it-")), per_class=1)
+        page.get_by_label("Images to classify", exact=True).set_input_files([paths[0] for paths in renders.values()][:TRY_IT_IMAGES])
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.locator("#try-results .prediction")).to_have_count(TRY_IT_IMAGES)
+        page.wait_for_function("[...document.querySelectorAll('#try-results img')].every((img) => img.complete && img.naturalWidth > 0)")
+        page.locator("#try-section").screenshot(path=try_it_out)
         browser.close()
-    print(f"wrote {out}", flush=True)
+    print(f"wrote {try_it_out}", flush=True)
 
 
 def main() -> int:
